@@ -1,0 +1,249 @@
+"""The ``alloop`` command line: a thin, typed layer over the flows."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="alloop: active learning as an operated, versioned pipeline.",
+)
+console = Console()
+log = logging.getLogger("alloop")
+
+WorkspaceOpt = Annotated[
+    Path, typer.Option("--workspace", "-w", help="The workspace (default: current folder).")
+]
+
+
+def _setup(workspace: Path) -> Path:
+    """Settings for this process, before Prefect/MLflow/DVC are imported."""
+    from flows import runtime
+
+    root = workspace.resolve()
+    runtime.configure(root)
+    return root
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+def _quiet_prefect():  # type: ignore[no-untyped-def]
+    # the per-flow heartbeat thread costs ~1 s per flow run; the env var cannot express None
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Folder of the new workspace.")],
+    pool: Annotated[Path, typer.Option(help="Unlabeled items: parquet or CSV.")],
+    id_column: Annotated[str, typer.Option(help="Column with each item's unique id.")],
+    classes: Annotated[str, typer.Option(help="Comma-separated class names, e.g. A,B,C.")],
+    label_column: Annotated[
+        str | None, typer.Option(help="True labels, for simulations and demos only.")
+    ] = None,
+    remote: Annotated[
+        str | None, typer.Option(help="DVC remote URL (default: a folder inside the workspace).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-S", help="Override a param: section.key=value")
+    ] = None,
+) -> None:
+    """Create a workspace and import the pool."""
+    from flows.workspace import WorkspaceError, init_workspace, read_table_file
+
+    _setup(path)
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    try:
+        catalog = init_workspace(
+            path,
+            pool=read_table_file(pool),
+            id_column=id_column,
+            classes=names,
+            label_column=label_column,
+            remote_url=remote,
+            overrides=tuple(set_ or ()),
+        )
+    except WorkspaceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"workspace ready at [bold]{catalog.root}[/]; next: alloop round -w {path}")
+
+
+@app.command(name="round")
+def round_(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Run one round: validate, merge, flag, train, evaluate, score, select, export, record."""
+    root = _setup(workspace)
+    from flows.round import al_round
+    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+
+    try:
+        with hold_workspace(root, "round"), _quiet_prefect():
+            result = al_round(str(root))
+    except (WorkspaceBusy, WorkspaceError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"[bold]round-{result.round_id:04d}[/] recorded as {result.commit[:10]}")
+    console.print((root / "reports" / "round.md").read_text())
+
+
+@app.command()
+def status(workspace: WorkspaceOpt = Path(".")) -> None:
+    """The current round, labels by class and split, the last metrics, the batch that is out."""
+    root = _setup(workspace)
+    from flows.status import get_status
+    from tasks.catalog import Catalog
+
+    st = get_status(Catalog(root))
+    console.print(f"[bold]workspace[/] {root}")
+    pending = (
+        " (started, not recorded: the next `alloop round` resumes it)"
+        if (st.round_id > st.committed_round)
+        else ""
+    )
+    console.print(f"round: {st.round_id}{pending}; tags: {', '.join(st.tags) or 'none'}")
+    if not st.labels.empty:
+        table = Table(title="labels by class and split")
+        table.add_column("class")
+        for split in st.labels.columns:
+            table.add_column(str(split), justify="right")
+        for label, row in st.labels.iterrows():
+            table.add_row(str(label), *(str(int(v)) for v in row))
+        console.print(table)
+    m = st.metrics
+    if m.get("candidate"):
+        console.print(
+            f"last evaluation (round {m['round_id']}, {m['n_test']} test items): macro-F1 "
+            f"{m['candidate']['macro_f1']:.4f}, accuracy {m['candidate']['accuracy']:.4f}; "
+            f"promoted: {m['promoted']} ({m['gate']})"
+        )
+    v = st.validation
+    if v:
+        console.print(
+            f"last intake: {v.get('rows_read', 0)} rows = {v.get('rows_accepted', 0)} accepted "
+            f"+ {v.get('rows_quarantined', 0)} quarantined {v.get('quarantined_by_reason') or ''}"
+        )
+    if st.flags:
+        console.print(f"flagged last round: {st.flags.get('flagged', 0)}")
+    if st.batch_out:
+        b = st.batch_out
+        console.print(
+            f"batch out: {b['items']} items in {b['folder']}/ ({b['answered']} answered) "
+            f"{b['by_reason']}"
+        )
+    if st.incoming_files:
+        console.print(f"waiting in data/incoming: {', '.join(st.incoming_files)}")
+
+
+@app.command()
+def demo(
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 5,
+    path: Annotated[Path, typer.Option(help="Workspace folder to create.")] = Path(
+        "demo-workspace"
+    ),
+    noise: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of wrong simulated answers.")
+    ] = 0.05,
+    force: Annotated[bool, typer.Option(help="Delete PATH first if it exists.")] = False,
+) -> None:
+    """Run rounds on a bundled real dataset with a simulated annotator."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if path.exists() and any(path.iterdir()):
+        if not force:
+            raise _fail(f"{path} exists; pass --force to replace it")
+        shutil.rmtree(path)
+    root = _setup(path)
+    from flows.demo import DEFAULT_DATASET, DemoRound, run_demo
+
+    console.print(
+        f"demo on [bold]{DEFAULT_DATASET.name}[/] in {root}: {rounds} rounds, "
+        f"{noise:.0%} wrong answers"
+    )
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+    def report(row: DemoRound) -> None:
+        f1 = f"{row.macro_f1:.4f}" if row.macro_f1 is not None else "  n/a "
+        progress.console.print(
+            f"round {row.round_id}: labels {row.labels:5d}  test macro-F1 {f1}  "
+            f"flagged {row.flagged:3d}  {row.seconds:5.1f} s"
+        )
+        progress.advance(bar)
+
+    from flows.workspace import WorkspaceError
+
+    try:
+        with progress, _quiet_prefect():
+            bar = progress.add_task("rounds", total=rounds)
+            run_demo(root, rounds=rounds, noise=noise, on_round=report)
+    except WorkspaceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        "\nwhere to look:\n"
+        f"  git -C {path} tag                      # one tag per round\n"
+        f"  git -C {path} log --stat round-0002    # what a round changed\n"
+        f"  cat {path}/reports/round.md            # the last round's report\n"
+        f"  cd {path} && dvc metrics diff round-0002 round-{rounds:04d}\n"
+        f"  mlflow ui --backend-store-uri sqlite:///{root}/.alloop/mlflow.db\n"
+        f"  PREFECT_HOME={root}/.alloop/prefect prefect server start   # Prefect UI: flow runs\n"
+        "  (tools are in .venv/bin)"
+    )
+
+
+@app.command()
+def pipeline(
+    write: Annotated[bool, typer.Option(help="Rewrite dvc.yaml from the stage specs.")] = False,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Check (or rewrite) that dvc.yaml declares the stages al_round runs."""
+    import yaml
+
+    from flows.pipeline import render_dvc_stages
+
+    target = workspace.resolve() / "dvc.yaml"
+    wanted = render_dvc_stages()
+    if write:
+        target.write_text(yaml.safe_dump(wanted, sort_keys=False))
+        console.print(f"wrote {target}")
+        return
+    if yaml.safe_load(target.read_text()) != wanted:
+        raise _fail(f"{target} differs from the stage specs; run `alloop pipeline --write`")
+    console.print(f"{target} matches the stage specs")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

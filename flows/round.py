@@ -1,0 +1,92 @@
+"""The ``al_round`` flow: the eight stages of a round, then the round is recorded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows import tracking, versioning
+from flows.pipeline import STAGE_MODULES
+from flows.workspace import WorkspaceError, code_drift
+from tasks.catalog import Catalog, RoundInfo, round_name
+from tasks.context import StageContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round_id: int
+    commit: str
+    run_id: str
+    summaries: dict[str, dict[str, Any]]
+    resumed: bool
+
+
+def begin_round(catalog: Catalog, now: datetime) -> tuple[RoundInfo, bool]:
+    """The round to run: a round that started and was never committed is resumed with its own
+    clock; otherwise the next round starts now. Returns the round and whether it resumes."""
+    committed = versioning.committed_round(catalog.root)
+    written = catalog.read_round()
+    if written.round_id > committed:
+        return written, True
+    info = RoundInfo(round_id=committed + 1, started_at=now.isoformat(timespec="microseconds"))
+    catalog.write_round(info)
+    return info, False
+
+
+def get_commit_message(round_id: int, s: dict[str, dict[str, Any]]) -> str:
+    v, m, f = s.get("validate", {}), s.get("merge", {}), s.get("flag", {})
+    e, sel = s.get("evaluate", {}), s.get("select", {})
+    f1 = (e.get("candidate") or {}).get("macro_f1")
+    model = (
+        f"macro-F1 {f1:.4f}" + (" (promoted)" if e.get("promoted") else " (champion kept)")
+        if isinstance(f1, float)
+        else "no evaluation"
+    )
+    headline = (
+        f"{round_name(round_id)}: +{v.get('rows_accepted', 0)} labels "
+        f"({v.get('rows_quarantined', 0)} quarantined), {f.get('flagged', 0)} flagged, "
+        f"{model}, {sel.get('batch_size', 0)} items out"
+    )
+    body = [
+        f"labeled items: {m.get('labeled_items', 0)} (train {m.get('train_items', 0)}, "
+        f"test {m.get('test_items', 0)}); ledger events: {m.get('ledger_events', 0)}",
+        f"gate: {e.get('gate', '')}",
+        "batch: "
+        + ", ".join(f"{k[2:]} {v}" for k, v in sorted(sel.items()) if k.startswith("n_") and v),
+    ]
+    return headline + "\n\n" + "\n".join(body) + "\n"
+
+
+@flow(name="al_round", persist_result=False, validate_parameters=True)
+def al_round(workspace: str, push: bool = True) -> RoundResult:
+    """One active-learning round in ``workspace``, recorded as commit and tag ``round-NNNN``."""
+    logger = get_run_logger()
+    catalog = Catalog(Path(workspace).resolve())
+    drift = code_drift(catalog.root)
+    if drift:
+        raise WorkspaceError(
+            f"the workspace's code differs from this alloop's in {drift[:5]}: dvc.lock would "
+            "record code that did not produce the outputs. Run the workspace's own code "
+            "(`cd WORKSPACE && python -m flows.cli round`) or restore those files."
+        )
+    params = catalog.read_params()
+    info, resumed = begin_round(catalog, datetime.now(UTC))
+    logger.info("%s %s", "resuming" if resumed else "starting", round_name(info.round_id))
+    ctx = StageContext(catalog=catalog, params=params, round=info)
+    summaries: dict[str, dict[str, Any]] = {}
+    for module in STAGE_MODULES:
+        summaries[module.STAGE.name] = module.run(ctx)
+        logger.info("%s: %s", module.STAGE.name, summaries[module.STAGE.name])
+    run_id = tracking.log_round(catalog, info.round_id, params, summaries)
+    commit = versioning.record_round(
+        catalog.root, info.round_id, get_commit_message(info.round_id, summaries), push=push
+    )
+    tracking.tag_commit(catalog.root, run_id, commit)
+    return RoundResult(info.round_id, commit, run_id, summaries, resumed)

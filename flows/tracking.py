@@ -1,0 +1,94 @@
+"""MLflow: one run per round in the workspace's own SQLite store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flows.runtime import mlflow_uri
+from tasks.catalog import Catalog, round_name
+from tasks.params import Params, dump_params
+
+EXPERIMENT = "alloop"
+log = logging.getLogger(__name__)
+
+
+def _client(workspace: Path) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_uri(workspace))
+
+
+def _experiment_id(client: Any, workspace: Path) -> str:
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    artifacts = (workspace / ".alloop" / "mlartifacts").resolve()
+    return client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        out[prefix] = value
+
+
+def log_round(
+    catalog: Catalog, round_id: int, params: Params, summaries: dict[str, dict[str, Any]]
+) -> str:
+    """Log the round's params, metrics, model and report; returns the run id."""
+    client = _client(catalog.root)
+    run = client.create_run(
+        _experiment_id(client, catalog.root),
+        run_name=round_name(round_id),
+        tags={"alloop.round_id": str(round_id), "alloop.workspace": str(catalog.root)},
+    )
+    run_id = run.info.run_id
+    flat_params: dict[str, Any] = {}
+    for section, values in dump_params(params).items():
+        if section != "project":
+            for key, value in values.items():
+                flat_params[f"{section}.{key}"] = value
+    for key, value in flat_params.items():
+        client.log_param(run_id, key, str(value)[:500])
+    metrics: dict[str, Any] = {}
+    for stage, summary in summaries.items():
+        _flatten(stage, summary, metrics)
+    for key, value in sorted(metrics.items()):
+        client.log_metric(run_id, key, float(value), step=round_id)
+    candidate = summaries.get("evaluate", {})
+    client.set_tag(run_id, "alloop.promoted", str(bool(candidate.get("promoted"))))
+    model_file = catalog.candidate_dir / "model.txt"
+    if model_file.exists():
+        client.log_artifacts(run_id, str(catalog.candidate_dir), "model")
+    report = catalog.reports_dir / "round.md"
+    if report.exists():
+        client.log_artifact(run_id, str(report))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def tag_commit(workspace: Path, run_id: str, commit: str) -> None:
+    _client(workspace).set_tag(run_id, "alloop.git_commit", commit)
+
+
+def list_round_runs(workspace: Path) -> list[dict[str, Any]]:
+    """Every round run in the workspace's store: round id, status, metrics, tags."""
+    client = _client(workspace)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+    return [
+        {
+            "run_id": r.info.run_id,
+            "round_id": int(r.data.tags.get("alloop.round_id", 0)),
+            "status": r.info.status,
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+        }
+        for r in runs
+    ]

@@ -1,0 +1,85 @@
+"""git and DVC, through their command-line tools, for one workspace.
+
+The CLIs are the stable, documented interface (and what an operator types); each call runs in
+the workspace with analytics off and fails with the tool's own message.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks.catalog import round_name
+
+
+class VersioningError(RuntimeError):
+    """A git or DVC command failed."""
+
+
+def _dvc_executable() -> list[str]:
+    # the dvc of the interpreter running alloop, not whatever is first on PATH
+    candidate = Path(sys.executable).with_name("dvc")
+    return [str(candidate)] if candidate.exists() else ["dvc"]
+
+
+def _run(args: list[str], cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+    # dvc.yaml's stage commands run `python`: make it this interpreter
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise VersioningError(
+            f"`{' '.join(args)}` failed in {cwd} (exit {done.returncode}):\n"
+            f"{(done.stderr or done.stdout).strip()}"
+        )
+    return done
+
+
+def git(root: Path, *args: str, check: bool = True) -> str:
+    return _run(["git", *args], root, check=check).stdout.strip()
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> str:
+    return _run([*_dvc_executable(), *args], root, check=check).stdout.strip()
+
+
+def init_repository(root: Path, *, remote_url: str) -> None:
+    """git init + dvc init, a local identity if none is configured, and the default remote."""
+    git(root, "init", "-q", "-b", "main")
+    if not git(root, "config", "user.email", check=False):
+        git(root, "config", "user.email", "alloop@localhost")
+        git(root, "config", "user.name", "alloop")
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.autostage", "true")
+    dvc(root, "remote", "add", "-d", "workspace", remote_url)
+
+
+def round_tags(root: Path) -> list[str]:
+    return sorted(git(root, "tag", "--list", "round-*").split())
+
+
+def committed_round(root: Path) -> int:
+    """The round id that ``round.yaml`` has in the last commit (0 before any round)."""
+    text = git(root, "show", "HEAD:round.yaml", check=False)
+    for line in text.splitlines():
+        if line.startswith("round_id:"):
+            return int(line.split(":", 1)[1])
+    return 0
+
+
+def head_commit(root: Path) -> str:
+    return git(root, "rev-parse", "HEAD")
+
+
+def record_round(root: Path, round_id: int, message: str, *, push: bool = True) -> str:
+    """Commit the round: DVC hashes every out into dvc.lock and its cache, the DVC remote gets
+    the data, git commits and tags ``round-NNNN``. Returns the commit id."""
+    dvc(root, "commit", "--force", "--quiet")
+    if push:
+        dvc(root, "push", "--quiet")
+    git(root, "add", "--all")
+    git(root, "commit", "--quiet", "--allow-empty", "-m", message)
+    git(root, "tag", "--annotate", round_name(round_id), "-m", message.splitlines()[0])
+    return head_commit(root)

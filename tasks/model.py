@@ -1,0 +1,142 @@
+"""LightGBM as alloop uses it: features, parameters that work from a few dozen labels up to
+millions, class weights, fitting and predicting. Pure functions; no files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from tasks.params import TrainParams
+from tasks.schema import ITEM_ID
+
+
+def get_feature_frame(pool_rows: pd.DataFrame) -> pd.DataFrame:
+    """The model's view of pool rows: every column but ``item_id``; text becomes categorical.
+
+    pandas 3 string columns cannot be fed to LightGBM; as ``category`` they become native
+    categorical splits, and LightGBM maps the categories of later frames onto the training ones.
+    """
+    features = pool_rows.drop(columns=[ITEM_ID])
+    converted = {
+        name: features[name].astype("category")
+        for name in features.columns
+        if not (
+            pd.api.types.is_numeric_dtype(features[name])
+            or pd.api.types.is_bool_dtype(features[name])
+            or isinstance(features[name].dtype, pd.CategoricalDtype)
+        )
+    }
+    return features.assign(**converted) if converted else features
+
+
+def get_min_child_samples(params: TrainParams, n_labels: int) -> int:
+    """Leaf size: a fixed value, or ``"auto"``: a fraction of the labels, clipped.
+
+    With 40 labels "auto" gives 2 (splits are possible); with 2,000 it gives 20, LightGBM's
+    default, which it never exceeds.
+    """
+    if params.min_child_samples != "auto":
+        return int(params.min_child_samples)
+    scaled = int(n_labels * params.min_child_samples_fraction)
+    return int(np.clip(scaled, params.min_child_samples_min, params.min_child_samples_max))
+
+
+def get_lgb_params(
+    params: TrainParams, *, n_labels: int, n_classes: int, random_state: int
+) -> dict[str, object]:
+    """The full LightGBM parameter dict; deterministic for a given ``random_state``."""
+    objective: dict[str, object] = (
+        {"objective": "binary"}
+        if n_classes == 2
+        else {"objective": "multiclass", "num_class": n_classes}
+    )
+    min_child = get_min_child_samples(params, n_labels)
+    return {
+        **objective,
+        "learning_rate": params.learning_rate,
+        "num_leaves": params.num_leaves,
+        "min_child_samples": min_child,
+        # with few rows the default min_data_in_bin=3 can still block splits
+        "min_data_in_bin": min(3, min_child),
+        "feature_fraction": params.feature_fraction,
+        "lambda_l2": params.lambda_l2,
+        "num_threads": params.num_threads,
+        "seed": random_state,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+    }
+
+
+def get_class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
+    """Per-sample weights ``n / (k * n_c)`` for ``mode="balanced"`` (k = classes present).
+
+    Parameters
+    ----------
+    labels : np.ndarray of int, shape (n,)
+        Class codes in ``[0, n_classes)``.
+    """
+    if mode == "none" or labels.size == 0:
+        return np.ones(labels.shape[0], dtype=float)
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    present = np.count_nonzero(counts)
+    per_class = np.divide(
+        labels.size, present * counts, out=np.zeros_like(counts), where=counts > 0
+    )
+    return per_class[labels]
+
+
+def fit_booster(
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    *,
+    params: TrainParams,
+    n_classes: int,
+    random_state: int,
+    sample_weight: np.ndarray | None = None,
+) -> lgb.Booster:
+    """Fit a LightGBM booster on ``features`` and class codes ``labels`` (shape ``(n,)``)."""
+    labels = np.asarray(labels, dtype=int)
+    weight = get_class_weights(labels, n_classes, params.class_weight)
+    if sample_weight is not None:
+        weight = weight * np.asarray(sample_weight, dtype=float)
+    lgb_params = get_lgb_params(
+        params, n_labels=labels.size, n_classes=n_classes, random_state=random_state
+    )
+    dataset = lgb.Dataset(
+        features, label=labels, weight=weight, params={"verbosity": -1}, free_raw_data=True
+    )
+    return lgb.train(lgb_params, dataset, num_boost_round=params.num_boost_round)
+
+
+def predict_proba(booster: lgb.Booster, features: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """Predicted class probabilities.
+
+    Returns
+    -------
+    np.ndarray of float, shape (n, n_classes)
+        Rows sum to 1.
+    """
+    raw = np.asarray(booster.predict(features), dtype=float)
+    if n_classes == 2 and raw.ndim == 1:
+        return np.column_stack([1.0 - raw, raw])
+    return raw.reshape(len(features), n_classes)
+
+
+def encode_labels(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
+    """Class names to codes ``0..K-1`` in the order of ``classes``.
+
+    Raises
+    ------
+    ValueError
+        If a label is not one of ``classes``.
+    """
+    index = {name: code for code, name in enumerate(classes)}
+    unknown = sorted(set(labels.astype(str)) - index.keys())
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not among the classes {list(classes)}")
+    return labels.astype(str).map(index).to_numpy(dtype=int)

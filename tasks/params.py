@@ -1,0 +1,178 @@
+"""Typed, frozen parameters: one section of ``params.yaml`` per stage.
+
+``params.yaml`` is loaded once per round into :class:`Params`; every stage receives only its
+own section (plus ``project``). Unknown keys are errors, so a typo in ``params.yaml`` or in a
+``-S section.key=value`` override fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProjectParams(_Section):
+    """What the items and labels are."""
+
+    classes: tuple[str, ...] = Field(min_length=2)
+    random_state: int = 0
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"class names must be unique, got {list(value)}")
+        if any(not name.strip() for name in value):
+            raise ValueError(f"class names must be non-empty, got {list(value)}")
+        return value
+
+
+class ValidateParams(_Section):
+    # a label may carry a clock slightly ahead of ours without being "from the future"
+    max_clock_skew_seconds: int = Field(default=300, ge=0)
+
+
+class MergeParams(_Section):
+    # "latest": on a tie between classes the most recent vote wins (a relabel after a flag
+    # is the newer, more informed answer)
+    tie_rule: Literal["latest"] = "latest"
+
+
+class FlagParams(_Section):
+    enabled: bool = True
+    handling: Literal["exclude", "downweight", "keep"] = "exclude"
+    downweight: float = Field(default=0.2, gt=0.0, le=1.0)
+    cv_folds: int = Field(default=5, ge=2)
+    # below this many training labels out-of-fold probabilities are too noisy to accuse anyone
+    min_labels: int = Field(default=50, ge=10)
+    # on a few hundred labels cleanlab's filters flag several times more items than are
+    # wrong; flagged items are excluded and re-queued, so keep only the most doubtful ones
+    max_fraction: float = Field(default=0.05, gt=0.0, le=1.0)
+    filter_by: Literal[
+        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+    ] = "prune_by_noise_rate"
+    # flagged items go back to annotators once; an item that already has this many votes
+    # is not re-queued again
+    max_votes_for_relabel: int = Field(default=1, ge=1)
+
+
+class TrainParams(_Section):
+    num_boost_round: int = Field(default=200, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0.0, le=1.0)
+    num_leaves: int = Field(default=15, ge=2)
+    # "auto" scales with the number of labels: a few dozen labels must still allow splits,
+    # hundreds of thousands must not grow leaves of a handful of rows
+    min_child_samples: int | Literal["auto"] = "auto"
+    min_child_samples_fraction: float = Field(default=0.01, gt=0.0, lt=1.0)
+    min_child_samples_max: int = Field(default=20, ge=1)
+    min_child_samples_min: int = Field(default=2, ge=1)
+    feature_fraction: float = Field(default=0.9, gt=0.0, le=1.0)
+    lambda_l2: float = Field(default=1.0, ge=0.0)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    num_threads: int = Field(default=2, ge=1)
+
+
+class EvaluateParams(_Section):
+    gate_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    # the candidate replaces the champion when candidate >= champion + gate_min_delta
+    gate_min_delta: float = 0.0
+
+
+class ScoreParams(_Section):
+    strategy: str = "margin"
+    chunk_size: int = Field(default=50_000, ge=1)
+
+
+class SelectParams(_Section):
+    batch_size: int = Field(default=100, ge=1)
+    seed_size: int = Field(default=200, ge=1)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    qc_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    relabel_max_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> SelectParams:
+        if self.test_fraction + self.qc_fraction >= 1.0:
+            raise ValueError(
+                "select.test_fraction + select.qc_fraction must be < 1 so that the batch "
+                f"keeps room for actively selected items, got "
+                f"{self.test_fraction} + {self.qc_fraction}"
+            )
+        return self
+
+
+class ExportParams(_Section):
+    labelstudio_from_name: str = "label"
+    labelstudio_to_name: str = "item"
+
+
+class Params(_Section):
+    project: ProjectParams
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    merge: MergeParams = Field(default_factory=MergeParams)
+    flag: FlagParams = Field(default_factory=FlagParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    score: ScoreParams = Field(default_factory=ScoreParams)
+    select: SelectParams = Field(default_factory=SelectParams)
+    export: ExportParams = Field(default_factory=ExportParams)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` or an override does not describe a valid configuration."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` into its key path and a YAML-typed value."""
+    key, sep, raw = text.partition("=")
+    path = [part for part in key.strip().split(".") if part]
+    if not sep or len(path) < 2:
+        raise ParamsError(
+            f"override {text!r} must look like section.key=value (e.g. train.num_leaves=63)"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a deep copy of ``raw`` with every ``section.key=value`` override applied."""
+    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(raw))) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ParamsError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def load_params(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Params:
+    """Validate a parsed ``params.yaml`` (plus overrides) into a frozen :class:`Params`."""
+    data = apply_overrides(raw, overrides)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ParamsError(f"invalid params.yaml: {problems}") from exc
+
+
+def dump_params(params: Params) -> dict[str, Any]:
+    """The plain-YAML form of ``params`` (section names as they appear in ``params.yaml``)."""
+    return params.model_dump(mode="json", by_alias=True)

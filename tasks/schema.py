@@ -1,0 +1,113 @@
+"""The tables that flow between stages and rounds: their columns, in one place.
+
+Every table keys items by ``item_id`` as a string, whatever the pool's original id type, so
+that ids read back from CSV, JSON or parquet always compare equal.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+ITEM_ID = "item_id"
+
+#: One row per label an annotator sent, as accepted by validate (the input of merge).
+ACCEPTED = {
+    "item_id": "string",
+    "label": "string",
+    "annotator": "string",
+    "labeled_at": "string",  # ISO 8601, UTC
+    "comment": "string",
+    "source_file": "string",
+    "source_sha256": "string",
+    "source_row": "int64",
+}
+
+#: The append-only audit trail. ``event`` is ``label`` for a first vote of an annotator on an
+#: item and ``relabel`` when the same annotator changes an earlier vote.
+LEDGER = {
+    "event_id": "string",
+    "round_id": "int64",
+    "event": "string",
+    **ACCEPTED,
+}
+
+#: Rows that validate refused, with a reason code and a sentence for humans.
+QUARANTINED = {
+    "source_file": "string",
+    "source_sha256": "string",
+    "source_row": "int64",
+    "item_id": "string",
+    "label": "string",
+    "annotator": "string",
+    "labeled_at": "string",
+    "comment": "string",
+    "reason_code": "string",
+    "reason": "string",
+}
+
+#: Every item ever handed to annotators, with the split it was issued with.
+ISSUED = {
+    "item_id": "string",
+    "round_id": "int64",
+    "split": "string",  # "train" or "test"
+    "reason": "string",  # seed | active | qc | test | relabel
+    "utility": "float64",
+}
+
+#: The resolved label of every labeled item.
+CURRENT = {
+    "item_id": "string",
+    "label": "string",
+    "split": "string",
+    "n_votes": "int64",
+    "agreement": "float64",  # share of votes that agree with ``label``
+    "last_round": "int64",
+}
+
+#: Likely mislabels found among the training labels, one row per item and round.
+FLAGS = {
+    "round_id": "int64",
+    "item_id": "string",
+    "given_label": "string",
+    "suggested_label": "string",
+    "label_quality": "float64",  # in [0, 1], lower = more likely wrong
+    "handling": "string",  # exclude | downweight | keep
+    "weight": "float64",  # sample weight used by train
+}
+
+#: Model output and utility for every pool item.
+SCORES = {
+    "item_id": "string",
+    "predicted_label": "string",
+    "confidence": "float64",
+    "utility": "float64",  # higher = label first, NaN = not selectable
+}
+
+#: The batch chosen this round.
+BATCH = {
+    "item_id": "string",
+    "split": "string",
+    "reason": "string",
+    "utility": "float64",
+    "predicted_label": "string",
+    "confidence": "float64",
+}
+
+
+def empty(schema: dict[str, str]) -> pd.DataFrame:
+    """An empty frame with the columns and dtypes of ``schema``."""
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in schema.items()})
+
+
+def conform(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
+    """Return ``frame`` with exactly the columns of ``schema``, in order, with its dtypes.
+
+    Raises
+    ------
+    ValueError
+        If a column of ``schema`` is missing from ``frame``.
+    """
+    missing = [name for name in schema if name not in frame.columns]
+    if missing:
+        raise ValueError(f"table is missing columns {missing}; has {list(frame.columns)}")
+    return frame.loc[:, list(schema)].astype(schema).reset_index(drop=True)

@@ -1,0 +1,180 @@
+"""Stage 7, select: pick the next batch.
+
+A batch has four parts, drawn in this order from items never issued before:
+
+- ``test``: a random slice, stratified by predicted class, issued as test items. The test set
+  grows from random items only, never from actively chosen ones, so it stays an unbiased
+  sample of the pool.
+- ``relabel``: flagged training items sent back for another opinion (not new items).
+- ``qc``: a uniform random slice of training items, a quality-control sample that is free of
+  the strategy's bias.
+- ``active``: the highest utilities (``seed`` before there is a model: uniform random).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tasks import schema
+from tasks.catalog import write_json
+from tasks.context import StageContext, StageSpec, stage_task
+from tasks.params import FlagParams, SelectParams
+
+STAGE = StageSpec(
+    name="select",
+    deps=(
+        "tasks/selection.py",
+        "data/interim/scores.parquet",
+        "data/labels/current.parquet",
+        "data/labels/flags.parquet",
+    ),
+    params=("select", "flag.max_votes_for_relabel"),
+    outs=("data/interim/batch.parquet",),
+    persist=("data/labels/issued.parquet",),
+    metrics=("reports/select.json",),
+)
+
+
+def get_batch_sizes(
+    params: SelectParams, *, has_model: bool, n_relabel_candidates: int
+) -> dict[str, int]:
+    """How many items each part of the batch gets."""
+    total = params.batch_size if has_model else params.seed_size
+    relabel = min(n_relabel_candidates, int(params.relabel_max_fraction * total))
+    rest = total - relabel
+    test = int(round(params.test_fraction * rest))
+    qc = int(round(params.qc_fraction * rest)) if has_model else 0
+    return {"test": test, "relabel": relabel, "qc": qc, "active": rest - test - qc}
+
+
+def _stratified_sample(candidates: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.Index:
+    """``n`` rows of ``candidates`` with each predicted class in proportion to its size."""
+    if n >= len(candidates):
+        return candidates.index
+    strata = candidates["predicted_label"].fillna("<none>").astype(str)
+    sizes = strata.value_counts().sort_index()
+    exact = sizes / sizes.sum() * n
+    quota = np.floor(exact).astype(int)
+    # largest remainders get the leftover places; ties by a seeded draw
+    leftover = n - int(quota.sum())
+    order = np.lexsort((rng.random(len(exact)), -(exact - quota).to_numpy()))
+    quota.iloc[order[:leftover]] += 1
+    picked = [
+        candidates.index[strata.to_numpy() == label][
+            rng.permutation(int(size))[: int(quota[label])]
+        ]
+        for label, size in sizes.items()
+    ]
+    return pd.Index(np.concatenate(picked)) if picked else pd.Index([])
+
+
+def select_batch(
+    scores: pd.DataFrame,
+    issued: pd.DataFrame,
+    relabel_candidates: pd.Series,
+    *,
+    has_model: bool,
+    params: SelectParams,
+    random_state: int,
+) -> pd.DataFrame:
+    """Choose the next batch.
+
+    Parameters
+    ----------
+    scores : pd.DataFrame, shape (n_pool, 4)
+        Schema :data:`tasks.schema.SCORES`; ``utility`` higher = label first, NaN = never.
+    issued : pd.DataFrame
+        Every item issued so far (schema :data:`tasks.schema.ISSUED`); none is issued again
+        except through ``relabel_candidates``.
+    relabel_candidates : pd.Series of str
+        Training items to send back for relabeling, most doubtful first.
+
+    Returns
+    -------
+    pd.DataFrame
+        Schema :data:`tasks.schema.BATCH`; no item twice.
+    """
+    rng = np.random.default_rng(random_state)
+    sizes = get_batch_sizes(
+        params, has_model=has_model, n_relabel_candidates=int(relabel_candidates.size)
+    )
+    fresh = scores[~scores["item_id"].isin(issued["item_id"])]
+    fresh = fresh[fresh["utility"].notna()]
+    parts = []
+
+    test_idx = _stratified_sample(fresh, sizes["test"], rng)
+    parts.append(fresh.loc[test_idx].assign(split="test", reason="test"))
+    fresh = fresh.drop(index=test_idx)
+
+    relabel_ids = relabel_candidates.drop_duplicates().head(sizes["relabel"])
+    relabel = scores.set_index("item_id").loc[relabel_ids.to_numpy()].reset_index()
+    parts.append(relabel.assign(split="train", reason="relabel"))
+
+    qc_idx = fresh.index[rng.permutation(len(fresh))[: sizes["qc"]]]
+    parts.append(fresh.loc[qc_idx].assign(split="train", reason="qc"))
+    fresh = fresh.drop(index=qc_idx)
+
+    # highest utility first; equal utilities are ordered by a seeded draw, not by position
+    order = np.lexsort((rng.random(len(fresh)), -fresh["utility"].to_numpy()))
+    active = fresh.iloc[order[: sizes["active"]]]
+    parts.append(active.assign(split="train", reason="active" if has_model else "seed"))
+
+    batch = pd.concat(parts, ignore_index=True)
+    return schema.conform(batch, schema.BATCH)
+
+
+def get_relabel_candidates(
+    flags: pd.DataFrame,
+    current: pd.DataFrame,
+    issued: pd.DataFrame,
+    *,
+    round_id: int,
+    params: FlagParams,
+) -> pd.Series:
+    """This round's flagged items still owed a second opinion, most doubtful first.
+
+    An item goes back at most once: a second flag after its relabel is left to the auditor
+    (the votes now disagree, or the model does), so no item circles forever.
+    """
+    flagged = flags[flags["round_id"] == round_id].sort_values(["label_quality", "item_id"])
+    votes = flagged["item_id"].map(current.set_index("item_id")["n_votes"]).fillna(0)
+    sent_before = issued.loc[issued["reason"] == "relabel", "item_id"]
+    keep = (votes <= params.max_votes_for_relabel) & ~flagged["item_id"].isin(sent_before)
+    return flagged.loc[keep, "item_id"].reset_index(drop=True)
+
+
+@stage_task("select")
+def run(ctx: StageContext) -> dict[str, object]:
+    cat = ctx.catalog
+    scores = cat.read_table(cat.scores, schema.SCORES)
+    issued = cat.read_table(cat.issued, schema.ISSUED)
+    issued = issued[issued["round_id"] < ctx.round_id]
+    current = cat.read_table(cat.current, schema.CURRENT)
+    flags = cat.read_table(cat.flags, schema.FLAGS)
+    has_model = bool(scores["predicted_label"].notna().any())
+    candidates = get_relabel_candidates(
+        flags, current, issued, round_id=ctx.round_id, params=ctx.params.flag
+    )
+    batch = select_batch(
+        scores,
+        issued,
+        candidates,
+        has_model=has_model,
+        params=ctx.params.select,
+        random_state=ctx.random_state("select"),
+    )
+    new_issues = batch.assign(round_id=ctx.round_id)
+    cat.write_table(cat.issued, pd.concat([issued, new_issues]), schema.ISSUED)
+    cat.write_table(cat.batch, batch, schema.BATCH)
+    counts = batch["reason"].value_counts()
+    summary: dict[str, object] = {
+        "batch_size": int(len(batch)),
+        **{
+            f"n_{reason}": int(counts.get(reason, 0))
+            for reason in ("seed", "active", "qc", "test", "relabel")
+        },
+        "issued_total": int(len(issued) + len(batch)),
+    }
+    write_json(cat.reports_dir / "select.json", summary)
+    return summary

@@ -1,0 +1,293 @@
+"""Stage 1, validate: check every incoming label row; accept it or quarantine it with a reason.
+
+Rows in = rows accepted + rows quarantined, for every file and every round. The checks are a
+Great Expectations suite over the rows plus a few derived columns (is the item in the pool,
+was it issued, is the time readable); each failing row is mapped back by its position and
+given the reason code of the first check it fails, in the order of :data:`CHECKS`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks import schema
+from tasks.catalog import sha256_bytes, write_bytes, write_csv, write_json
+from tasks.context import StageContext, StageSpec, stage_task
+from tasks.expectations import Check, find_failing_rows
+from tasks.params import ValidateParams
+from tasks.parsing import FIELDS, REQUIRED, LabelFileError, parse_label_file
+
+STAGE = StageSpec(
+    name="validate",
+    deps=("tasks/validate.py", "tasks/parsing.py", "tasks/expectations.py", "data/pool"),
+    params=("project.classes", "validate"),
+    outs=("data/interim/accepted.parquet",),
+    persist=("data/archive", "data/quarantine"),
+    metrics=("reports/validate.json",),
+)
+
+MANIFEST = "manifest.json"
+
+#: Every check, in priority order: a row failing several is quarantined with the first.
+CHECKS: tuple[Check, ...] = (
+    Check("malformed_row", "ExpectColumnValuesToBeNull", {"column": "malformed"}),
+    *(
+        Check(f"missing_{name}", "ExpectColumnValuesToNotBeNull", {"column": name})
+        for name in REQUIRED
+    ),
+    Check("unknown_item", "ExpectColumnValuesToBeInSet", {"column": "_known", "value_set": [True]}),
+    Check("not_issued", "ExpectColumnValuesToBeInSet", {"column": "_issued", "value_set": [True]}),
+    Check("unknown_class", "ExpectColumnValuesToBeInSet", {"column": "label", "value_set": []}),
+    Check(
+        "bad_timestamp", "ExpectColumnValuesToBeInSet", {"column": "_time_ok", "value_set": [True]}
+    ),
+    Check(
+        "future_timestamp", "ExpectColumnValuesToBeInSet", {"column": "_past", "value_set": [True]}
+    ),
+    Check(
+        "conflicting_labels",
+        "ExpectColumnValuesToBeInSet",
+        {"column": "_consistent", "value_set": [True]},
+    ),
+    Check(
+        "duplicate_row", "ExpectColumnValuesToBeInSet", {"column": "_first", "value_set": [True]}
+    ),
+)
+
+
+def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Timestamp) -> str:
+    if code == "malformed_row":
+        return f"row cannot be read: {row['malformed']}"
+    if code.startswith("missing_"):
+        return f"field {code.removeprefix('missing_')!r} is missing or empty"
+    return {
+        "unknown_item": f"item {row['item_id']!r} is not in the pool",
+        "not_issued": f"item {row['item_id']!r} was never issued to annotators",
+        "unknown_class": f"label {row['label']!r} is not one of the classes {list(classes)}",
+        "bad_timestamp": f"labeled_at {row['labeled_at']!r} is not an ISO 8601 time",
+        "future_timestamp": (
+            f"labeled_at {row['labeled_at']!r} is after the round started ({as_of.isoformat()})"
+        ),
+        "conflicting_labels": (
+            f"annotator {row['annotator']!r} gave item {row['item_id']!r} different labels "
+            "in the same round"
+        ),
+        "duplicate_row": (
+            f"repeats an earlier row with the same item, annotator and label "
+            f"(kept: {row['_first_source']})"
+        ),
+    }[code]
+
+
+def _parse_times(values: pd.Series) -> pd.Series:
+    """ISO 8601 times as UTC; a time without an offset is taken as UTC. NaT if unreadable."""
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+    return parsed
+
+
+@dataclass(frozen=True)
+class Validation:
+    accepted: pd.DataFrame  # schema ACCEPTED
+    quarantined: pd.DataFrame  # schema QUARANTINED
+
+
+def validate_labels(
+    rows: pd.DataFrame,
+    *,
+    pool_ids: pd.Series,
+    issued_ids: pd.Series,
+    classes: Sequence[str],
+    as_of: pd.Timestamp,
+    params: ValidateParams,
+) -> Validation:
+    """Split parsed label rows into accepted and quarantined.
+
+    Parameters
+    ----------
+    rows : pd.DataFrame
+        Rows of :func:`tasks.parsing.parse_label_file` from all files of the round, in the
+        order received, plus ``source_file`` and ``source_sha256``.
+    pool_ids, issued_ids : pd.Series of str
+        Items in the pool; items issued to annotators in earlier rounds.
+    as_of : pd.Timestamp
+        The round's clock (UTC): a label time after it, beyond the allowed skew, is refused.
+
+    Returns
+    -------
+    Validation
+        ``len(accepted) + len(quarantined) == len(rows)``, always.
+    """
+    if as_of.tzinfo is None:
+        raise ValueError(f"as_of must be timezone-aware, got {as_of!r}")
+    frame = rows.reset_index(drop=True).copy()
+    for name in (*FIELDS, "malformed"):
+        frame[name] = frame[name].astype("string").str.strip().replace("", pd.NA)
+    times = _parse_times(frame["labeled_at"])
+    limit = as_of + pd.Timedelta(seconds=params.max_clock_skew_seconds)
+    key = frame["item_id"].fillna("") + "\x1f" + frame["annotator"].fillna("")
+    labels_per_key = frame.groupby(key)["label"].transform("nunique")
+    triple = key + "\x1f" + frame["label"].fillna("")
+    first_position = frame.groupby(triple).cumcount() == 0
+    first_source = (
+        frame.groupby(triple)["source_file"].transform("first")
+        + ":"
+        + (frame.groupby(triple)["source_row"].transform("first").astype(str))
+    )
+    frame = frame.assign(
+        _known=frame["item_id"].isin(pool_ids),
+        _issued=frame["item_id"].isin(issued_ids),
+        _time_ok=times.notna() | frame["labeled_at"].isna(),
+        _past=(times <= limit).fillna(True),
+        _consistent=labels_per_key <= 1,
+        _first=first_position,
+        _first_source=first_source,
+    )
+    checks = tuple(
+        Check(c.name, c.expectation, {**c.kwargs, "value_set": list(classes)})
+        if c.name == "unknown_class"
+        else c
+        for c in CHECKS
+    )
+    failing = find_failing_rows(frame, checks)
+    reason = pd.Series(pd.NA, index=frame.index, dtype="string")
+    for check in reversed(checks):  # the first check in priority order wins
+        reason.iloc[failing[check.name]] = check.name
+    bad = reason.notna().to_numpy()
+    quarantined = frame[bad].assign(reason_code=reason[bad])
+    quarantined = quarantined.assign(
+        reason=[
+            _sentence(code, row, classes, as_of)
+            for code, (_, row) in zip(
+                quarantined["reason_code"], quarantined.iterrows(), strict=True
+            )
+        ]
+    )
+    accepted = frame[~bad].assign(
+        labeled_at=times[~bad].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").astype("string")
+    )
+    return Validation(
+        accepted=schema.conform(accepted, schema.ACCEPTED),
+        quarantined=schema.conform(quarantined, schema.QUARANTINED),
+    )
+
+
+def _file_rejection(name: str, digest: str, message: str) -> pd.DataFrame:
+    row = {column: pd.NA for column in schema.QUARANTINED}
+    row.update(
+        source_file=name,
+        source_sha256=digest,
+        source_row=0,
+        reason_code="unreadable_file",
+        reason=f"the whole file was refused: {message}",
+    )
+    return schema.conform(pd.DataFrame([row]), schema.QUARANTINED)
+
+
+def _consumed_hashes(archive_dir: Path, before_round: int) -> dict[str, str]:
+    """sha256 -> archived path of every file consumed by an earlier round."""
+    seen: dict[str, str] = {}
+    for manifest in sorted(archive_dir.glob(f"round-*/{MANIFEST}")):
+        round_id = int(manifest.parent.name.removeprefix("round-"))
+        if round_id >= before_round:
+            continue
+        for entry in json.loads(manifest.read_text()):
+            if entry.get("status") != "already_consumed":
+                seen.setdefault(entry["sha256"], f"{manifest.parent.name}/{entry['file']}")
+    return seen
+
+
+def _take_incoming(incoming: Path, archive: Path) -> None:
+    """Move every dropped file into this round's archive, exactly as received.
+
+    The archive copy is written (atomically) before the incoming file is removed, so a crash
+    in between leaves the file in both places, never in neither.
+    """
+    for path in sorted(p for p in incoming.iterdir() if p.is_file() and not p.name.startswith(".")):
+        target = archive / path.name
+        if target.exists() and target.read_bytes() != path.read_bytes():
+            stem, suffix = path.stem, path.suffix
+            n = 2
+            while (archive / f"{stem}.{n}{suffix}").exists():
+                n += 1
+            target = archive / f"{stem}.{n}{suffix}"
+        if not target.exists():
+            write_bytes(target, path.read_bytes())
+        path.unlink()
+
+
+@stage_task("validate")
+def run(ctx: StageContext) -> dict[str, object]:
+    cat = ctx.catalog
+    archive = cat.archive(ctx.round_id)
+    archive.mkdir(parents=True, exist_ok=True)
+    cat.incoming_dir.mkdir(parents=True, exist_ok=True)
+    _take_incoming(cat.incoming_dir, archive)
+    consumed = _consumed_hashes(cat.archive_dir, ctx.round_id)
+
+    manifest: list[dict[str, object]] = []
+    parsed: list[pd.DataFrame] = []
+    file_rejections: list[pd.DataFrame] = []
+    for path in sorted(p for p in archive.iterdir() if p.is_file() and p.name != MANIFEST):
+        content = path.read_bytes()
+        digest = sha256_bytes(content)
+        entry: dict[str, object] = {"file": path.name, "sha256": digest, "bytes": len(content)}
+        if digest in consumed:
+            entry.update(status="already_consumed", same_as=consumed[digest], rows_read=0)
+            manifest.append(entry)
+            continue
+        consumed[digest] = f"{archive.name}/{path.name}"
+        try:
+            kind, rows = parse_label_file(content)
+        except LabelFileError as exc:
+            entry.update(status="unreadable", error=str(exc), rows_read=0)
+            file_rejections.append(_file_rejection(path.name, digest, str(exc)))
+            manifest.append(entry)
+            continue
+        entry.update(status="read", format=kind, rows_read=int(len(rows)))
+        parsed.append(rows.assign(source_file=path.name, source_sha256=digest))
+        manifest.append(entry)
+
+    columns = ["source_row", *FIELDS, "malformed", "source_file", "source_sha256"]
+    rows = pd.concat(parsed, ignore_index=True) if parsed else pd.DataFrame(columns=columns)
+    issued = cat.read_table(cat.issued, schema.ISSUED)
+    as_of = pd.Timestamp(ctx.round.started_at)
+    result = validate_labels(
+        rows.astype({c: "string" for c in columns if c != "source_row"}),
+        pool_ids=cat.read_pool_ids(),
+        issued_ids=issued.loc[issued["round_id"] < ctx.round_id, "item_id"],
+        classes=ctx.params.project.classes,
+        as_of=as_of if as_of.tzinfo else as_of.tz_localize("UTC"),
+        params=ctx.params.validate_,
+    )
+    quarantined = pd.concat([*file_rejections, result.quarantined], ignore_index=True)
+    for entry in manifest:
+        if entry["status"] == "read":
+            mine_acc = result.accepted["source_file"] == entry["file"]
+            mine_q = result.quarantined["source_file"] == entry["file"]
+            entry.update(accepted=int(mine_acc.sum()), quarantined=int(mine_q.sum()))
+            if entry["accepted"] + entry["quarantined"] != entry["rows_read"]:
+                raise RuntimeError(f"row accounting broken for {entry['file']}: {entry}")
+
+    write_json(archive / MANIFEST, manifest)
+    target = cat.quarantine(ctx.round_id)
+    shutil.rmtree(target, ignore_errors=True)
+    write_csv(target / "rejected.csv", schema.conform(quarantined, schema.QUARANTINED))
+    cat.write_table(cat.accepted, result.accepted, schema.ACCEPTED)
+    by_reason = quarantined["reason_code"].value_counts().sort_index()
+    summary: dict[str, object] = {
+        "files": len(manifest),
+        "files_already_consumed": sum(e["status"] == "already_consumed" for e in manifest),
+        "files_unreadable": sum(e["status"] == "unreadable" for e in manifest),
+        "rows_read": int(len(rows)),
+        "rows_accepted": int(len(result.accepted)),
+        "rows_quarantined": int(len(result.quarantined)),
+        "quarantined_by_reason": {str(k): int(v) for k, v in by_reason.items()},
+    }
+    write_json(cat.reports_dir / "validate.json", summary)
+    return summary

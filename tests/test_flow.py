@@ -1,0 +1,220 @@
+"""Three real rounds on a real dataset, end to end: Prefect, Great Expectations, cleanlab,
+LightGBM, MLflow, DVC and git, in a temporary workspace."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import DATASETS, run_cli
+
+from flows import tracking
+from flows.demo import annotate_outbox, load_pmlb
+from flows.pipeline import STAGE_NAMES
+from flows.round import al_round
+from flows.workspace import init_workspace
+from tasks.catalog import Catalog
+
+ROUNDS = 3
+# never versioned, so never part of a round's state
+UNTRACKED = (".git", ".dvc/cache", ".dvc/tmp", ".alloop", "data/incoming")
+
+MESSY_ROWS = [
+    # item_id, label, annotator, labeled_at, expected reason code (None = accepted)
+    ("{issued}", "{good_label}", "expert-7", "2026-01-05T10:00:00Z", None),
+    ("{issued}", "{good_label}", "expert-7", "2026-01-05T10:00:00Z", "duplicate_row"),
+    ("no-such-item", "{good_label}", "expert-7", "2026-01-05T10:00:00Z", "unknown_item"),
+    ("{never_issued}", "{good_label}", "expert-7", "2026-01-05T10:00:00Z", "not_issued"),
+    ("{issued2}", "cat", "expert-7", "2026-01-05T10:00:00Z", "unknown_class"),
+    ("{issued3}", "{good_label}", "", "2026-01-05T10:00:00Z", "missing_annotator"),
+    ("{issued4}", "{good_label}", "expert-7", "last tuesday", "bad_timestamp"),
+    ("{issued5}", "{good_label}", "expert-7", "2999-01-01T00:00:00Z", "future_timestamp"),
+]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every versioned file of the workspace."""
+    digests = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not any(rel == u or rel.startswith(u + "/") for u in UNTRACKED):
+            digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def _write_messy_file(catalog: Catalog, classes: list[str]) -> list[str | None]:
+    issued = pd.read_parquet(catalog.issued)
+    out = issued[issued["round_id"] == 2]["item_id"].tolist()
+    ever = set(issued["item_id"])
+    never = next(i for i in pd.read_parquet(catalog.pool_files()[0])["item_id"] if i not in ever)
+    values = {
+        "issued": out[0],
+        "issued2": out[1],
+        "issued3": out[2],
+        "issued4": out[3],
+        "issued5": out[4],
+        "never_issued": never,
+        "good_label": classes[0],
+    }
+    lines = ["item_id,label,annotator,labeled_at"]
+    for row in MESSY_ROWS:
+        lines.append(",".join(field.format(**values) for field in row[:4]))
+    (catalog.incoming_dir / "expert-7 batch (final).csv").write_text("\n".join(lines) + "\n")
+    (catalog.incoming_dir / "broken.json").write_text('[{"item_id": 1,')
+    return [row[4] for row in MESSY_ROWS]
+
+
+@pytest.fixture(scope="module")
+def campaign(prefect_api, tmp_path_factory):
+    """A workspace after three rounds, with snapshots of its files after each round."""
+    root = tmp_path_factory.mktemp("flow") / "ws"
+    raw, classes = load_pmlb(DATASETS / "satimage.parquet")
+    catalog = init_workspace(
+        root,
+        pool=raw,
+        id_column="item_id",
+        classes=classes,
+        label_column="label",
+        overrides=("select.seed_size=150", "select.batch_size=100"),
+    )
+    snapshots, results, expected = {}, [], []
+    for round_id in range(1, ROUNDS + 1):
+        results.append(al_round(str(root)))
+        snapshots[round_id] = snapshot(root)
+        if round_id < ROUNDS:
+            annotate_outbox(catalog, round_id, noise=0.05, seed=0)
+        if round_id == ROUNDS - 1:
+            expected = _write_messy_file(catalog, classes)
+    return {
+        "root": root,
+        "catalog": catalog,
+        "snapshots": snapshots,
+        "results": results,
+        "expected_reasons": expected,
+        "classes": classes,
+    }
+
+
+def test_every_round_is_a_tag_on_its_own_commit(campaign):
+    root = campaign["root"]
+    tags = run_cli(["git", "tag", "--list", "round-*"], root).stdout.split()
+    assert tags == [f"round-{i:04d}" for i in range(1, ROUNDS + 1)]
+    for result in campaign["results"]:
+        tagged = run_cli(["git", "rev-list", "-n", "1", f"round-{result.round_id:04d}"], root)
+        assert tagged.stdout.strip() == result.commit
+
+
+def test_dvc_status_is_clean_after_the_rounds(campaign):
+    done = run_cli(["dvc", "status"], campaign["root"])
+    assert done.returncode == 0, done.stderr
+    assert "Data and pipelines are up to date" in done.stdout
+
+
+def test_dvc_lock_pins_every_stage(campaign):
+    import yaml
+
+    lock = yaml.safe_load((campaign["root"] / "dvc.lock").read_text())
+    assert list(lock["stages"]) == list(STAGE_NAMES)
+    for name, stage in lock["stages"].items():
+        assert all("md5" in out for out in stage.get("outs", [])), name
+
+
+def test_ledger_only_grows_round_over_round(campaign):
+    import dvc.api
+
+    root = campaign["root"]
+    ledgers = []
+    for round_id in range(1, ROUNDS + 1):
+        data = dvc.api.read(
+            "data/labels/ledger.parquet", repo=str(root), rev=f"round-{round_id:04d}", mode="rb"
+        )
+        ledgers.append(pd.read_parquet(io.BytesIO(data)))
+    for before, after in zip(ledgers, ledgers[1:], strict=False):
+        assert len(after) > len(before)
+        pd.testing.assert_frame_equal(after.iloc[: len(before)], before)
+    last = ledgers[-1]
+    assert last["event_id"].is_unique
+    assert set(last["round_id"]) == {2, 3}  # round 1 had no labels to merge
+
+
+def test_labels_keep_the_split_they_were_issued_with(campaign):
+    cat = campaign["catalog"]
+    current = pd.read_parquet(cat.current)
+    issued = pd.read_parquet(cat.issued).drop_duplicates("item_id").set_index("item_id")
+    assert (current["split"].to_numpy() == issued.loc[current["item_id"], "split"].to_numpy()).all()
+    assert {"train", "test"} <= set(current["split"])
+    # test items come only from the random test slice, never from active selection
+    tests = pd.read_parquet(cat.issued).query("split == 'test'")
+    assert set(tests["reason"]) == {"test"}
+
+
+def test_messy_file_rows_are_accounted_for(campaign):
+    cat, expected = campaign["catalog"], campaign["expected_reasons"]
+    report = json.loads((cat.reports_dir / "validate.json").read_text())
+    assert report["rows_read"] == report["rows_accepted"] + report["rows_quarantined"]
+    rejected = pd.read_csv(cat.quarantine(ROUNDS) / "rejected.csv", dtype=str)
+    mine = rejected[rejected["source_file"] == "expert-7 batch (final).csv"]
+    got = dict(zip(mine["source_row"].astype(int), mine["reason_code"], strict=True))
+    want = {row: code for row, code in enumerate(expected, start=1) if code}
+    assert got == want
+    assert (mine["reason"].str.len() > 10).all()
+    broken = rejected[rejected["source_file"] == "broken.json"]
+    assert broken["reason_code"].tolist() == ["unreadable_file"]
+    manifest = json.loads((cat.archive(ROUNDS) / "manifest.json").read_text())
+    for entry in manifest:
+        if entry["status"] == "read":
+            assert entry["rows_read"] == entry["accepted"] + entry["quarantined"]
+    # consumed files are archived exactly as received, and the incoming folder is empty
+    assert (cat.archive(ROUNDS) / "broken.json").read_text() == '[{"item_id": 1,'
+    assert not [p for p in cat.incoming_dir.iterdir() if p.name != ".gitkeep"]
+
+
+def test_mlflow_has_one_finished_run_per_round(campaign):
+    runs = tracking.list_round_runs(campaign["root"])
+    assert [r["round_id"] for r in runs] == list(range(1, ROUNDS + 1))
+    assert {r["status"] for r in runs} == {"FINISHED"}
+    for run, result in zip(runs, campaign["results"], strict=True):
+        assert run["tags"]["alloop.git_commit"] == result.commit
+    for run in runs[1:]:
+        assert 0.3 < run["metrics"]["evaluate.candidate.macro_f1"] <= 1.0
+        assert run["metrics"]["merge.labeled_items"] > 0
+
+
+def test_flow_runs_the_stages_of_dvc_yaml_in_order(campaign):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        flow_runs = client.read_flow_runs(limit=200)
+        last = max(flow_runs, key=lambda r: r.start_time)
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [last.id]}),
+            task_run_filter=TaskRunFilter(),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+    assert [r.name.rsplit("-", 1)[0] for r in runs] == list(STAGE_NAMES)
+    assert {r.state_type.value for r in runs} == {"COMPLETED"}
+
+
+def test_checkout_of_a_round_tag_restores_its_files_byte_for_byte(campaign, tmp_path):
+    copy = tmp_path / "ws"
+    shutil.copytree(campaign["root"], copy, symlinks=True)
+    for command in (["git", "checkout", "--quiet", "round-0002"], ["dvc", "checkout", "--quiet"]):
+        done = run_cli(command, copy)
+        assert done.returncode == 0, done.stderr
+    assert snapshot(copy) == campaign["snapshots"][2]
+
+
+def test_dvc_repro_reproduces_the_last_round_without_prefect(campaign, tmp_path):
+    copy = tmp_path / "ws"
+    shutil.copytree(campaign["root"], copy, symlinks=True)
+    before = snapshot(copy)
+    done = run_cli(["dvc", "repro", "--force", "--quiet"], copy)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert snapshot(copy) == before
