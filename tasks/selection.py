@@ -96,6 +96,8 @@ def select_batch(
         Schema :data:`tasks.schema.BATCH`; no item twice.
     """
     rng = np.random.default_rng(random_state)
+    relabel_candidates = relabel_candidates[relabel_candidates.isin(scores["item_id"])]
+    relabel_candidates = relabel_candidates.drop_duplicates()
     sizes = get_batch_sizes(
         params, has_model=has_model, n_relabel_candidates=int(relabel_candidates.size)
     )
@@ -107,7 +109,7 @@ def select_batch(
     parts.append(fresh.loc[test_idx].assign(split="test", reason="test"))
     fresh = fresh.drop(index=test_idx)
 
-    relabel_ids = relabel_candidates.drop_duplicates().head(sizes["relabel"])
+    relabel_ids = relabel_candidates.head(sizes["relabel"])
     relabel = scores.set_index("item_id").loc[relabel_ids.to_numpy()].reset_index()
     parts.append(relabel.assign(split="train", reason="relabel"))
 

@@ -39,6 +39,7 @@ BIN = Path(sys.executable).parent
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run a command-line tool (git, dvc, alloop) as an operator would, with the venv on PATH."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["COLUMNS"] = "200"  # rich would wrap messages at 80 columns
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
 

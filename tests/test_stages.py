@@ -1,0 +1,557 @@
+"""Every stage's pure function on small data: what it returns, and that it leaves its inputs
+alone (the contract every stage obeys)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATASETS
+
+from tasks import schema
+from tasks.evaluate import evaluate_models, get_classification_metrics
+from tasks.export import export_batch
+from tasks.flag import find_mislabels, get_flag_records
+from tasks.merge import get_current_labels, merge_labels
+from tasks.model import fit_booster, get_class_weights, get_min_child_samples
+from tasks.params import (
+    EvaluateParams,
+    ExportParams,
+    FlagParams,
+    MergeParams,
+    SelectParams,
+    TrainParams,
+    ValidateParams,
+)
+from tasks.score import get_chunk_scores
+from tasks.selection import get_batch_sizes, get_relabel_candidates, select_batch
+from tasks.simulate import answer_batch
+from tasks.train import get_training_weights, train_model
+from tasks.validate import validate_labels
+
+AS_OF = pd.Timestamp("2026-06-01T00:00:00Z")
+
+
+@pytest.fixture(scope="module")
+def satimage():
+    raw = pd.read_parquet(DATASETS / "satimage.parquet").iloc[:600]
+    rows = raw.drop(columns=["label"]).assign(item_id=[str(i) for i in range(len(raw))])
+    rows = rows[["item_id", *[c for c in rows.columns if c != "item_id"]]]
+    rows["item_id"] = rows["item_id"].astype("string")
+    classes = tuple(str(c) for c in sorted(raw["label"].unique()))
+    labels = raw["label"].astype(str).reset_index(drop=True).astype("string")
+    return rows.reset_index(drop=True), labels, classes
+
+
+def frozen_copy(*objs):
+    return copy.deepcopy(objs)
+
+
+def assert_unchanged(before, after):
+    for a, b in zip(before, after, strict=True):
+        if isinstance(a, pd.DataFrame):
+            pd.testing.assert_frame_equal(a, b)
+        elif isinstance(a, pd.Series):
+            pd.testing.assert_series_equal(a, b)
+        elif isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a == b
+
+
+# -- validate --------------------------------------------------------------------------------
+def _rows(records):
+    frame = pd.DataFrame(
+        records, columns=["item_id", "label", "annotator", "labeled_at", "comment", "malformed"]
+    )
+    frame.insert(0, "source_row", np.arange(1, len(frame) + 1))
+    frame["source_file"] = "f.csv"
+    frame["source_sha256"] = "abc"
+    return frame.astype({c: "string" for c in frame.columns if c != "source_row"})
+
+
+def test_validate_accepts_good_rows_and_gives_each_bad_row_its_reason():
+    rows = _rows(
+        [
+            ("1", "a", "ann", "2026-05-01T10:00:00Z", None, None),
+            ("1", "a", "ann", "2026-05-01T10:00:00Z", None, None),  # duplicate
+            ("2", "b", "ann", "2026-05-01T10:00:00+02:00", "hm", None),
+            ("3", "a", "x", "2026-05-01", None, None),
+            ("3", "b", "x", "2026-05-01", None, None),  # same annotator, two labels
+            ("9", "a", "ann", "2026-05-01T10:00:00Z", None, None),  # not in pool
+            ("4", "a", "ann", "2026-05-01T10:00:00Z", None, None),  # never issued
+            ("2", "zebra", "bob", "2026-05-01T10:00:00Z", None, None),
+            ("2", "a", "eve", "soon", None, None),
+            ("2", "a", "max", "2030-01-01T00:00:00Z", None, None),
+            ("2", None, "kim", "2026-05-01T10:00:00Z", None, None),
+            ("2", "a", "lee", "2026-05-01T10:00:00Z", None, "has 7 fields, the header has 4"),
+        ]
+    )
+    before = frozen_copy(rows)
+    result = validate_labels(
+        rows,
+        pool_ids=pd.Series(["1", "2", "3", "4"], dtype="string"),
+        issued_ids=pd.Series(["1", "2", "3"], dtype="string"),
+        classes=("a", "b"),
+        as_of=AS_OF,
+        params=ValidateParams(),
+    )
+    assert_unchanged(before, (rows,))
+    assert len(result.accepted) + len(result.quarantined) == len(rows)
+    assert result.accepted["source_row"].tolist() == [1, 3]
+    assert result.accepted["labeled_at"].tolist() == [
+        "2026-05-01T10:00:00.000000Z",
+        "2026-05-01T08:00:00.000000Z",
+    ]
+    reasons = dict(
+        zip(result.quarantined["source_row"], result.quarantined["reason_code"], strict=True)
+    )
+    assert reasons == {
+        2: "duplicate_row",
+        4: "conflicting_labels",
+        5: "conflicting_labels",
+        6: "unknown_item",
+        7: "not_issued",
+        8: "unknown_class",
+        9: "bad_timestamp",
+        10: "future_timestamp",
+        11: "missing_label",
+        12: "malformed_row",
+    }
+    sentences = dict(
+        zip(result.quarantined["source_row"], result.quarantined["reason"], strict=True)
+    )
+    assert "'zebra'" in sentences[8] and "['a', 'b']" in sentences[8]
+    assert "f.csv:1" in sentences[2]
+
+
+def test_validate_needs_an_aware_clock():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        validate_labels(
+            _rows([]),
+            pool_ids=pd.Series([], dtype="string"),
+            issued_ids=pd.Series([], dtype="string"),
+            classes=("a", "b"),
+            as_of=pd.Timestamp("2026-01-01"),
+            params=ValidateParams(),
+        )
+
+
+# -- merge -----------------------------------------------------------------------------------
+def _accepted(records):
+    frame = pd.DataFrame(records, columns=["item_id", "label", "annotator", "labeled_at"])
+    return frame.assign(
+        comment=pd.NA,
+        source_file="f.csv",
+        source_sha256="abc",
+        source_row=np.arange(1, len(frame) + 1),
+    )
+
+
+def _issued(pairs):
+    return schema.conform(
+        pd.DataFrame(
+            {
+                "item_id": [p[0] for p in pairs],
+                "split": [p[1] for p in pairs],
+                "round_id": 1,
+                "reason": "seed",
+                "utility": 0.0,
+            }
+        ),
+        schema.ISSUED,
+    )
+
+
+def test_merge_appends_events_and_is_idempotent_per_round():
+    ledger = schema.empty(schema.LEDGER)
+    first = _accepted([("1", "a", "ann", "t1"), ("2", "b", "ann", "t1")])
+    ledger1 = merge_labels(ledger, first, round_id=2)
+    assert ledger1["event"].tolist() == ["label", "label"]
+    assert ledger1["event_id"].tolist() == ["r0002-000001", "r0002-000002"]
+    second = _accepted([("1", "b", "ann", "t2"), ("1", "b", "bob", "t2")])
+    before = frozen_copy(ledger1, second)
+    ledger2 = merge_labels(ledger1, second, round_id=3)
+    assert_unchanged(before, (ledger1, second))
+    assert ledger2["event"].tolist() == ["label", "label", "relabel", "label"]
+    pd.testing.assert_frame_equal(ledger2.iloc[:2], ledger1)
+    # running round 3 again replaces its own events, never earlier ones
+    pd.testing.assert_frame_equal(merge_labels(ledger2, second, round_id=3), ledger2)
+
+
+def test_current_labels_use_latest_vote_per_annotator_majority_and_latest_tie():
+    ledger = merge_labels(
+        schema.empty(schema.LEDGER),
+        _accepted(
+            [
+                ("1", "a", "ann", "t"),
+                ("1", "b", "bob", "t"),
+                ("2", "a", "ann", "t"),
+                ("2", "a", "bob", "t"),
+                ("2", "b", "cid", "t"),
+                ("3", "a", "ann", "t"),
+            ]
+        ),
+        round_id=2,
+    )
+    ledger = merge_labels(ledger, _accepted([("3", "b", "ann", "t")]), round_id=3)
+    issued = _issued([("1", "train"), ("2", "test"), ("3", "train")])
+    before = frozen_copy(ledger, issued)
+    current = get_current_labels(ledger, issued, params=MergeParams())
+    assert_unchanged(before, (ledger, issued))
+    got = current.set_index("item_id")
+    assert got.loc["1", "label"] == "b"  # 1-1 tie: the latest vote wins
+    assert got.loc["2", "label"] == "a" and got.loc["2", "agreement"] == pytest.approx(2 / 3)
+    assert got.loc["3", "label"] == "b" and got.loc["3", "n_votes"] == 1  # relabel replaced
+    assert got.loc["2", "split"] == "test"
+
+
+def test_current_labels_refuse_items_never_issued():
+    ledger = merge_labels(
+        schema.empty(schema.LEDGER), _accepted([("7", "a", "x", "t")]), round_id=2
+    )
+    with pytest.raises(ValueError, match="never issued"):
+        get_current_labels(ledger, _issued([("1", "train")]), params=MergeParams())
+
+
+# -- model, flag, train ----------------------------------------------------------------------
+@pytest.mark.parametrize(("n", "expected"), [(20, 2), (300, 3), (2_000, 20), (10**6, 20)])
+def test_min_child_samples_scales_with_labels(n, expected):
+    assert get_min_child_samples(TrainParams(), n) == expected
+
+
+def test_balanced_class_weights_equalise_class_mass():
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    weights = get_class_weights(labels, 4, "balanced")
+    mass = np.bincount(labels, weights=weights, minlength=4)
+    assert mass[:3] == pytest.approx([2.0, 2.0, 2.0]) and mass[3] == 0
+
+
+def test_a_few_dozen_labels_are_enough_to_split(satimage):
+    rows, labels, classes = satimage
+    booster, why = train_model(
+        rows.iloc[:30],
+        labels.iloc[:30],
+        np.ones(30),
+        classes=classes,
+        params=TrainParams(num_boost_round=20),
+        random_state=0,
+    )
+    assert why == ""
+    assert booster.num_trees() > 0
+    assert any(
+        t["tree_structure"].get("split_index") is not None
+        for t in booster.dump_model()["tree_info"]
+    )
+
+
+def test_train_is_deterministic_and_leaves_inputs_alone(satimage):
+    rows, labels, classes = satimage
+    weights = np.ones(len(rows))
+    weights[:10] = 0.0
+    before = frozen_copy(rows, labels, weights)
+    fit = [
+        train_model(
+            rows,
+            labels,
+            weights,
+            classes=classes,
+            params=TrainParams(num_boost_round=30),
+            random_state=3,
+        )[0]
+        for _ in range(2)
+    ]
+    assert_unchanged(before, (rows, labels, weights))
+    assert fit[0].model_to_string() == fit[1].model_to_string()
+
+
+def test_train_says_why_when_one_class_only(satimage):
+    rows, labels, classes = satimage
+    one = labels[labels == labels.iloc[0]].index[:5]
+    booster, why = train_model(
+        rows.loc[one],
+        labels.loc[one],
+        np.ones(5),
+        classes=classes,
+        params=TrainParams(),
+        random_state=0,
+    )
+    assert booster is None and "fewer than two classes" in why
+
+
+def test_training_weights_come_from_this_rounds_flags():
+    flags = get_flag_records(
+        pd.DataFrame(
+            {
+                "item_id": ["2"],
+                "given_label": ["a"],
+                "suggested_label": ["b"],
+                "label_quality": [0.01],
+            }
+        ),
+        round_id=4,
+        params=FlagParams(handling="downweight", downweight=0.25),
+    )
+    train = pd.DataFrame({"item_id": ["1", "2", "3"]})
+    assert get_training_weights(train, flags, round_id=4).tolist() == [1.0, 0.25, 1.0]
+    assert get_training_weights(train, flags, round_id=5).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_flag_finds_injected_label_errors(satimage):
+    rows, labels, classes = satimage
+    rng = np.random.default_rng(0)
+    noisy = labels.copy()
+    wrong = rng.choice(len(noisy), size=24, replace=False)
+    for i in wrong:
+        noisy.iloc[i] = next(c for c in classes if c != labels.iloc[i])
+    before = frozen_copy(rows, noisy)
+    found, why = find_mislabels(
+        rows,
+        noisy,
+        classes=classes,
+        params=FlagParams(max_fraction=0.1),
+        train_params=TrainParams(num_boost_round=50),
+        random_state=0,
+    )
+    assert_unchanged(before, (rows, noisy))
+    assert why == ""
+    assert 0 < len(found) <= 60
+    hits = set(found["item_id"]) & {rows["item_id"].iloc[i] for i in wrong}
+    assert len(hits) / len(found) >= 0.5  # most flags are real errors (4% of labels wrong)
+    assert found["label_quality"].is_monotonic_increasing
+
+
+def test_flag_skips_with_a_reason_on_too_few_labels(satimage):
+    rows, labels, classes = satimage
+    found, why = find_mislabels(
+        rows.iloc[:20],
+        labels.iloc[:20],
+        classes=classes,
+        params=FlagParams(),
+        train_params=TrainParams(),
+        random_state=0,
+    )
+    assert found.empty and "fewer than flag.min_labels" in why
+
+
+# -- evaluate --------------------------------------------------------------------------------
+def test_metrics_average_over_classes_present_in_the_test_labels():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0]])
+    metrics = get_classification_metrics(np.array([0, 1, 1]), probs, ("a", "b", "c"))
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert "f1_c" not in metrics
+
+
+def test_gate_promotes_only_a_candidate_at_least_as_good(satimage):
+    rows, labels, classes = satimage
+    params = TrainParams(num_boost_round=30)
+    strong = fit_booster(
+        rows.iloc[:400].drop(columns="item_id"),
+        np.searchsorted(classes, labels.iloc[:400]),
+        params=params,
+        n_classes=len(classes),
+        random_state=0,
+    )
+    weak = fit_booster(
+        rows.iloc[:40].drop(columns="item_id"),
+        np.searchsorted(classes, labels.iloc[:40]),
+        params=params,
+        n_classes=len(classes),
+        random_state=0,
+    )
+    test_rows, test_labels = rows.iloc[400:], labels.iloc[400:]
+    before = frozen_copy(test_rows, test_labels)
+    up = evaluate_models(
+        test_rows,
+        test_labels,
+        candidate=strong,
+        champion=weak,
+        classes=classes,
+        params=EvaluateParams(),
+    )
+    down = evaluate_models(
+        test_rows,
+        test_labels,
+        candidate=weak,
+        champion=strong,
+        classes=classes,
+        params=EvaluateParams(),
+    )
+    assert_unchanged(before, (test_rows, test_labels))
+    assert up.promote and not down.promote
+    assert up.candidate["macro_f1"] > up.champion["macro_f1"]
+    first = evaluate_models(
+        test_rows,
+        test_labels,
+        candidate=weak,
+        champion=None,
+        classes=classes,
+        params=EvaluateParams(),
+    )
+    assert first.promote and first.champion is None
+
+
+# -- score, select, export, simulate ----------------------------------------------------------
+def test_chunk_scores_without_a_model_are_random_and_seeded(satimage):
+    rows, _, classes = satimage
+    a = get_chunk_scores(rows, None, classes=classes, strategy="margin", random_state=1)
+    b = get_chunk_scores(rows, None, classes=classes, strategy="margin", random_state=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["predicted_label"].isna().all() and a["utility"].between(0, 1).all()
+
+
+def test_chunk_scores_with_a_model(satimage):
+    rows, labels, classes = satimage
+    booster = fit_booster(
+        rows.drop(columns="item_id"),
+        np.searchsorted(classes, labels),
+        params=TrainParams(num_boost_round=20),
+        n_classes=len(classes),
+        random_state=0,
+    )
+    before = frozen_copy(rows)
+    scores = get_chunk_scores(rows, booster, classes=classes, strategy="margin", random_state=0)
+    assert_unchanged(before, (rows,))
+    assert scores["item_id"].tolist() == rows["item_id"].tolist()
+    assert set(scores["predicted_label"]) <= set(classes)
+    assert scores["utility"].between(-1, 0).all() and scores["confidence"].between(0, 1).all()
+
+
+def _scores(n, with_model=True, seed=0):
+    rng = np.random.default_rng(seed)
+    return schema.conform(
+        pd.DataFrame(
+            {
+                "item_id": [f"i{k}" for k in range(n)],
+                "predicted_label": rng.choice(["a", "b", "c"], n, p=[0.6, 0.3, 0.1])
+                if with_model
+                else pd.NA,
+                "confidence": rng.random(n),
+                "utility": rng.random(n),
+            }
+        ),
+        schema.SCORES,
+    )
+
+
+def test_batch_has_its_parts_no_duplicates_and_skips_issued_items():
+    scores = _scores(500)
+    issued = _issued([(f"i{k}", "train") for k in range(50)])
+    relabel = pd.Series(["i3", "i7", "i3"], dtype="string")
+    params = SelectParams(batch_size=100, test_fraction=0.2, qc_fraction=0.1)
+    before = frozen_copy(scores, issued, relabel)
+    batch = select_batch(scores, issued, relabel, has_model=True, params=params, random_state=0)
+    assert_unchanged(before, (scores, issued, relabel))
+    assert batch["item_id"].is_unique and len(batch) == 100
+    counts = batch["reason"].value_counts().to_dict()
+    assert counts == {"relabel": 2, "test": 20, "qc": 10, "active": 68}
+    fresh = batch[batch["reason"] != "relabel"]
+    assert not fresh["item_id"].isin(issued["item_id"]).any()
+    assert set(batch.loc[batch["reason"] == "test", "split"]) == {"test"}
+    active = batch[batch["reason"] == "active"]
+    rest = scores[
+        ~scores["item_id"].isin(batch["item_id"]) & ~scores["item_id"].isin(issued["item_id"])
+    ]
+    assert active["utility"].min() >= rest["utility"].max()  # the top utilities were taken
+    again = select_batch(scores, issued, relabel, has_model=True, params=params, random_state=0)
+    pd.testing.assert_frame_equal(batch, again)
+
+
+def test_test_slice_is_stratified_by_predicted_class():
+    scores = _scores(3000, seed=2)
+    batch = select_batch(
+        scores,
+        _issued([]),
+        pd.Series([], dtype="string"),
+        has_model=True,
+        params=SelectParams(batch_size=250, test_fraction=0.4, qc_fraction=0.0),
+        random_state=0,
+    )
+    test = batch[batch["split"] == "test"]
+    share = test["predicted_label"].value_counts(normalize=True)
+    pool_share = scores["predicted_label"].value_counts(normalize=True)
+    assert (share - pool_share).abs().max() < 0.01
+
+
+def test_seed_batch_before_any_model():
+    sizes = get_batch_sizes(SelectParams(seed_size=200), has_model=False, n_relabel_candidates=0)
+    assert sizes == {"test": 40, "relabel": 0, "qc": 0, "active": 160}
+    batch = select_batch(
+        _scores(1000, with_model=False),
+        _issued([]),
+        pd.Series([], dtype="string"),
+        has_model=False,
+        params=SelectParams(seed_size=200),
+        random_state=0,
+    )
+    assert batch["reason"].value_counts().to_dict() == {"seed": 160, "test": 40}
+
+
+def test_relabel_candidates_go_back_once():
+    flags = get_flag_records(
+        pd.DataFrame(
+            {
+                "item_id": ["1", "2", "3"],
+                "given_label": "a",
+                "suggested_label": "b",
+                "label_quality": [0.3, 0.1, 0.2],
+            }
+        ),
+        round_id=5,
+        params=FlagParams(),
+    )
+    current = pd.DataFrame({"item_id": ["1", "2", "3"], "n_votes": [1, 2, 1]})
+    issued = _issued([("1", "train")]).assign(reason="relabel", round_id=3)
+    got = get_relabel_candidates(flags, current, issued, round_id=5, params=FlagParams())
+    assert got.tolist() == ["3"]  # 2 has two votes already, 1 was sent back before
+
+
+def test_export_formats_carry_the_suggestion_and_hide_the_split(satimage):
+    rows, _, _ = satimage
+    batch = schema.conform(
+        pd.DataFrame(
+            {
+                "item_id": ["5", "1", "9"],
+                "split": ["test", "train", "train"],
+                "reason": ["test", "active", "qc"],
+                "utility": [0.1, 0.9, 0.2],
+                "predicted_label": ["b", "a", pd.NA],
+                "confidence": [0.6, 0.51, np.nan],
+            }
+        ),
+        schema.BATCH,
+    )
+    before = frozen_copy(batch, rows)
+    table, records, tasks = export_batch(batch, rows, round_id=7, params=ExportParams())
+    assert_unchanged(before, (batch, rows))
+    assert table["item_id"].tolist() == ["9", "1", "5"]  # grouped by predicted class
+    assert "split" not in table.columns and "reason" not in table.columns
+    assert {"label", "annotator", "labeled_at"} <= set(table.columns)
+    assert records[1] == {**records[1], "item_id": "1", "predicted_label": "a"}
+    assert "predictions" not in tasks[0]  # no model suggestion, no pre-annotation
+    prediction = tasks[1]["predictions"][0]
+    assert prediction["model_version"] == "round-0007"
+    assert prediction["result"][0]["value"] == {"choices": ["a"]}
+    assert tasks[1]["data"]["item_id"] == "1"
+
+
+def test_simulated_annotator_makes_the_asked_share_of_mistakes():
+    truth = pd.DataFrame(
+        {"item_id": [str(i) for i in range(4000)], "label": np.resize(["a", "b", "c"], 4000)}
+    )
+    ids = truth["item_id"].iloc[::2]
+    answers = answer_batch(
+        ids,
+        truth,
+        classes=("a", "b", "c"),
+        noise=0.1,
+        annotator="sim",
+        labeled_at="2026-01-01T00:00:00Z",
+        random_state=0,
+    )
+    wrong = (answers["label"].to_numpy() != truth.set_index("item_id").loc[ids, "label"]).mean()
+    assert 0.08 < wrong < 0.12
+    assert list(answers.columns) == ["item_id", "label", "annotator", "labeled_at"]
