@@ -21,6 +21,8 @@ app = typer.Typer(
 console = Console()
 log = logging.getLogger("alloop")
 
+LABEL_LIKE = {"label", "labels", "target", "class", "y"}
+
 WorkspaceOpt = Annotated[
     Path, typer.Option("--workspace", "-w", help="The workspace (default: current folder).")
 ]
@@ -78,9 +80,17 @@ def init(
     _setup(path)
     names = [c.strip() for c in classes.split(",") if c.strip()]
     try:
+        raw = read_table_file(pool)
+        looks_like_labels = [c for c in raw.columns if str(c).lower() in LABEL_LIKE]
+        if label_column is None and looks_like_labels:
+            log.warning(
+                "the pool has a column %s that looks like labels; it will be used as a "
+                "feature. If it holds true labels (simulation only), pass --label-column.",
+                looks_like_labels,
+            )
         catalog = init_workspace(
             path,
-            pool=read_table_file(pool),
+            pool=raw,
             id_column=id_column,
             classes=names,
             label_column=label_column,

@@ -32,6 +32,7 @@ def configure(workspace: Path, *, api_url: str | None = None) -> dict[str, str]:
         # a fresh Prefect database takes 12-20 s to migrate on 2 cores; the default is 20 s
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING"),
     }
     if api_url:
         settings["PREFECT_API_URL"] = api_url
