@@ -96,12 +96,12 @@ def select_batch(
         Schema :data:`tasks.schema.BATCH`; no item twice.
     """
     rng = np.random.default_rng(random_state)
-    relabel_candidates = relabel_candidates[relabel_candidates.isin(scores["item_id"])]
+    relabel_candidates = relabel_candidates[schema.is_in(relabel_candidates, scores["item_id"])]
     relabel_candidates = relabel_candidates.drop_duplicates()
     sizes = get_batch_sizes(
         params, has_model=has_model, n_relabel_candidates=int(relabel_candidates.size)
     )
-    fresh = scores[~scores["item_id"].isin(issued["item_id"])]
+    fresh = scores[~schema.is_in(scores["item_id"], issued["item_id"])]
     fresh = fresh[fresh["utility"].notna()]
     parts = []
 
@@ -142,7 +142,7 @@ def get_relabel_candidates(
     flagged = flags[flags["round_id"] == round_id].sort_values(["label_quality", "item_id"])
     votes = flagged["item_id"].map(current.set_index("item_id")["n_votes"]).fillna(0)
     sent_before = issued.loc[issued["reason"] == "relabel", "item_id"]
-    keep = (votes <= params.max_votes_for_relabel) & ~flagged["item_id"].isin(sent_before)
+    keep = (votes <= params.max_votes_for_relabel) & ~schema.is_in(flagged["item_id"], sent_before)
     return flagged.loc[keep, "item_id"].reset_index(drop=True)
 
 

@@ -140,8 +140,8 @@ def validate_labels(
         + (frame.groupby(triple)["source_row"].transform("first").astype(str))
     )
     frame = frame.assign(
-        _known=frame["item_id"].isin(pool_ids),
-        _issued=frame["item_id"].isin(issued_ids),
+        _known=schema.is_in(frame["item_id"], pool_ids),
+        _issued=schema.is_in(frame["item_id"], issued_ids),
         _time_ok=times.notna() | frame["labeled_at"].isna(),
         _past=(times <= limit).fillna(True),
         _consistent=labels_per_key <= 1,
