@@ -107,10 +107,10 @@ def round_(workspace: WorkspaceOpt = Path(".")) -> None:
     """Run one round: validate, merge, flag, train, evaluate, score, select, export, record."""
     root = _setup(workspace)
     from flows.round import al_round
-    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+    from flows.workspace import WorkspaceBusy, WorkspaceError
 
     try:
-        with hold_workspace(root, "round"), _quiet_prefect():
+        with _quiet_prefect():
             result = al_round(str(root))
     except (WorkspaceBusy, WorkspaceError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
@@ -235,12 +235,12 @@ def pipeline(
     """Check (or rewrite) that dvc.yaml declares the stages al_round runs."""
     import yaml
 
-    from flows.pipeline import render_dvc_stages
+    from flows.pipeline import dump_dvc_yaml, render_dvc_stages
 
     target = workspace.resolve() / "dvc.yaml"
     wanted = render_dvc_stages()
     if write:
-        target.write_text(yaml.safe_dump(wanted, sort_keys=False))
+        target.write_text(dump_dvc_yaml())
         console.print(f"wrote {target}")
         return
     if yaml.safe_load(target.read_text()) != wanted:

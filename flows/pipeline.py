@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+import yaml
+
 from tasks import evaluate, export, flag, merge, score, selection, train, validate
 from tasks.catalog import ROUND_FILE
 from tasks.context import StageSpec
@@ -49,5 +51,16 @@ def render_dvc_stages() -> dict[str, Any]:
             entry["outs"] = outs
         if spec.metrics:
             entry["metrics"] = [{path: {"cache": False}} for path in spec.metrics]
+        if spec.plots:
+            entry["plots"] = [{path: {"cache": False, **opts}} for path, opts in spec.plots.items()]
         stages[spec.name] = entry
     return {"stages": stages}
+
+
+def dump_dvc_yaml() -> str:
+    """The text of ``dvc.yaml``: the rendered stages under a header saying where they come from."""
+    header = (
+        "# Generated from the stage specs (STAGE in tasks/*.py); tests/test_pipeline.py keeps\n"
+        "# the two in step. Regenerate with: alloop pipeline --write\n"
+    )
+    return header + yaml.safe_dump(render_dvc_stages(), sort_keys=False)

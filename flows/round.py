@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 
 from flows import tracking, versioning
 from flows.pipeline import STAGE_MODULES
-from flows.workspace import WorkspaceError, code_drift
+from flows.workspace import WorkspaceError, code_drift, hold_workspace
 from tasks.catalog import Catalog, RoundInfo, round_name
 from tasks.context import StageContext
 
@@ -69,24 +69,25 @@ def al_round(workspace: str, push: bool = True) -> RoundResult:
     """One active-learning round in ``workspace``, recorded as commit and tag ``round-NNNN``."""
     logger = get_run_logger()
     catalog = Catalog(Path(workspace).resolve())
-    drift = code_drift(catalog.root)
-    if drift:
-        raise WorkspaceError(
-            f"the workspace's code differs from this alloop's in {drift[:5]}: dvc.lock would "
-            "record code that did not produce the outputs. Run the workspace's own code "
-            "(`cd WORKSPACE && python -m flows.cli round`) or restore those files."
+    with hold_workspace(catalog.root, "round"):
+        drift = code_drift(catalog.root)
+        if drift:
+            raise WorkspaceError(
+                f"the workspace's code differs from this alloop's in {drift[:5]}: dvc.lock "
+                "would record code that did not produce the outputs. Run the workspace's own "
+                "code (`cd WORKSPACE && python -m flows.cli round`) or restore those files."
+            )
+        params = catalog.read_params()
+        info, resumed = begin_round(catalog, datetime.now(UTC))
+        logger.info("%s %s", "resuming" if resumed else "starting", round_name(info.round_id))
+        ctx = StageContext(catalog=catalog, params=params, round=info)
+        summaries: dict[str, dict[str, Any]] = {}
+        for module in STAGE_MODULES:
+            summaries[module.STAGE.name] = module.run(ctx)
+            logger.info("%s: %s", module.STAGE.name, summaries[module.STAGE.name])
+        run_id = tracking.log_round(catalog, info.round_id, params, summaries)
+        commit = versioning.record_round(
+            catalog.root, info.round_id, get_commit_message(info.round_id, summaries), push=push
         )
-    params = catalog.read_params()
-    info, resumed = begin_round(catalog, datetime.now(UTC))
-    logger.info("%s %s", "resuming" if resumed else "starting", round_name(info.round_id))
-    ctx = StageContext(catalog=catalog, params=params, round=info)
-    summaries: dict[str, dict[str, Any]] = {}
-    for module in STAGE_MODULES:
-        summaries[module.STAGE.name] = module.run(ctx)
-        logger.info("%s: %s", module.STAGE.name, summaries[module.STAGE.name])
-    run_id = tracking.log_round(catalog, info.round_id, params, summaries)
-    commit = versioning.record_round(
-        catalog.root, info.round_id, get_commit_message(info.round_id, summaries), push=push
-    )
-    tracking.tag_commit(catalog.root, run_id, commit)
+        tracking.tag_commit(catalog.root, run_id, commit)
     return RoundResult(info.round_id, commit, run_id, summaries, resumed)

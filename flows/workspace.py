@@ -19,7 +19,7 @@ import yaml
 import flows
 import tasks
 from flows import versioning
-from flows.pipeline import render_dvc_stages
+from flows.pipeline import dump_dvc_yaml
 from tasks.catalog import Catalog, RoundInfo, write_text
 from tasks.params import ParamsError, dump_params, load_params
 from tasks.schema import ITEM_ID
@@ -159,7 +159,7 @@ def init_workspace(
     catalog = Catalog(root)
     _copy_code(root)
     write_text(catalog.params_file, yaml.safe_dump(dump_params(params), sort_keys=False))
-    write_text(root / "dvc.yaml", yaml.safe_dump(render_dvc_stages(), sort_keys=False))
+    write_text(root / "dvc.yaml", dump_dvc_yaml())
     write_text(root / ".gitignore", GITIGNORE)
     catalog.write_round(RoundInfo(round_id=0, started_at=""))
     for folder in (catalog.incoming_dir,):

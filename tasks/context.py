@@ -29,6 +29,8 @@ class StageSpec:
     outs: tuple[str, ...] = ()
     persist: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
+    #: path -> DVC plot options (x, y, template); written in git, like metrics
+    plots: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
 from tasks import schema
-from tasks.catalog import write_json, write_text
+from tasks.catalog import write_csv, write_json, write_text
 from tasks.context import StageContext, StageSpec, stage_task
 from tasks.model import encode_labels, get_feature_frame, predict_proba
 from tasks.params import EvaluateParams
@@ -27,6 +27,9 @@ STAGE = StageSpec(
     params=("project", "evaluate"),
     persist=("models/champion",),
     metrics=("reports/metrics.json",),
+    plots={
+        "reports/test_predictions.csv": {"template": "confusion", "x": "actual", "y": "predicted"}
+    },
 )
 
 
@@ -65,6 +68,7 @@ class Evaluation:
     champion: dict[str, float] | None
     promote: bool
     reason: str
+    predicted: pd.Series | None = None  # the candidate's class for each test item
 
 
 def evaluate_models(
@@ -90,11 +94,11 @@ def evaluate_models(
         return Evaluation(None, None, False, "no test labels to compare against the champion")
     features = get_feature_frame(test_rows.reset_index(drop=True))
     codes = encode_labels(test_labels.reset_index(drop=True), classes)
-    ours = get_classification_metrics(
-        codes, predict_proba(candidate, features, len(classes)), classes
-    )
+    probs = predict_proba(candidate, features, len(classes))
+    ours = get_classification_metrics(codes, probs, classes)
+    predicted = pd.Series(np.asarray(classes, dtype=object)[probs.argmax(axis=1)], dtype="string")
     if champion is None:
-        return Evaluation(ours, None, True, "first model")
+        return Evaluation(ours, None, True, "first model", predicted)
     theirs = get_classification_metrics(
         codes, predict_proba(champion, features, len(classes)), classes
     )
@@ -102,9 +106,8 @@ def evaluate_models(
     bar = theirs[metric] + params.gate_min_delta
     promote = ours[metric] >= bar
     verdict = "passes" if promote else "fails"
-    return Evaluation(
-        ours, theirs, promote, f"candidate {metric} {ours[metric]:.4f} {verdict} the gate {bar:.4f}"
-    )
+    reason = f"candidate {metric} {ours[metric]:.4f} {verdict} the gate {bar:.4f}"
+    return Evaluation(ours, theirs, promote, reason, predicted)
 
 
 def _load(model_text: str | None) -> lgb.Booster | None:
@@ -165,4 +168,12 @@ def run(ctx: StageContext) -> dict[str, object]:
         ),
     }
     write_json(cat.metrics_file, metrics)
+    predictions = pd.DataFrame(
+        {
+            "item_id": test["item_id"],
+            "actual": test["label"],
+            "predicted": result.predicted if result.predicted is not None else pd.NA,
+        }
+    )
+    write_csv(cat.reports_dir / "test_predictions.csv", predictions)
     return metrics

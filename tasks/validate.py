@@ -143,7 +143,7 @@ def validate_labels(
         _known=schema.is_in(frame["item_id"], pool_ids),
         _issued=schema.is_in(frame["item_id"], issued_ids),
         _time_ok=times.notna() | frame["labeled_at"].isna(),
-        _past=(times <= limit).fillna(True),
+        _past=times.isna() | (times <= limit),  # unreadable times have their own check
         _consistent=labels_per_key <= 1,
         _first=first_position,
         _first_source=first_source,
