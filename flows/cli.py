@@ -215,16 +215,17 @@ def demo(
             run_demo(root, rounds=rounds, noise=noise, on_round=report)
     except WorkspaceError as exc:
         raise _fail(str(exc)) from None
-    console.print(
-        "\nwhere to look:\n"
-        f"  git -C {path} tag                      # one tag per round\n"
-        f"  git -C {path} log --stat round-0002    # what a round changed\n"
-        f"  cat {path}/reports/round.md            # the last round's report\n"
-        f"  cd {path} && dvc metrics diff round-0002 round-{rounds:04d}\n"
-        f"  mlflow ui --backend-store-uri sqlite:///{root}/.alloop/mlflow.db\n"
-        f"  PREFECT_HOME={root}/.alloop/prefect prefect server start   # Prefect UI: flow runs\n"
-        "  (tools are in .venv/bin)"
-    )
+    where = [
+        "where to look:",
+        f"  git -C {path} tag                      # one tag per round",
+        f"  git -C {path} log --stat round-0002    # what a round changed",
+        f"  cat {path}/reports/round.md            # the last round's report",
+        f"  cd {path} && dvc metrics diff round-0002 round-{rounds:04d}",
+        f"  mlflow ui --backend-store-uri sqlite:///{root}/.alloop/mlflow.db",
+        f"  PREFECT_HOME={root}/.alloop/prefect prefect server start   # Prefect UI",
+        "  (the tools are in .venv/bin)",
+    ]
+    console.print("\n" + "\n".join(where), soft_wrap=True)  # commands to copy: never wrapped
 
 
 @app.command()

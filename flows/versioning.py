@@ -6,6 +6,7 @@ the workspace with analytics off and fails with the tool's own message.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -94,10 +95,16 @@ def commit_outputs(root: Path, *, push: bool) -> None:
     """
     from dvc.repo import Repo
 
-    with _inside(root), Repo(str(root)) as repo:
-        repo.commit(force=True)
-        if push:
-            repo.push()
+    dvc_log = logging.getLogger("dvc")
+    level = dvc_log.level
+    dvc_log.setLevel(logging.WARNING)  # "Updating lock file" on every round is noise
+    try:
+        with _inside(root), Repo(str(root)) as repo:
+            repo.commit(force=True)
+            if push:
+                repo.push()
+    finally:
+        dvc_log.setLevel(level)
 
 
 def record_round(root: Path, round_id: int, message: str, *, push: bool = True) -> str:

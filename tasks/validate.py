@@ -3,7 +3,7 @@
 Rows in = rows accepted + rows quarantined, for every file and every round. The checks are a
 Great Expectations suite over the rows plus a few derived columns (is the item in the pool,
 was it issued, is the time readable); each failing row is mapped back by its position and
-given the reason code of the first check it fails, in the order of :data:`CHECKS`.
+given the reason code of the first check it fails, in the order of :func:`get_checks`.
 """
 
 from __future__ import annotations
@@ -34,31 +34,32 @@ STAGE = StageSpec(
 
 MANIFEST = "manifest.json"
 
-#: Every check, in priority order: a row failing several is quarantined with the first.
-CHECKS: tuple[Check, ...] = (
-    Check("malformed_row", "ExpectColumnValuesToBeNull", {"column": "malformed"}),
-    *(
-        Check(f"missing_{name}", "ExpectColumnValuesToNotBeNull", {"column": name})
-        for name in REQUIRED
-    ),
-    Check("unknown_item", "ExpectColumnValuesToBeInSet", {"column": "_known", "value_set": [True]}),
-    Check("not_issued", "ExpectColumnValuesToBeInSet", {"column": "_issued", "value_set": [True]}),
-    Check("unknown_class", "ExpectColumnValuesToBeInSet", {"column": "label", "value_set": []}),
-    Check(
-        "bad_timestamp", "ExpectColumnValuesToBeInSet", {"column": "_time_ok", "value_set": [True]}
-    ),
-    Check(
-        "future_timestamp", "ExpectColumnValuesToBeInSet", {"column": "_past", "value_set": [True]}
-    ),
-    Check(
-        "conflicting_labels",
-        "ExpectColumnValuesToBeInSet",
-        {"column": "_consistent", "value_set": [True]},
-    ),
-    Check(
-        "duplicate_row", "ExpectColumnValuesToBeInSet", {"column": "_first", "value_set": [True]}
-    ),
-)
+
+def _holds(name: str, column: str) -> Check:
+    """A check that the derived boolean ``column`` is true."""
+    return Check(name, "ExpectColumnValuesToBeInSet", {"column": column, "value_set": [True]})
+
+
+def get_checks(classes: Sequence[str]) -> tuple[Check, ...]:
+    """Every check, in priority order: a row failing several gets the reason of the first."""
+    return (
+        Check("malformed_row", "ExpectColumnValuesToBeNull", {"column": "malformed"}),
+        *(
+            Check(f"missing_{name}", "ExpectColumnValuesToNotBeNull", {"column": name})
+            for name in REQUIRED
+        ),
+        _holds("unknown_item", "_known"),
+        _holds("not_issued", "_issued"),
+        Check(
+            "unknown_class",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "label", "value_set": list(classes)},
+        ),
+        _holds("bad_timestamp", "_time_ok"),
+        _holds("future_timestamp", "_past"),
+        _holds("conflicting_labels", "_consistent"),
+        _holds("duplicate_row", "_first"),
+    )
 
 
 def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Timestamp) -> str:
@@ -148,12 +149,7 @@ def validate_labels(
         _first=first_position,
         _first_source=first_source,
     )
-    checks = tuple(
-        Check(c.name, c.expectation, {**c.kwargs, "value_set": list(classes)})
-        if c.name == "unknown_class"
-        else c
-        for c in CHECKS
-    )
+    checks = get_checks(classes)
     failing = find_failing_rows(frame, checks)
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
     for check in reversed(checks):  # the first check in priority order wins
