@@ -249,6 +249,32 @@ def pipeline(
     console.print(f"{target} matches the stage specs")
 
 
+@app.command()
+def suite(
+    write: Annotated[bool, typer.Option(help="Write the built-in suite file.")] = False,
+    force: Annotated[bool, typer.Option(help="With --write: replace an existing file.")] = False,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Show (or write) the Great Expectations suite that validates incoming labels."""
+    import json
+
+    from tasks.expectations import dump_suite, get_check_order
+    from tasks.validate import SUITE_FILE, get_default_suite
+
+    target = workspace.resolve() / SUITE_FILE
+    if write:
+        if target.exists() and not force:
+            raise _fail(f"{target} exists; pass --force to replace it (your own checks go)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(dump_suite(get_default_suite()))
+        console.print(f"wrote {target}")
+        return
+    if not target.exists():
+        raise _fail(f"{target} is missing; `alloop suite --write` writes the built-in one")
+    for position, (name, reason) in enumerate(get_check_order(json.loads(target.read_text())), 1):
+        console.print(f"{position:2d}. {name}" + (f": {reason}" if reason else ""))
+
+
 def main() -> None:
     try:
         app()

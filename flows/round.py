@@ -56,7 +56,7 @@ def get_commit_message(round_id: int, s: dict[str, dict[str, Any]]) -> str:
     )
     body = [
         f"labeled items: {m.get('labeled_items', 0)} (train {m.get('train_items', 0)}, "
-        f"test {m.get('test_items', 0)}); ledger events: {m.get('ledger_events', 0)}",
+        f"test {m.get('test_items', 0)}); ledger events: {f.get('ledger_events', 0)}",
         f"gate: {e.get('gate', '')}",
         "batch: "
         + ", ".join(f"{k[2:]} {v}" for k, v in sorted(sel.items()) if k.startswith("n_") and v),

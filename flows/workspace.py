@@ -158,6 +158,8 @@ def init_workspace(
     root.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(root)
     _copy_code(root)
+    # the expectation suite is the workspace's own, versioned with it (teams add checks)
+    shutil.copytree(TEMPLATE_ROOT / "gx", root / "gx")
     write_text(catalog.params_file, yaml.safe_dump(dump_params(params), sort_keys=False))
     write_text(root / "dvc.yaml", dump_dvc_yaml())
     write_text(root / ".gitignore", GITIGNORE)

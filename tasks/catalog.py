@@ -109,6 +109,18 @@ class Catalog:
         return self.interim_dir / "accepted.parquet"
 
     @property
+    def rejected(self) -> Path:
+        return self.interim_dir / "rejected.parquet"
+
+    @property
+    def events(self) -> Path:
+        return self.interim_dir / "events.parquet"
+
+    @property
+    def annotators(self) -> Path:
+        return self.labels_dir / "annotators.parquet"
+
+    @property
     def scores(self) -> Path:
         return self.interim_dir / "scores.parquet"
 

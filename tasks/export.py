@@ -25,6 +25,7 @@ STAGE = StageSpec(
         "tasks/export.py",
         "data/interim/batch.parquet",
         "data/pool",
+        "data/archive",
         *(f"reports/{name}.json" for name in REPORTS),
     ),
     params=("export",),
@@ -120,8 +121,10 @@ def export_batch(
     return table, records, tasks
 
 
-def get_round_report(round_id: int, reports: dict[str, dict[str, Any]]) -> str:
-    """The round report in Markdown, from every stage's summary."""
+def get_round_report(
+    round_id: int, reports: dict[str, dict[str, Any]], files: list[dict[str, Any]]
+) -> str:
+    """The round report in Markdown, from every stage's summary and the intake manifest."""
     v, m, f, t = (reports.get(k, {}) for k in ("validate", "merge", "flag", "train"))
     ev, s = reports.get("metrics", {}), reports.get("select", {})
     cand = ev.get("candidate") or {}
@@ -141,9 +144,21 @@ def get_round_report(round_id: int, reports: dict[str, dict[str, Any]]) -> str:
     ]
     for code, count in sorted((v.get("quarantined_by_reason") or {}).items()):
         lines.append(f"  - {code}: {count}")
+    for entry in files:
+        detail = {
+            "read": f"{entry.get('rows_read', 0)} rows = {entry.get('accepted', 0)} accepted + "
+            f"{entry.get('quarantined', 0)} quarantined",
+            "unreadable": f"refused whole: {entry.get('error', '')}",
+            "already_consumed": f"skipped: same content as {entry.get('same_as', '')}",
+        }.get(str(entry.get("status")), str(entry.get("status")))
+        lines.append(f"  - file `{entry.get('file')}` ({entry.get('format', '-')}): {detail}")
     lines += [
-        f"- ledger: {m.get('ledger_events', 0)} events (+{m.get('events_added', 0)}, "
-        f"{m.get('relabels', 0)} relabels)",
+        f"- ledger: {f.get('ledger_events', 0)} events (+{f.get('ledger_events_added', 0)}: "
+        f"{m.get('events_label', 0)} labels, {m.get('events_relabel', 0)} relabels, "
+        f"{m.get('events_rejected', 0)} rejected, {m.get('events_resolved', 0)} flags resolved, "
+        f"{m.get('events_consensus', 0)} consensus changes)",
+        f"- consensus: {m.get('consensus_method', 'n/a')}; items in disagreement: "
+        f"{m.get('items_in_disagreement', 0)}",
         f"- labeled items: {m.get('labeled_items', 0)} (train {m.get('train_items', 0)}, "
         f"test {m.get('test_items', 0)})",
         "",
@@ -182,7 +197,8 @@ def run(ctx: StageContext) -> dict[str, object]:
     reports = {
         name: cat.read_json(cat.reports_dir / f"{name}.json", default={}) for name in REPORTS
     }
-    write_text(cat.reports_dir / "round.md", get_round_report(ctx.round_id, reports))
+    files = cat.read_json(cat.archive(ctx.round_id) / "manifest.json", default=[])
+    write_text(cat.reports_dir / "round.md", get_round_report(ctx.round_id, reports, files))
     summary: dict[str, object] = {"exported_items": int(len(table))}
     write_json(cat.reports_dir / "export.json", summary)
     return summary

@@ -11,55 +11,26 @@ import numpy as np
 import pandas as pd
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
-from sklearn.model_selection import StratifiedKFold
 
 from tasks import schema
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
-from tasks.model import encode_labels, fit_booster, get_feature_frame, predict_proba
+from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
 from tasks.params import FlagParams, TrainParams
 
 STAGE = StageSpec(
     name="flag",
-    deps=("tasks/flag.py", "tasks/model.py", "data/labels/current.parquet", "data/pool"),
+    deps=(
+        "tasks/flag.py",
+        "tasks/model.py",
+        "data/labels/current.parquet",
+        "data/interim/events.parquet",
+        "data/pool",
+    ),
     params=("project", "flag", "train"),
-    persist=("data/labels/flags.parquet",),
+    persist=("data/labels/flags.parquet", "data/labels/ledger.parquet"),
     metrics=("reports/flag.json",),
 )
-
-
-def get_out_of_fold_pred_probs(
-    features: pd.DataFrame,
-    labels: np.ndarray,
-    *,
-    n_classes: int,
-    n_folds: int,
-    train_params: TrainParams,
-    random_state: int,
-) -> np.ndarray:
-    """Predicted probabilities of each row from a model fitted on the other folds.
-
-    Parameters
-    ----------
-    labels : np.ndarray of int, shape (n,)
-        Class codes in ``[0, n_classes)``; every class present has at least ``n_folds`` rows.
-
-    Returns
-    -------
-    np.ndarray of float, shape (n, n_classes)
-    """
-    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=random_state % 2**32)
-    pred_probs = np.zeros((labels.size, n_classes), dtype=float)
-    for fold, (fit_idx, held_idx) in enumerate(folds.split(np.zeros(labels.size), labels)):
-        booster = fit_booster(
-            features.iloc[fit_idx],
-            labels[fit_idx],
-            params=train_params,
-            n_classes=n_classes,
-            random_state=random_state + fold,
-        )
-        pred_probs[held_idx] = predict_proba(booster, features.iloc[held_idx], n_classes)
-    return pred_probs
 
 
 def find_mislabels(
@@ -145,6 +116,40 @@ def get_flag_records(found: pd.DataFrame, *, round_id: int, params: FlagParams) 
     )
 
 
+def get_flag_events(records: pd.DataFrame, *, round_id: int) -> pd.DataFrame:
+    """The ledger's ``flagged`` events for this round's flag records."""
+    return pd.DataFrame(
+        {
+            "round_id": round_id,
+            "event": "flagged",
+            "item_id": records["item_id"].to_numpy(),
+            "label": records["given_label"].to_numpy(),
+            "outcome": records["handling"].to_numpy(),
+            "detail": [
+                f"cleanlab suggests {s!r} (label quality {q:.3f})"
+                for s, q in zip(records["suggested_label"], records["label_quality"], strict=True)
+            ],
+        }
+    )
+
+
+def append_round(
+    ledger: pd.DataFrame, events: pd.DataFrame, flagged: pd.DataFrame, *, round_id: int
+) -> pd.DataFrame:
+    """The ledger with this round's events appended after every earlier round's, unchanged.
+
+    Events of this round already in ``ledger`` (the round ran before) are replaced, so the
+    ledger gets exactly one copy of each round.
+    """
+    prior = schema.conform(ledger, schema.LEDGER)
+    prior = prior[prior["round_id"] < round_id]
+    mine = schema.conform(events, schema.LEDGER)
+    if (mine["round_id"] != round_id).any():
+        raise ValueError(f"events of another round than {round_id} in this round's events")
+    flagged = schema.number_events(flagged, round_id=round_id, start=len(mine) + 1)
+    return schema.conform(pd.concat([prior, mine, flagged], ignore_index=True), schema.LEDGER)
+
+
 @stage_task("flag")
 def run(ctx: StageContext) -> dict[str, object]:
     cat = ctx.catalog
@@ -163,12 +168,21 @@ def run(ctx: StageContext) -> dict[str, object]:
     records = get_flag_records(found, round_id=ctx.round_id, params=ctx.params.flag)
     history = cat.read_table(cat.flags, schema.FLAGS)
     history = pd.concat([history[history["round_id"] < ctx.round_id], records])
+    ledger = append_round(
+        cat.read_table(cat.ledger, schema.LEDGER),
+        cat.read_table(cat.events, schema.LEDGER),
+        get_flag_events(records, round_id=ctx.round_id),
+        round_id=ctx.round_id,
+    )
     cat.write_table(cat.flags, history, schema.FLAGS)
+    cat.write_table(cat.ledger, ledger, schema.LEDGER)
     summary: dict[str, object] = {
         "checked": 0 if skipped else int(len(train_labels)),
         "flagged": int(len(records)),
         "handling": ctx.params.flag.handling,
         "skipped_because": skipped,
+        "ledger_events": int(len(ledger)),
+        "ledger_events_added": int((ledger["round_id"] == ctx.round_id).sum()),
     }
     write_json(cat.reports_dir / "flag.json", summary)
     return summary

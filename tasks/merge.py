@@ -1,121 +1,334 @@
-"""Stage 2, merge: append accepted labels to the ledger and resolve every item's label."""
+"""Stage 2, merge: turn the round's accepted and rejected rows into label events, and resolve
+every item's current label from all votes so far.
+
+The events of a round (``label``, ``relabel``, ``rejected``, ``resolved``, ``consensus``) go to
+``data/interim/events.parquet``; flag adds its ``flagged`` events and appends the round to the
+ledger, so that the ledger gets one append per round and never an edit.
+
+Consensus: each annotator's latest vote on an item counts once. With enough items labeled by
+several annotators, training items are resolved by cleanlab's CROWDLAB (votes weighed by each
+annotator's estimated quality and by an out-of-fold model); otherwise, and always for test
+items (a test label must not depend on the model it measures), by majority, a tie going to the
+class whose latest vote is the most recent.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+from cleanlab.multiannotator import get_label_quality_multiannotator
 
 from tasks import schema
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
-from tasks.params import MergeParams
+from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
+from tasks.params import MergeParams, TrainParams
 
 STAGE = StageSpec(
     name="merge",
-    deps=("tasks/merge.py", "data/interim/accepted.parquet"),
-    params=("merge",),
-    outs=("data/labels/current.parquet",),
-    persist=("data/labels/ledger.parquet",),
+    deps=(
+        "tasks/merge.py",
+        "tasks/model.py",
+        "data/interim/accepted.parquet",
+        "data/interim/rejected.parquet",
+        "data/pool",
+    ),
+    params=("project", "merge", "train"),
+    outs=("data/labels/current.parquet", "data/interim/events.parquet"),
+    persist=("data/labels/annotators.parquet",),
     metrics=("reports/merge.json",),
 )
 
 
-def merge_labels(ledger: pd.DataFrame, accepted: pd.DataFrame, *, round_id: int) -> pd.DataFrame:
-    """Append ``accepted`` rows to ``ledger`` as the events of round ``round_id``.
-
-    Events of ``round_id`` or later already in ``ledger`` (a rerun of the same round) are
-    replaced, so the result is the same however often the round runs; events of earlier
-    rounds are never changed. An annotator's first vote on an item is a ``label`` event, a
-    later one a ``relabel``.
-
-    Returns
-    -------
-    pd.DataFrame
-        The new ledger (schema :data:`tasks.schema.LEDGER`), earlier events first.
-    """
-    if round_id < 1:
-        raise ValueError(f"round_id must be >= 1, got {round_id}")
-    prior = schema.conform(ledger, schema.LEDGER)
-    prior = prior[prior["round_id"] < round_id]
-    events = schema.conform(accepted, schema.ACCEPTED)
-    seen = set(zip(prior["item_id"], prior["annotator"], strict=True))
-    pairs = list(zip(events["item_id"], events["annotator"], strict=True))
-    # a pair labeled twice in one round was refused by validate, so only earlier rounds count
-    kind = ["relabel" if pair in seen else "label" for pair in pairs]
-    new = events.assign(
-        event_id=[f"r{round_id:04d}-{seq:06d}" for seq in range(1, len(events) + 1)],
-        round_id=round_id,
-        event=kind,
-    )
-    return schema.conform(pd.concat([prior, schema.conform(new, schema.LEDGER)]), schema.LEDGER)
-
-
-def get_current_labels(
-    ledger: pd.DataFrame, issued: pd.DataFrame, *, params: MergeParams
+def get_label_events(
+    ledger: pd.DataFrame, accepted: pd.DataFrame, rejected: pd.DataFrame, *, round_id: int
 ) -> pd.DataFrame:
-    """Resolve the label of every labeled item from its votes.
+    """The round's ``label``/``relabel`` events (accepted rows) and ``rejected`` events.
 
-    Each annotator's latest vote counts once; the class with most votes wins, and a tie goes
-    to the class whose latest vote is the most recent (``params.tie_rule == "latest"``). The
-    split is the one the item was first issued with: an item issued as a test item stays one.
-
-    Returns
-    -------
-    pd.DataFrame
-        Schema :data:`tasks.schema.CURRENT`, sorted by ``item_id``; ``agreement`` in (0, 1].
+    An annotator's first vote on an item is a ``label`` event, a later one a ``relabel``.
+    Only events of earlier rounds count as "before", so the result does not depend on whether
+    the round ran before.
     """
-    if params.tie_rule != "latest":  # the only rule so far; the params type admits no other
-        raise ValueError(f"unknown tie rule {params.tie_rule!r}")
-    events = schema.conform(ledger, schema.LEDGER)
-    if events.empty:
-        return schema.empty(schema.CURRENT)
-    # the ledger is in event order, so "last" is the latest vote
-    events = events.assign(order=np.arange(len(events)))
-    votes = events.groupby(["item_id", "annotator"], sort=False).tail(1)
+    prior = ledger[ledger["round_id"] < round_id]
+    voted = prior[prior["event"].isin(["label", "relabel"])]
+    seen = set(zip(voted["item_id"], voted["annotator"], strict=True))
+    accepted = schema.conform(accepted, schema.ACCEPTED)
+    kinds = [
+        "relabel" if pair in seen else "label"
+        for pair in zip(accepted["item_id"], accepted["annotator"], strict=True)
+    ]
+    votes = accepted.assign(event=kinds, outcome="accepted", detail="")
+    rejected = schema.conform(rejected, schema.QUARANTINED)
+    refusals = rejected.assign(
+        event="rejected", outcome=rejected["reason_code"], detail=rejected["reason"]
+    )
+    return pd.concat([votes, refusals], ignore_index=True).assign(round_id=round_id)
+
+
+def get_votes(events: pd.DataFrame) -> pd.DataFrame:
+    """Each annotator's latest vote per item, with its position in event order."""
+    voted = events[events["event"].isin(["label", "relabel"])].reset_index(drop=True)
+    voted = voted.assign(order=np.arange(len(voted)))
+    return voted.groupby(["item_id", "annotator"], sort=False).tail(1)
+
+
+def get_majority_labels(votes: pd.DataFrame) -> pd.DataFrame:
+    """``item_id, label``: most votes, a tie to the class whose latest vote is most recent."""
     tally = (
         votes.groupby(["item_id", "label"])
         .agg(count=("order", "size"), latest=("order", "max"))
         .reset_index()
         .sort_values(["item_id", "count", "latest"], ascending=[True, False, False])
     )
-    totals = votes.groupby("item_id").agg(n_votes=("order", "size"), last_round=("round_id", "max"))
-    winners = tally.drop_duplicates("item_id").set_index("item_id")
-    first_issue = (
-        schema.conform(issued, schema.ISSUED)
-        .sort_values(["round_id"], kind="stable")
-        .drop_duplicates("item_id")
-        .set_index("item_id")["split"]
+    return tally.drop_duplicates("item_id")[["item_id", "label"]].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Consensus:
+    labels: pd.DataFrame  # item_id, label, method
+    annotators: pd.DataFrame  # annotator, n_labels, agreement, quality
+    method: str  # "majority" or "crowdlab"
+    why: str
+
+
+def _use_crowdlab(
+    votes: pd.DataFrame, train_ids: set[str], classes: tuple[str, ...], params: MergeParams
+) -> str:
+    """Why CROWDLAB cannot be used here ('' when it can)."""
+    if params.consensus == "majority":
+        return "merge.consensus is majority"
+    train_votes = votes[votes["item_id"].isin(train_ids)]
+    per_item = train_votes.groupby("item_id").size()
+    multi = int((per_item >= 2).sum())
+    if multi < params.crowdlab_min_items:
+        return f"{multi} training items have several votes, fewer than merge.crowdlab_min_items"
+    counts = train_votes.drop_duplicates("item_id")["label"].value_counts()
+    if counts.size < 2 or counts.min() < params.cv_folds:
+        return "too few training items per class for out-of-fold probabilities"
+    return ""
+
+
+def resolve_labels(
+    votes: pd.DataFrame,
+    split: pd.Series,
+    features: pd.DataFrame | None,
+    *,
+    classes: tuple[str, ...],
+    params: MergeParams,
+    train_params: TrainParams,
+    random_state: int,
+) -> Consensus:
+    """The current label of every voted item.
+
+    Parameters
+    ----------
+    votes : pd.DataFrame
+        From :func:`get_votes`: ``item_id, annotator, label, order``.
+    split : pd.Series
+        ``train``/``test`` by ``item_id``.
+    features : pd.DataFrame or None
+        Pool rows of the training items (for CROWDLAB's model); None means majority only.
+    """
+    majority = get_majority_labels(votes).assign(method="majority")
+    train_ids = set(split.index[split == "train"])
+    why = (
+        "no features given"
+        if features is None
+        else _use_crowdlab(votes, train_ids, classes, params)
     )
-    current = totals.join(winners[["label", "count"]]).reset_index()
-    split = current["item_id"].map(first_issue)
-    if split.isna().any():
-        missing = current.loc[split.isna(), "item_id"].head(5).tolist()
-        raise ValueError(f"labeled items {missing} were never issued; validate must refuse them")
-    current = current.assign(split=split, agreement=current["count"] / current["n_votes"])
-    return schema.conform(current.sort_values("item_id"), schema.CURRENT)
+    labels = majority
+    quality = pd.Series(dtype=float)
+    method = "majority"
+    if not why:
+        train_votes = votes[votes["item_id"].isin(train_ids)]
+        matrix = train_votes.pivot(index="item_id", columns="annotator", values="label")
+        items = matrix.index
+        codes = matrix.apply(lambda col: col.map({c: i for i, c in enumerate(classes)}))
+        seed = majority.set_index("item_id").loc[items, "label"]
+        present = np.unique(encode_labels(seed, classes))
+        compact = pd.Series(np.searchsorted(present, encode_labels(seed, classes)), index=items)
+        rows = features.set_index("item_id").loc[items].reset_index()
+        probs_compact = get_out_of_fold_pred_probs(
+            get_feature_frame(rows),
+            compact.to_numpy(),
+            n_classes=present.size,
+            n_folds=params.cv_folds,
+            train_params=train_params,
+            random_state=random_state,
+        )
+        pred_probs = np.full((len(items), len(classes)), 1e-6)
+        pred_probs[:, present] = probs_compact
+        pred_probs /= pred_probs.sum(axis=1, keepdims=True)
+        result = get_label_quality_multiannotator(
+            codes.astype(float).reset_index(drop=True), pred_probs, verbose=False
+        )
+        consensus = pd.Series(
+            np.asarray(classes, dtype=object)[result["label_quality"]["consensus_label"]],
+            index=items,
+        )
+        multi = train_votes.groupby("item_id").size()
+        # a single vote is not overruled here: questioning it is the flag stage's job
+        several = consensus[multi.loc[items] >= 2]
+        labels = majority.set_index("item_id")
+        labels.loc[several.index, "label"] = several
+        labels.loc[several.index, "method"] = "crowdlab"
+        labels = labels.reset_index()
+        stats = result["annotator_stats"]
+        quality = pd.Series(stats["annotator_quality"].to_numpy(), index=stats.index.astype(str))
+        method = "crowdlab"
+    agree = votes.merge(labels[["item_id", "label"]], on="item_id", suffixes=("", "_consensus"))
+    agree = agree.assign(agrees=agree["label"] == agree["label_consensus"])
+    annotators = (
+        agree.groupby("annotator")
+        .agg(n_labels=("agrees", "size"), agreement=("agrees", "mean"))
+        .reset_index()
+    )
+    annotators["quality"] = annotators["annotator"].map(quality).astype(float)
+    return Consensus(labels.reset_index(drop=True), annotators, method, why)
+
+
+def get_current_labels(
+    votes: pd.DataFrame, consensus: pd.DataFrame, split: pd.Series, last_round: pd.Series
+) -> pd.DataFrame:
+    """The current-label table: label, split as issued, number of votes, agreement."""
+    merged = votes.merge(consensus[["item_id", "label"]], on="item_id", suffixes=("", "_c"))
+    agrees = (merged["label"] == merged["label_c"]).groupby(merged["item_id"])
+    current = consensus.set_index("item_id")
+    current["n_votes"] = agrees.size()
+    current["agreement"] = agrees.sum() / current["n_votes"]
+    current["split"] = split.reindex(current.index).to_numpy()
+    current["last_round"] = last_round.reindex(current.index).to_numpy()
+    missing = current["split"].isna()
+    if missing.any():
+        raise ValueError(f"labeled items {list(current.index[missing][:5])} were never issued")
+    return schema.conform(current.reset_index().sort_values("item_id"), schema.CURRENT)
+
+
+def get_resolution_events(
+    prior: pd.DataFrame,
+    flags: pd.DataFrame,
+    new_votes: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    round_id: int,
+) -> pd.DataFrame:
+    """``resolved`` events: earlier flags answered by a new vote this round, and
+    ``consensus`` events: items whose resolved label is new or changed this round."""
+    label_now = current.set_index("item_id")["label"]
+    resolved_before = set(prior.loc[prior["event"] == "resolved", "item_id"])
+    open_flags = flags[(flags["round_id"] < round_id) & ~flags["item_id"].isin(resolved_before)]
+    open_flags = open_flags.drop_duplicates("item_id", keep="last")
+    answered = open_flags[open_flags["item_id"].isin(set(new_votes["item_id"]))]
+    kept = answered["given_label"].to_numpy() == answered["item_id"].map(label_now).to_numpy()
+    resolved = pd.DataFrame(
+        {
+            "item_id": answered["item_id"].to_numpy(),
+            "label": answered["item_id"].map(label_now).to_numpy(),
+            "outcome": np.where(kept, "confirmed", "changed"),
+            "detail": [
+                f"flagged in round {r}: label {g!r} " + ("confirmed" if k else f"changed to {n!r}")
+                for r, g, k, n in zip(
+                    answered["round_id"],
+                    answered["given_label"],
+                    kept,
+                    answered["item_id"].map(label_now),
+                    strict=True,
+                )
+            ],
+        }
+    )
+    last = prior[prior["event"] == "consensus"].drop_duplicates("item_id", keep="last")
+    before = last.set_index("item_id")["label"]
+    was = current["item_id"].map(before)
+    changed = current[was.isna() | (was != current["label"])]
+    was = changed["item_id"].map(before)
+    consensus = pd.DataFrame(
+        {
+            "item_id": changed["item_id"].to_numpy(),
+            "label": changed["label"].to_numpy(),
+            "outcome": np.where(was.isna(), "first", "changed"),
+            "detail": [
+                (f"{w!r} -> {lab!r}" if isinstance(w, str) else f"-> {lab!r}")
+                + f" ({n} votes, agreement {a:.2f})"
+                for w, lab, n, a in zip(
+                    was, changed["label"], changed["n_votes"], changed["agreement"], strict=True
+                )
+            ],
+        }
+    )
+    return pd.concat(
+        [resolved.assign(event="resolved"), consensus.assign(event="consensus")],
+        ignore_index=True,
+    ).assign(round_id=round_id)
 
 
 @stage_task("merge")
 def run(ctx: StageContext) -> dict[str, object]:
-    """Read the accepted rows and the ledger, merge, and write ledger, labels and summary."""
-    cat = ctx.catalog
-    ledger_before = cat.read_table(cat.ledger, schema.LEDGER)
+    cat, p = ctx.catalog, ctx.params
+    ledger = cat.read_table(cat.ledger, schema.LEDGER)
+    prior = ledger[ledger["round_id"] < ctx.round_id]
     accepted = cat.read_table(cat.accepted, schema.ACCEPTED)
+    rejected = cat.read_table(cat.rejected, schema.QUARANTINED)
     issued = cat.read_table(cat.issued, schema.ISSUED)
     issued = issued[issued["round_id"] < ctx.round_id]
-    ledger = merge_labels(ledger_before, accepted, round_id=ctx.round_id)
-    current = get_current_labels(ledger, issued, params=ctx.params.merge)
-    cat.write_table(cat.ledger, ledger, schema.LEDGER)
+    flags = cat.read_table(cat.flags, schema.FLAGS)
+
+    round_events = get_label_events(prior, accepted, rejected, round_id=ctx.round_id)
+    all_votes = pd.concat([prior, round_events.reindex(columns=prior.columns)], ignore_index=True)
+    votes = get_votes(all_votes)
+    split = issued.sort_values("round_id", kind="stable").drop_duplicates("item_id")
+    split = split.set_index("item_id")["split"]
+    train_ids = votes.loc[votes["item_id"].map(split) == "train", "item_id"].drop_duplicates()
+    features = cat.read_pool(train_ids) if p.merge.consensus != "majority" else None
+    consensus = resolve_labels(
+        votes,
+        split,
+        features,
+        classes=p.project.classes,
+        params=p.merge,
+        train_params=p.train,
+        random_state=ctx.random_state("merge"),
+    )
+    last_round = votes.groupby("item_id")["round_id"].max()
+    current = (
+        get_current_labels(votes, consensus.labels, split, last_round)
+        if len(votes)
+        else schema.empty(schema.CURRENT)
+    )
+    more = get_resolution_events(
+        prior,
+        flags,
+        round_events[round_events["event"] != "rejected"],
+        current,
+        round_id=ctx.round_id,
+    )
+    events = schema.number_events(
+        pd.concat([round_events, more], ignore_index=True), round_id=ctx.round_id
+    )
     cat.write_table(cat.current, current, schema.CURRENT)
-    new_events = ledger[ledger["round_id"] == ctx.round_id]
+    cat.write_table(cat.events, events, schema.LEDGER)
+    history = cat.read_table(cat.annotators, schema.ANNOTATORS)
+    stats = consensus.annotators.assign(round_id=ctx.round_id, method=consensus.method)
+    cat.write_table(
+        cat.annotators,
+        pd.concat([history[history["round_id"] < ctx.round_id], stats]),
+        schema.ANNOTATORS,
+    )
+    kinds = events["event"].value_counts()
     summary: dict[str, object] = {
-        "events_added": int(len(new_events)),
-        "relabels": int((new_events["event"] == "relabel").sum()),
-        "ledger_events": int(len(ledger)),
+        **{
+            f"events_{k}": int(kinds.get(k, 0))
+            for k in ("label", "relabel", "rejected", "resolved", "consensus")
+        },
+        "consensus_method": consensus.method,
+        "crowdlab_not_used_because": consensus.why,
         "labeled_items": int(len(current)),
         "train_items": int((current["split"] == "train").sum()),
         "test_items": int((current["split"] == "test").sum()),
         "items_in_disagreement": int((current["agreement"] < 1.0).sum()),
+        "annotators": int(len(stats)),
     }
     write_json(cat.reports_dir / "merge.json", summary)
     return summary

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedKFold
 
 from tasks.params import TrainParams
 from tasks.schema import ITEM_ID
@@ -140,3 +141,37 @@ def encode_labels(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
     if unknown:
         raise ValueError(f"labels {unknown[:5]} are not among the classes {list(classes)}")
     return labels.astype(str).map(index).to_numpy(dtype=int)
+
+
+def get_out_of_fold_pred_probs(
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    *,
+    n_classes: int,
+    n_folds: int,
+    train_params: TrainParams,
+    random_state: int,
+) -> np.ndarray:
+    """Predicted probabilities of each row from a model fitted on the other folds.
+
+    Parameters
+    ----------
+    labels : np.ndarray of int, shape (n,)
+        Class codes in ``[0, n_classes)``; every class present has at least ``n_folds`` rows.
+
+    Returns
+    -------
+    np.ndarray of float, shape (n, n_classes)
+    """
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=random_state % 2**32)
+    pred_probs = np.zeros((labels.size, n_classes), dtype=float)
+    for fold, (fit_idx, held_idx) in enumerate(folds.split(np.zeros(labels.size), labels)):
+        booster = fit_booster(
+            features.iloc[fit_idx],
+            labels[fit_idx],
+            params=train_params,
+            n_classes=n_classes,
+            random_state=random_state + fold,
+        )
+        pred_probs[held_idx] = predict_proba(booster, features.iloc[held_idx], n_classes)
+    return pred_probs

@@ -37,12 +37,20 @@ class ProjectParams(_Section):
 class ValidateParams(_Section):
     # a label may carry a clock slightly ahead of ours without being "from the future"
     max_clock_skew_seconds: int = Field(default=300, ge=0)
+    # a batch stays open for labels this many rounds after it was issued; None = forever
+    batch_ttl_rounds: int | None = Field(default=None, ge=1)
 
 
 class MergeParams(_Section):
     # "latest": on a tie between classes the most recent vote wins (a relabel after a flag
     # is the newer, more informed answer)
     tie_rule: Literal["latest"] = "latest"
+    # auto: CROWDLAB for training items once enough have several votes, majority otherwise
+    consensus: Literal["auto", "majority", "crowdlab"] = "auto"
+    crowdlab_min_items: int = Field(default=50, ge=1)
+    cv_folds: int = Field(default=5, ge=2)
+    # an item whose votes agree less than this goes back to annotators for another vote
+    relabel_below_agreement: float = Field(default=0.6, ge=0.0, le=1.0)
 
 
 class FlagParams(_Section):

@@ -25,13 +25,31 @@ ACCEPTED = {
     "source_row": "int64",
 }
 
-#: The append-only audit trail. ``event`` is ``label`` for a first vote of an annotator on an
-#: item and ``relabel`` when the same annotator changes an earlier vote.
+#: The append-only audit trail, one row per event:
+#:
+#: - ``label``: an annotator's first vote on an item; ``relabel``: the same annotator again;
+#: - ``rejected``: a row validate quarantined (``outcome`` = reason code, ``detail`` = why);
+#: - ``flagged``: flag questioned a training label (``outcome`` = how it was handled);
+#: - ``resolved``: a flagged item got a new vote (``outcome`` = confirmed or changed);
+#: - ``consensus``: the resolved label of an item is new or changed (``detail``: from, to).
 LEDGER = {
     "event_id": "string",
     "round_id": "int64",
     "event": "string",
     **ACCEPTED,
+    "source_row": "Int64",  # none for events that no file row caused
+    "outcome": "string",
+    "detail": "string",
+}
+
+#: Annotator statistics after each round's consensus.
+ANNOTATORS = {
+    "round_id": "int64",
+    "annotator": "string",
+    "n_labels": "int64",
+    "agreement": "float64",  # share of the annotator's votes that agree with the consensus
+    "quality": "float64",  # CROWDLAB's annotator quality in [0, 1]; NaN under majority
+    "method": "string",
 }
 
 #: Rows that validate refused, with a reason code and a sentence for humans.
@@ -65,6 +83,7 @@ CURRENT = {
     "n_votes": "int64",
     "agreement": "float64",  # share of votes that agree with ``label``
     "last_round": "int64",
+    "method": "string",  # majority or crowdlab
 }
 
 #: Likely mislabels found among the training labels, one row per item and round.
@@ -130,3 +149,11 @@ def is_in(values: pd.Series, universe: pd.Series) -> np.ndarray:
         pa.array(values.astype("string")), value_set=pa.array(universe.astype("string"))
     )
     return found.fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def number_events(events: pd.DataFrame, *, round_id: int, start: int = 1) -> pd.DataFrame:
+    """The round's events as ledger rows with ids ``rNNNN-SSSSSS``, in order, from ``start``;
+    fields an event does not have are empty."""
+    ids = [f"r{round_id:04d}-{seq:06d}" for seq in range(start, start + len(events))]
+    numbered = events.assign(event_id=ids, round_id=round_id).reindex(columns=list(LEDGER))
+    return conform(numbered, LEDGER)

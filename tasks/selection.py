@@ -29,7 +29,7 @@ STAGE = StageSpec(
         "data/labels/current.parquet",
         "data/labels/flags.parquet",
     ),
-    params=("select", "flag.max_votes_for_relabel"),
+    params=("select", "flag.max_votes_for_relabel", "merge.relabel_below_agreement"),
     outs=("data/interim/batch.parquet",),
     persist=("data/labels/issued.parquet",),
     metrics=("reports/select.json",),
@@ -111,7 +111,10 @@ def select_batch(
 
     relabel_ids = relabel_candidates.head(sizes["relabel"])
     relabel = scores.set_index("item_id").loc[relabel_ids.to_numpy()].reset_index()
-    parts.append(relabel.assign(split="train", reason="relabel"))
+    # an item goes back with the split it was first issued with: a test item stays one
+    first_split = issued.drop_duplicates("item_id").set_index("item_id")["split"]
+    relabel_split = relabel["item_id"].map(first_split).fillna("train")
+    parts.append(relabel.assign(split=relabel_split.to_numpy(), reason="relabel"))
 
     qc_idx = fresh.index[rng.permutation(len(fresh))[: sizes["qc"]]]
     parts.append(fresh.loc[qc_idx].assign(split="train", reason="qc"))
@@ -133,17 +136,24 @@ def get_relabel_candidates(
     *,
     round_id: int,
     params: FlagParams,
+    min_agreement: float,
 ) -> pd.Series:
-    """This round's flagged items still owed a second opinion, most doubtful first.
+    """Items owed another opinion, most doubtful first: this round's flags (training items
+    with at most ``params.max_votes_for_relabel`` votes), then items whose votes agree less
+    than ``min_agreement`` (any split).
 
     An item goes back at most once: a second flag after its relabel is left to the auditor
     (the votes now disagree, or the model does), so no item circles forever.
     """
     flagged = flags[flags["round_id"] == round_id].sort_values(["label_quality", "item_id"])
     votes = flagged["item_id"].map(current.set_index("item_id")["n_votes"]).fillna(0)
+    doubtful = flagged.loc[votes.to_numpy() <= params.max_votes_for_relabel, "item_id"]
+    split_votes = current[current["agreement"] < min_agreement].sort_values(
+        ["agreement", "item_id"]
+    )["item_id"]
+    candidates = pd.concat([doubtful, split_votes], ignore_index=True).drop_duplicates()
     sent_before = issued.loc[issued["reason"] == "relabel", "item_id"]
-    keep = (votes <= params.max_votes_for_relabel) & ~schema.is_in(flagged["item_id"], sent_before)
-    return flagged.loc[keep, "item_id"].reset_index(drop=True)
+    return candidates[~schema.is_in(candidates, sent_before)].reset_index(drop=True)
 
 
 @stage_task("select")
@@ -156,7 +166,12 @@ def run(ctx: StageContext) -> dict[str, object]:
     flags = cat.read_table(cat.flags, schema.FLAGS)
     has_model = bool(scores["predicted_label"].notna().any())
     candidates = get_relabel_candidates(
-        flags, current, issued, round_id=ctx.round_id, params=ctx.params.flag
+        flags,
+        current,
+        issued,
+        round_id=ctx.round_id,
+        params=ctx.params.flag,
+        min_agreement=ctx.params.merge.relabel_below_agreement,
     )
     batch = select_batch(
         scores,

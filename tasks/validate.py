@@ -9,8 +9,9 @@ given the reason code of the first check it fails, in the order of :func:`get_ch
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +20,35 @@ import pandas as pd
 from tasks import schema
 from tasks.catalog import sha256_bytes, write_bytes, write_csv, write_json
 from tasks.context import StageContext, StageSpec, stage_task
-from tasks.expectations import Check, find_failing_rows
+from tasks.expectations import (
+    Check,
+    find_failing_rows,
+    get_check_order,
+    get_suite_dict,
+)
 from tasks.params import ValidateParams
 from tasks.parsing import FIELDS, REQUIRED, LabelFileError, parse_label_file
 
 STAGE = StageSpec(
     name="validate",
-    deps=("tasks/validate.py", "tasks/parsing.py", "tasks/expectations.py", "data/pool"),
+    deps=(
+        "tasks/validate.py",
+        "tasks/parsing.py",
+        "tasks/expectations.py",
+        "gx/expectations/incoming_labels.json",
+        "data/pool",
+    ),
     params=("project.classes", "validate"),
-    outs=("data/interim/accepted.parquet",),
+    outs=("data/interim/accepted.parquet", "data/interim/rejected.parquet"),
     persist=("data/archive", "data/quarantine"),
     metrics=("reports/validate.json",),
 )
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
+
+
+SUITE_FILE = "gx/expectations/incoming_labels.json"
 
 
 def _holds(name: str, column: str) -> Check:
@@ -40,8 +56,11 @@ def _holds(name: str, column: str) -> Check:
     return Check(name, "ExpectColumnValuesToBeInSet", {"column": column, "value_set": [True]})
 
 
-def get_checks(classes: Sequence[str]) -> tuple[Check, ...]:
-    """Every check, in priority order: a row failing several gets the reason of the first."""
+def get_checks() -> tuple[Check, ...]:
+    """The built-in checks, in priority order: a row failing several gets the first's reason.
+
+    The allowed classes are the suite parameter ``classes`` (``project.classes``).
+    """
     return (
         Check("malformed_row", "ExpectColumnValuesToBeNull", {"column": "malformed"}),
         *(
@@ -53,13 +72,21 @@ def get_checks(classes: Sequence[str]) -> tuple[Check, ...]:
         Check(
             "unknown_class",
             "ExpectColumnValuesToBeInSet",
-            {"column": "label", "value_set": list(classes)},
+            {"column": "label", "value_set": {"$PARAMETER": "classes"}},
         ),
         _holds("bad_timestamp", "_time_ok"),
         _holds("future_timestamp", "_past"),
         _holds("conflicting_labels", "_consistent"),
         _holds("duplicate_row", "_first"),
     )
+
+
+BUILT_IN = tuple(check.name for check in get_checks())
+
+
+def get_default_suite() -> dict[str, object]:
+    """The suite ``alloop init`` writes to ``gx/expectations/incoming_labels.json``."""
+    return get_suite_dict(get_checks())
 
 
 def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Timestamp) -> str:
@@ -69,7 +96,10 @@ def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Times
         return f"field {code.removeprefix('missing_')!r} is missing or empty"
     return {
         "unknown_item": f"item {row['item_id']!r} is not in the pool",
-        "not_issued": f"item {row['item_id']!r} was never issued to annotators",
+        "not_issued": (
+            f"item {row['item_id']!r} is not in any open batch (never issued, or its batch "
+            "has closed)"
+        ),
         "unknown_class": f"label {row['label']!r} is not one of the classes {list(classes)}",
         "bad_timestamp": f"labeled_at {row['labeled_at']!r} is not an ISO 8601 time",
         "future_timestamp": (
@@ -83,7 +113,7 @@ def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Times
             f"repeats an earlier row with the same item, annotator and label "
             f"(kept: {row['_first_source']})"
         ),
-    }[code]
+    }.get(code, f"fails the check {code!r} of the expectation suite")
 
 
 def _parse_times(values: pd.Series) -> pd.Series:
@@ -106,6 +136,7 @@ def validate_labels(
     classes: Sequence[str],
     as_of: pd.Timestamp,
     params: ValidateParams,
+    suite: Mapping[str, object] | None = None,
 ) -> Validation:
     """Split parsed label rows into accepted and quarantined.
 
@@ -118,6 +149,9 @@ def validate_labels(
         Items in the pool; items issued to annotators in earlier rounds.
     as_of : pd.Timestamp
         The round's clock (UTC): a label time after it, beyond the allowed skew, is refused.
+    suite : dict, optional
+        The expectation suite (the workspace's file); the built-in suite when omitted. Its
+        order is the priority of the reasons; checks of its own must name their columns.
 
     Returns
     -------
@@ -149,16 +183,20 @@ def validate_labels(
         _first=first_position,
         _first_source=first_source,
     )
-    checks = get_checks(classes)
-    failing = find_failing_rows(frame, checks)
+    suite = suite if suite is not None else get_default_suite()
+    failing = find_failing_rows(
+        frame, suite, parameters={"classes": list(classes)}, required=BUILT_IN
+    )
+    order = get_check_order(suite)
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
-    for check in reversed(checks):  # the first check in priority order wins
-        reason.iloc[failing[check.name]] = check.name
+    for name, _ in reversed(order):  # the first check in the suite's order wins
+        reason.iloc[failing[name]] = name
+    custom = dict(order)
     bad = reason.notna().to_numpy()
     quarantined = frame[bad].assign(reason_code=reason[bad])
     quarantined = quarantined.assign(
         reason=[
-            _sentence(code, row, classes, as_of)
+            custom.get(code) or _sentence(code, row, classes, as_of)
             for code, (_, row) in zip(
                 quarantined["reason_code"], quarantined.iterrows(), strict=True
             )
@@ -234,6 +272,11 @@ def run(ctx: StageContext) -> dict[str, object]:
         digest = sha256_bytes(content)
         entry: dict[str, object] = {"file": path.name, "sha256": digest, "bytes": len(content)}
         if digest in consumed:
+            log.warning(
+                "%s: the same bytes as %s, consumed before; skipped, not merged twice",
+                path.name,
+                consumed[digest],
+            )
             entry.update(status="already_consumed", same_as=consumed[digest], rows_read=0)
             manifest.append(entry)
             continue
@@ -252,14 +295,24 @@ def run(ctx: StageContext) -> dict[str, object]:
     columns = ["source_row", *FIELDS, "malformed", "source_file", "source_sha256"]
     rows = pd.concat(parsed, ignore_index=True) if parsed else pd.DataFrame(columns=columns)
     issued = cat.read_table(cat.issued, schema.ISSUED)
+    ttl = ctx.params.validate_.batch_ttl_rounds
+    first_open = ctx.round_id - ttl if ttl is not None else 0
+    open_batches = issued[(issued["round_id"] < ctx.round_id) & (issued["round_id"] >= first_open)]
+    suite_file = cat.root / SUITE_FILE
+    if not suite_file.exists():
+        raise FileNotFoundError(
+            f"{suite_file} is missing: the expectation suite is part of the workspace "
+            "(restore it from git, or write the default with `alloop suite --write`)"
+        )
     as_of = pd.Timestamp(ctx.round.started_at)
     result = validate_labels(
         rows.astype({c: "string" for c in columns if c != "source_row"}),
         pool_ids=cat.read_pool_ids(),
-        issued_ids=issued.loc[issued["round_id"] < ctx.round_id, "item_id"],
+        issued_ids=open_batches["item_id"],
         classes=ctx.params.project.classes,
         as_of=as_of if as_of.tzinfo else as_of.tz_localize("UTC"),
         params=ctx.params.validate_,
+        suite=json.loads(suite_file.read_text()),
     )
     quarantined = pd.concat([*file_rejections, result.quarantined], ignore_index=True)
     for entry in manifest:
@@ -275,6 +328,7 @@ def run(ctx: StageContext) -> dict[str, object]:
     shutil.rmtree(target, ignore_errors=True)
     write_csv(target / "rejected.csv", schema.conform(quarantined, schema.QUARANTINED))
     cat.write_table(cat.accepted, result.accepted, schema.ACCEPTED)
+    cat.write_table(cat.rejected, quarantined, schema.QUARANTINED)
     by_reason = quarantined["reason_code"].value_counts().sort_index()
     summary: dict[str, object] = {
         "files": len(manifest),

@@ -38,6 +38,14 @@ def test_al_round_runs_every_stage_module_of_the_pipeline():
     assert all(module.run.name == module.STAGE.name for module in STAGE_MODULES)
 
 
+def test_template_suite_is_the_built_in_suite():
+    import json
+
+    from tasks.validate import SUITE_FILE, get_default_suite
+
+    assert json.loads((PROJECT / SUITE_FILE).read_text()) == get_default_suite()
+
+
 def test_every_dep_is_source_the_pool_or_an_output_of_an_earlier_stage():
     """So the order al_round runs the stages is an order DVC accepts, and no dep dangles."""
     produced: set[str] = set()
@@ -45,7 +53,8 @@ def test_every_dep_is_source_the_pool_or_an_output_of_an_earlier_stage():
         own = f"tasks/{module.__name__.split('.')[-1]}.py"
         assert own in spec.deps, spec.name
         for dep in spec.deps:
-            is_source = dep.endswith(".py") and (PROJECT / dep).exists()
+            # code and the expectation suite: versioned files of the workspace template
+            is_source = not dep.startswith("data/") and (PROJECT / dep).is_file()
             assert is_source or dep == "data/pool" or dep in produced, (spec.name, dep)
         produced |= {*spec.outs, *spec.persist, *spec.metrics}
 

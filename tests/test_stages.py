@@ -13,8 +13,14 @@ from conftest import DATASETS
 from tasks import schema
 from tasks.evaluate import evaluate_models, get_classification_metrics
 from tasks.export import export_batch
-from tasks.flag import find_mislabels, get_flag_records
-from tasks.merge import get_current_labels, merge_labels
+from tasks.flag import append_round, find_mislabels, get_flag_records
+from tasks.merge import (
+    get_current_labels,
+    get_label_events,
+    get_resolution_events,
+    get_votes,
+    resolve_labels,
+)
 from tasks.model import fit_booster, get_class_weights, get_min_child_samples
 from tasks.params import (
     EvaluateParams,
@@ -165,55 +171,164 @@ def _issued(pairs):
     )
 
 
-def test_merge_appends_events_and_is_idempotent_per_round():
+def _ledger_after(rounds):
+    """A ledger built round by round from lists of accepted rows."""
     ledger = schema.empty(schema.LEDGER)
-    first = _accepted([("1", "a", "ann", "t1"), ("2", "b", "ann", "t1")])
-    ledger1 = merge_labels(ledger, first, round_id=2)
-    assert ledger1["event"].tolist() == ["label", "label"]
-    assert ledger1["event_id"].tolist() == ["r0002-000001", "r0002-000002"]
-    second = _accepted([("1", "b", "ann", "t2"), ("1", "b", "bob", "t2")])
-    before = frozen_copy(ledger1, second)
-    ledger2 = merge_labels(ledger1, second, round_id=3)
-    assert_unchanged(before, (ledger1, second))
-    assert ledger2["event"].tolist() == ["label", "label", "relabel", "label"]
-    pd.testing.assert_frame_equal(ledger2.iloc[:2], ledger1)
-    # running round 3 again replaces its own events, never earlier ones
-    pd.testing.assert_frame_equal(merge_labels(ledger2, second, round_id=3), ledger2)
+    for round_id, records in rounds:
+        events = get_label_events(
+            ledger, _accepted(records), schema.empty(schema.QUARANTINED), round_id=round_id
+        )
+        ledger = append_round(
+            ledger,
+            schema.number_events(events, round_id=round_id),
+            pd.DataFrame(columns=["round_id"]),
+            round_id=round_id,
+        )
+    return ledger
+
+
+def _majority(ledger, issued):
+    votes = get_votes(ledger)
+    split = issued.drop_duplicates("item_id").set_index("item_id")["split"]
+    consensus = resolve_labels(
+        votes,
+        split,
+        None,
+        classes=("a", "b"),
+        params=MergeParams(),
+        train_params=TrainParams(),
+        random_state=0,
+    )
+    return get_current_labels(
+        votes, consensus.labels, split, votes.groupby("item_id")["round_id"].max()
+    )
+
+
+def test_label_events_and_rejections():
+    rejected = schema.conform(
+        pd.DataFrame(
+            [
+                {c: pd.NA for c in schema.QUARANTINED}
+                | {
+                    "source_file": "g.csv",
+                    "source_sha256": "x",
+                    "source_row": 3,
+                    "item_id": "9",
+                    "reason_code": "unknown_item",
+                    "reason": "not in the pool",
+                }
+            ]
+        ),
+        schema.QUARANTINED,
+    )
+    ledger = _ledger_after([(2, [("1", "a", "ann", "t1")])])
+    before = frozen_copy(ledger, rejected)
+    events = get_label_events(
+        ledger,
+        _accepted([("1", "b", "ann", "t2"), ("1", "b", "bob", "t2")]),
+        rejected,
+        round_id=3,
+    )
+    assert_unchanged(before, (ledger, rejected))
+    assert events["event"].tolist() == ["relabel", "label", "rejected"]
+    assert events["outcome"].tolist() == ["accepted", "accepted", "unknown_item"]
+    assert set(events["round_id"]) == {3}
+
+
+def test_appending_a_round_twice_keeps_one_copy():
+    ledger = _ledger_after([(2, [("1", "a", "ann", "t1"), ("2", "b", "ann", "t1")])])
+    assert ledger["event_id"].tolist() == ["r0002-000001", "r0002-000002"]
+    events = schema.number_events(
+        get_label_events(
+            ledger,
+            _accepted([("1", "b", "ann", "t2")]),
+            schema.empty(schema.QUARANTINED),
+            round_id=3,
+        ),
+        round_id=3,
+    )
+    once = append_round(ledger, events, pd.DataFrame(columns=["round_id"]), round_id=3)
+    twice = append_round(once, events, pd.DataFrame(columns=["round_id"]), round_id=3)
+    pd.testing.assert_frame_equal(once, twice)
+    pd.testing.assert_frame_equal(once.iloc[:2], ledger)
 
 
 def test_current_labels_use_latest_vote_per_annotator_majority_and_latest_tie():
-    ledger = merge_labels(
-        schema.empty(schema.LEDGER),
-        _accepted(
-            [
-                ("1", "a", "ann", "t"),
-                ("1", "b", "bob", "t"),
-                ("2", "a", "ann", "t"),
-                ("2", "a", "bob", "t"),
-                ("2", "b", "cid", "t"),
-                ("3", "a", "ann", "t"),
-            ]
-        ),
-        round_id=2,
+    ledger = _ledger_after(
+        [
+            (
+                2,
+                [
+                    ("1", "a", "ann", "t"),
+                    ("1", "b", "bob", "t"),
+                    ("2", "a", "ann", "t"),
+                    ("2", "a", "bob", "t"),
+                    ("2", "b", "cid", "t"),
+                    ("3", "a", "ann", "t"),
+                ],
+            ),
+            (3, [("3", "b", "ann", "t")]),
+        ]
     )
-    ledger = merge_labels(ledger, _accepted([("3", "b", "ann", "t")]), round_id=3)
     issued = _issued([("1", "train"), ("2", "test"), ("3", "train")])
     before = frozen_copy(ledger, issued)
-    current = get_current_labels(ledger, issued, params=MergeParams())
+    current = _majority(ledger, issued)
     assert_unchanged(before, (ledger, issued))
     got = current.set_index("item_id")
     assert got.loc["1", "label"] == "b"  # 1-1 tie: the latest vote wins
     assert got.loc["2", "label"] == "a" and got.loc["2", "agreement"] == pytest.approx(2 / 3)
     assert got.loc["3", "label"] == "b" and got.loc["3", "n_votes"] == 1  # relabel replaced
     assert got.loc["2", "split"] == "test"
+    assert set(got["method"]) == {"majority"}
 
 
 def test_current_labels_refuse_items_never_issued():
-    ledger = merge_labels(
-        schema.empty(schema.LEDGER), _accepted([("7", "a", "x", "t")]), round_id=2
-    )
+    ledger = _ledger_after([(2, [("7", "a", "x", "t")])])
     with pytest.raises(ValueError, match="never issued"):
-        get_current_labels(ledger, _issued([("1", "train")]), params=MergeParams())
+        _majority(ledger, _issued([("1", "train")]))
+
+
+def test_resolution_and_consensus_events():
+    ledger = _ledger_after([(2, [("1", "a", "ann", "t"), ("2", "a", "ann", "t")])])
+    issued = _issued([("1", "train"), ("2", "train")])
+    flags = get_flag_records(
+        pd.DataFrame(
+            {
+                "item_id": ["1"],
+                "given_label": ["a"],
+                "suggested_label": ["b"],
+                "label_quality": [0.05],
+            }
+        ),
+        round_id=2,
+        params=FlagParams(),
+    )
+    first = get_resolution_events(
+        ledger[ledger["event"] == "__none__"],
+        flags.iloc[:0],
+        ledger,
+        _majority(ledger, issued),
+        round_id=2,
+    )
+    assert first["event"].tolist() == ["consensus", "consensus"]
+    prior = append_round(
+        ledger,
+        schema.number_events(first, round_id=2, start=3),
+        pd.DataFrame(columns=["round_id"]),
+        round_id=2,
+    )
+    later = _ledger_after(
+        [
+            (2, [("1", "a", "ann", "t"), ("2", "a", "ann", "t")]),
+            (3, [("1", "b", "bob", "t"), ("1", "b", "cid", "t")]),
+        ]
+    )
+    new_votes = later[later["round_id"] == 3]
+    events = get_resolution_events(prior, flags, new_votes, _majority(later, issued), round_id=3)
+    got = events.set_index("event")
+    assert got.loc["resolved", "outcome"] == "changed"
+    assert "changed to 'b'" in got.loc["resolved", "detail"]
+    assert got.loc["consensus", "detail"].startswith("'a' -> 'b'")
 
 
 # -- model, flag, train ----------------------------------------------------------------------
@@ -505,8 +620,16 @@ def test_relabel_candidates_go_back_once():
     )
     current = pd.DataFrame({"item_id": ["1", "2", "3"], "n_votes": [1, 2, 1]})
     issued = _issued([("1", "train")]).assign(reason="relabel", round_id=3)
-    got = get_relabel_candidates(flags, current, issued, round_id=5, params=FlagParams())
+    current = current.assign(agreement=[1.0, 1.0, 1.0])
+    got = get_relabel_candidates(
+        flags, current, issued, round_id=5, params=FlagParams(), min_agreement=0.6
+    )
     assert got.tolist() == ["3"]  # 2 has two votes already, 1 was sent back before
+    split = current.assign(item_id=["1", "2", "4"], agreement=[1.0, 0.5, 0.5])
+    got = get_relabel_candidates(
+        flags.iloc[:0], split, issued, round_id=5, params=FlagParams(), min_agreement=0.6
+    )
+    assert got.tolist() == ["2", "4"]  # votes split: another opinion, any split
 
 
 def test_export_formats_carry_the_suggestion_and_hide_the_split(satimage):
