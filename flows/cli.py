@@ -6,7 +6,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -154,6 +154,12 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
             f"last intake: {v.get('rows_read', 0)} rows = {v.get('rows_accepted', 0)} accepted "
             f"+ {v.get('rows_quarantined', 0)} quarantined {v.get('quarantined_by_reason') or ''}"
         )
+    if not st.rejects.empty:
+        shown = st.rejects.head(10)
+        console.print(f"rejected rows of the last round ({len(st.rejects)}; first {len(shown)}):")
+        for row in shown.itertuples(index=False):
+            where = f"{row.source_file}:{row.source_row}"
+            console.print(f"  {where}  [{row.reason_code}] {row.reason}", soft_wrap=True)
     if st.flags:
         console.print(f"flagged last round: {st.flags.get('flagged', 0)}")
     if st.batch_out:
@@ -247,6 +253,80 @@ def pipeline(
     if yaml.safe_load(target.read_text()) != wanted:
         raise _fail(f"{target} differs from the stage specs; run `alloop pipeline --write`")
     console.print(f"{target} matches the stage specs")
+
+
+FormatOpt = Annotated[str, typer.Option("--format", help="table, csv or json")]
+AtOpt = Annotated[
+    str | None, typer.Option("--at", help="Read a past round (e.g. round-0003) through DVC.")
+]
+
+
+def _emit(frames: dict[str, Any], fmt: str) -> None:
+    """Print frames as rich tables, CSV (formula-safe) or JSON."""
+    import json
+
+    import pandas as pd
+
+    from tasks.catalog import csv_safe
+
+    if fmt not in {"table", "csv", "json"}:
+        raise _fail(f"--format must be table, csv or json, not {fmt!r}")
+    if fmt == "json":
+        payload = {
+            name: json.loads(frame.to_json(orient="records")) for name, frame in frames.items()
+        }
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    for name, frame in frames.items():
+        if fmt == "csv":
+            if len(frames) > 1:
+                sys.stdout.write(f"# {name}\n")
+            sys.stdout.write(csv_safe(frame).to_csv(index=False, lineterminator="\n"))
+            continue
+        table = Table(title=name, show_lines=False)
+        for column in frame.columns:
+            table.add_column(str(column), overflow="fold")
+        for row in frame.itertuples(index=False):
+            table.add_row(*("" if pd.isna(v) else str(v) for v in row))
+        console.print(table)
+
+
+@app.command()
+def history(
+    item_id: Annotated[str, typer.Argument(help="The item's id.")],
+    workspace: WorkspaceOpt = Path("."),
+    at: AtOpt = None,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Every event of one item across rounds: issued, labeled, rejected, flagged, resolved."""
+    root = _setup(workspace)
+    from flows.audit import AuditError, get_item_history, read_tables
+
+    try:
+        frame = get_item_history(read_tables(root, at=at), item_id)
+    except AuditError as exc:
+        raise _fail(str(exc)) from None
+    _emit({f"history of item {item_id}": frame}, fmt)
+
+
+@app.command()
+def audit(
+    round_id: Annotated[int | None, typer.Option("--round", help="Only this round.")] = None,
+    annotator: Annotated[str | None, typer.Option(help="Only this annotator.")] = None,
+    workspace: WorkspaceOpt = Path("."),
+    at: AtOpt = None,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Label events, per-annotator counts and quality, and the flags raised and resolved."""
+    root = _setup(workspace)
+    from flows.audit import AuditError, get_audit, read_tables
+
+    try:
+        result = get_audit(read_tables(root, at=at), round_id=round_id, annotator=annotator)
+    except AuditError as exc:
+        raise _fail(str(exc)) from None
+    events = result.events.drop(columns=["source_sha256"])
+    _emit({"annotators": result.annotators, "flags": result.flags, "events": events}, fmt)
 
 
 @app.command()

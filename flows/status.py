@@ -23,6 +23,7 @@ class Status:
     flags: dict[str, Any]
     batch_out: dict[str, Any]
     incoming_files: list[str]
+    rejects: pd.DataFrame  # the last round's quarantined rows
 
 
 def get_status(catalog: Catalog) -> Status:
@@ -36,6 +37,12 @@ def get_status(catalog: Catalog) -> Status:
         else pd.DataFrame()
     )
     info = catalog.read_round()
+    rejected_file = catalog.quarantine(info.round_id) / "rejected.csv"
+    rejects = (
+        pd.read_csv(rejected_file, dtype=str, keep_default_na=False)
+        if info.round_id and rejected_file.exists()
+        else pd.DataFrame()
+    )
     batch: dict[str, Any] = {}
     if info.round_id:
         outbox = catalog.outbox(info.round_id)
@@ -68,4 +75,5 @@ def get_status(catalog: Catalog) -> Status:
         flags=catalog.read_json(catalog.reports_dir / "flag.json", default={}),
         batch_out=batch,
         incoming_files=incoming,
+        rejects=rejects,
     )

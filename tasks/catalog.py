@@ -264,8 +264,28 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     write_text(path, lines)
 
 
+#: A cell starting with one of these is run as a formula by spreadsheet programs.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula get a leading ``'`` (OWASP's
+    advice against CSV injection); numbers are left alone. Parsing strips it again."""
+    safe = frame.copy()
+    for name in safe.columns:
+        column = safe[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            continue
+        text = column.astype("string")
+        risky = text.str.startswith(FORMULA_START).fillna(False).to_numpy(dtype=bool)
+        if risky.any():
+            safe[name] = text.where(~risky, "'" + text)
+    return safe
+
+
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+    """A CSV for people (annotators, auditors): formula-like cells are defused."""
+    write_text(path, csv_safe(frame).to_csv(index=False, lineterminator="\n"))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

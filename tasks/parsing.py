@@ -41,6 +41,8 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bool | dict | list):
         return json.dumps(value)
     text = str(value)
+    if text.startswith("'") and text[1:2] and text[1] in "=+-@\t\r":
+        text = text[1:]  # written defused by alloop's own CSV export: read it back as it was
     return text if text.strip() else None
 
 

@@ -218,3 +218,74 @@ def test_dvc_repro_reproduces_the_last_round_without_prefect(campaign, tmp_path)
     done = run_cli(["dvc", "repro", "--force", "--quiet"], copy)
     assert done.returncode == 0, done.stdout + done.stderr
     assert snapshot(copy) == before
+
+
+def test_ledger_records_every_kind_of_event(campaign):
+    ledger = pd.read_parquet(campaign["catalog"].ledger)
+    kinds = set(ledger["event"])
+    assert {"label", "rejected", "consensus"} <= kinds
+    rejected = ledger[(ledger["event"] == "rejected") & (ledger["round_id"] == ROUNDS)]
+    expected = [code for code in campaign["expected_reasons"] if code] + ["unreadable_file"]
+    assert sorted(rejected["outcome"]) == sorted(expected)
+    flags = pd.read_parquet(campaign["catalog"].flags)
+    flagged = ledger[ledger["event"] == "flagged"]
+    assert len(flagged) == len(flags)
+    # every consensus label in the ledger's latest consensus events is the current label
+    latest = ledger[ledger["event"] == "consensus"].drop_duplicates("item_id", keep="last")
+    current = pd.read_parquet(campaign["catalog"].current).set_index("item_id")["label"]
+    assert (latest.set_index("item_id")["label"] == current.loc[latest["item_id"]]).all()
+
+
+def test_history_of_an_item_tells_its_whole_story(campaign):
+    from flows.audit import get_item_history, read_tables
+
+    ledger = pd.read_parquet(campaign["catalog"].ledger)
+    dup = ledger[(ledger["event"] == "rejected") & (ledger["outcome"] == "duplicate_row")]
+    item = dup["item_id"].iloc[0]
+    history = get_item_history(read_tables(campaign["root"]), item)
+    events = history["event"].tolist()
+    assert events[0] == "issued"
+    assert "label" in events and "rejected" in events and "consensus" in events
+    row = history[history["event"] == "rejected"].iloc[0]
+    assert row["source"] == "expert-7 batch (final).csv:2"
+    assert row["annotator"] == "expert-7" and row["round_id"] == ROUNDS
+
+
+def test_audit_reads_a_past_round_through_dvc_without_touching_the_workspace(campaign):
+    from flows.audit import get_audit, read_tables
+
+    root = campaign["root"]
+    before = snapshot(root)
+    past = read_tables(root, at="round-0002")
+    now = read_tables(root)
+    assert set(past["ledger"]["round_id"]) == {2}
+    pd.testing.assert_frame_equal(now["ledger"].iloc[: len(past["ledger"])], past["ledger"])
+    audit = get_audit(now, round_id=ROUNDS, annotator="expert-7")
+    assert set(audit.events["annotator"]) == {"expert-7"}
+    counts = audit.annotators.set_index("annotator")
+    # 7 rows rejected, one of them without an annotator: 6 are expert-7's
+    assert counts.loc["expert-7", "rejected"] == 6 and counts.loc["expert-7", "label"] == 1
+    assert snapshot(root) == before
+
+
+def test_audit_and_history_commands(campaign):
+    import json as _json
+
+    root = campaign["root"]
+    done = run_cli(
+        ["alloop", "audit", "-w", str(root), "--at", "round-0002", "--format", "json"], root
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    payload = _json.loads(done.stdout)
+    assert set(payload) == {"annotators", "flags", "events"}
+    assert {e["round_id"] for e in payload["events"]} == {2}
+    missing = run_cli(["alloop", "history", "never-seen-anywhere", "-w", str(root)], root)
+    assert missing.returncode == 1 and "no events" in missing.stdout
+
+
+def test_history_shows_rejected_rows_of_items_outside_the_pool(campaign):
+    done = run_cli(
+        ["alloop", "history", "no-such-item", "-w", str(campaign["root"])], campaign["root"]
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "unknown_item" in done.stdout and "not in the pool" in done.stdout
