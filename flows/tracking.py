@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,17 @@ def _experiment_id(client: Any, workspace: Path) -> str:
     return client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
 
 
+def _metric_name(key: str) -> str:
+    # names come from data too (class names, reason codes): keep what MLflow accepts
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)[:250]
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
             _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        out[prefix] = value
+        out[_metric_name(prefix)] = value
 
 
 def log_round(

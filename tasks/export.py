@@ -17,6 +17,7 @@ from tasks.catalog import round_name, write_csv, write_json, write_jsonl, write_
 from tasks.context import StageContext, StageSpec, stage_task
 from tasks.params import ExportParams
 
+MAX_FILES_LISTED = 20
 REPORTS = ("validate", "merge", "flag", "train", "metrics", "score", "select")
 
 STAGE = StageSpec(
@@ -144,7 +145,8 @@ def get_round_report(
     ]
     for code, count in sorted((v.get("quarantined_by_reason") or {}).items()):
         lines.append(f"  - {code}: {count}")
-    for entry in files:
+    shown = files[:MAX_FILES_LISTED]
+    for entry in shown:
         detail = {
             "read": f"{entry.get('rows_read', 0)} rows = {entry.get('accepted', 0)} accepted + "
             f"{entry.get('quarantined', 0)} quarantined",
@@ -152,6 +154,11 @@ def get_round_report(
             "already_consumed": f"skipped: same content as {entry.get('same_as', '')}",
         }.get(str(entry.get("status")), str(entry.get("status")))
         lines.append(f"  - file `{entry.get('file')}` ({entry.get('format', '-')}): {detail}")
+    if len(files) > len(shown):
+        lines.append(
+            f"  - ... and {len(files) - len(shown)} more files: "
+            f"data/archive/{round_name(round_id)}/manifest.json lists every one"
+        )
     lines += [
         f"- ledger: {f.get('ledger_events', 0)} events (+{f.get('ledger_events_added', 0)}: "
         f"{m.get('events_label', 0)} labels, {m.get('events_relabel', 0)} relabels, "

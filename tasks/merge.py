@@ -277,7 +277,11 @@ def run(ctx: StageContext) -> dict[str, object]:
 
     round_events = get_label_events(prior, accepted, rejected, round_id=ctx.round_id)
     all_votes = pd.concat([prior, round_events.reindex(columns=prior.columns)], ignore_index=True)
-    votes = get_votes(all_votes)
+    every_vote = get_votes(all_votes)
+    # votes for a class not (yet) in project.classes wait in the ledger until it is added
+    known = every_vote["label"].isin(p.project.classes)
+    pending = every_vote.loc[~known, "label"].value_counts()
+    votes = every_vote[known]
     split = issued.sort_values("round_id", kind="stable").drop_duplicates("item_id")
     split = split.set_index("item_id")["split"]
     train_ids = votes.loc[votes["item_id"].map(split) == "train", "item_id"].drop_duplicates()
@@ -329,6 +333,7 @@ def run(ctx: StageContext) -> dict[str, object]:
         "test_items": int((current["split"] == "test").sum()),
         "items_in_disagreement": int((current["agreement"] < 1.0).sum()),
         "annotators": int(len(stats)),
+        "votes_for_new_classes": {str(k): int(v) for k, v in pending.items()},
     }
     write_json(cat.reports_dir / "merge.json", summary)
     return summary

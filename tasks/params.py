@@ -23,6 +23,9 @@ class ProjectParams(_Section):
 
     classes: tuple[str, ...] = Field(min_length=2)
     random_state: int = 0
+    # false: a label outside ``classes`` is quarantined (unknown_class). true: it is accepted
+    # into the ledger and waits (counted in merge's report) until the class is added here
+    allow_new_classes: bool = False
 
     @field_validator("classes")
     @classmethod

@@ -38,7 +38,7 @@ STAGE = StageSpec(
         "gx/expectations/incoming_labels.json",
         "data/pool",
     ),
-    params=("project.classes", "validate"),
+    params=("project.classes", "project.allow_new_classes", "validate"),
     outs=("data/interim/accepted.parquet", "data/interim/rejected.parquet"),
     persist=("data/archive", "data/quarantine"),
     metrics=("reports/validate.json",),
@@ -137,6 +137,7 @@ def validate_labels(
     as_of: pd.Timestamp,
     params: ValidateParams,
     suite: Mapping[str, object] | None = None,
+    allow_new_classes: bool = False,
 ) -> Validation:
     """Split parsed label rows into accepted and quarantined.
 
@@ -184,9 +185,10 @@ def validate_labels(
         _first_source=first_source,
     )
     suite = suite if suite is not None else get_default_suite()
-    failing = find_failing_rows(
-        frame, suite, parameters={"classes": list(classes)}, required=BUILT_IN
-    )
+    allowed = list(classes)
+    if allow_new_classes:  # any non-empty label is a class, known or new
+        allowed += sorted(set(frame["label"].dropna()) - set(classes))
+    failing = find_failing_rows(frame, suite, parameters={"classes": allowed}, required=BUILT_IN)
     order = get_check_order(suite)
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
     for name, _ in reversed(order):  # the first check in the suite's order wins
@@ -211,7 +213,7 @@ def validate_labels(
     )
 
 
-def _file_rejection(name: str, digest: str, message: str) -> pd.DataFrame:
+def get_file_rejection(name: str, digest: str, message: str) -> pd.DataFrame:
     row = {column: pd.NA for column in schema.QUARANTINED}
     row.update(
         source_file=name,
@@ -285,7 +287,7 @@ def run(ctx: StageContext) -> dict[str, object]:
             kind, rows = parse_label_file(content)
         except LabelFileError as exc:
             entry.update(status="unreadable", error=str(exc), rows_read=0)
-            file_rejections.append(_file_rejection(path.name, digest, str(exc)))
+            file_rejections.append(get_file_rejection(path.name, digest, str(exc)))
             manifest.append(entry)
             continue
         entry.update(status="read", format=kind, rows_read=int(len(rows)))
@@ -313,6 +315,7 @@ def run(ctx: StageContext) -> dict[str, object]:
         as_of=as_of if as_of.tzinfo else as_of.tz_localize("UTC"),
         params=ctx.params.validate_,
         suite=json.loads(suite_file.read_text()),
+        allow_new_classes=ctx.params.project.allow_new_classes,
     )
     quarantined = pd.concat([*file_rejections, result.quarantined], ignore_index=True)
     for entry in manifest:

@@ -133,6 +133,21 @@ def test_validate_accepts_good_rows_and_gives_each_bad_row_its_reason():
     assert "f.csv:1" in sentences[2]
 
 
+def test_new_classes_are_kept_when_the_project_allows_them():
+    rows = _rows([("1", "bird", "ann", "2026-05-01T10:00:00Z", None, None)])
+    kwargs = dict(
+        pool_ids=pd.Series(["1"], dtype="string"),
+        issued_ids=pd.Series(["1"], dtype="string"),
+        classes=("a", "b"),
+        as_of=AS_OF,
+        params=ValidateParams(),
+    )
+    strict = validate_labels(rows, **kwargs)
+    assert strict.quarantined["reason_code"].tolist() == ["unknown_class"]
+    lenient = validate_labels(rows, allow_new_classes=True, **kwargs)
+    assert lenient.accepted["label"].tolist() == ["bird"]
+
+
 def test_validate_needs_an_aware_clock():
     with pytest.raises(ValueError, match="timezone-aware"):
         validate_labels(
