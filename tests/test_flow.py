@@ -66,6 +66,9 @@ def _write_messy_file(catalog: Catalog, classes: list[str]) -> list[str | None]:
         lines.append(",".join(field.format(**values) for field in row[:4]))
     (catalog.incoming_dir / "expert-7 batch (final).csv").write_text("\n".join(lines) + "\n")
     (catalog.incoming_dir / "broken.json").write_text('[{"item_id": 1,')
+    # an annotator sends last round's file again, under another name
+    consumed = next(p for p in catalog.archive(2).iterdir() if p.suffix == ".csv")
+    (catalog.incoming_dir / "resent.csv").write_bytes(consumed.read_bytes())
     return [row[4] for row in MESSY_ROWS]
 
 
@@ -289,3 +292,17 @@ def test_history_shows_rejected_rows_of_items_outside_the_pool(campaign):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "unknown_item" in done.stdout and "not in the pool" in done.stdout
+
+
+def test_a_file_dropped_twice_is_recognised_and_not_merged_again(campaign):
+    cat = campaign["catalog"]
+    manifest = {
+        e["file"]: e for e in json.loads((cat.archive(ROUNDS) / "manifest.json").read_text())
+    }
+    entry = manifest["resent.csv"]
+    assert entry["status"] == "already_consumed"
+    assert entry["same_as"].startswith("round-0002/")
+    ledger = pd.read_parquet(cat.ledger)
+    assert not (ledger["source_file"] == "resent.csv").any()
+    assert (cat.archive(ROUNDS) / "resent.csv").exists()  # kept as received, all the same
+    assert "skipped: same content as round-0002/" in (cat.reports_dir / "round.md").read_text()
