@@ -103,7 +103,13 @@ def init(
 
 
 @app.command(name="round")
-def round_(workspace: WorkspaceOpt = Path(".")) -> None:
+def round_(
+    workspace: WorkspaceOpt = Path("."),
+    started_at: Annotated[
+        str | None,
+        typer.Option(help="The round's clock, ISO 8601 with zone (default: now); for replays."),
+    ] = None,
+) -> None:
     """Run one round: validate, merge, flag, train, evaluate, score, select, export, record."""
     root = _setup(workspace)
     from flows.round import al_round
@@ -111,7 +117,7 @@ def round_(workspace: WorkspaceOpt = Path(".")) -> None:
 
     try:
         with _quiet_prefect():
-            result = al_round(str(root))
+            result = al_round(str(root), started_at=started_at)
     except (WorkspaceBusy, WorkspaceError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"[bold]round-{result.round_id:04d}[/] recorded as {result.commit[:10]}")

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 
 from flows import tracking, versioning
 from flows.pipeline import STAGE_MODULES
+from flows.runtime import crash_point
 from flows.workspace import WorkspaceError, code_drift, hold_workspace
 from tasks.catalog import Catalog, RoundInfo, round_name
 from tasks.context import StageContext
@@ -28,9 +29,26 @@ class RoundResult:
     resumed: bool
 
 
+def repair_after_crash(catalog: Catalog) -> list[str]:
+    """Finish what a crash after the git commit left undone: the round's tag, and the git
+    commit on its MLflow run. Returns what was repaired."""
+    repaired = []
+    tagged = versioning.repair_unfinished_tag(catalog.root)
+    if tagged is not None:
+        repaired.append(f"tagged {round_name(tagged)}")
+    committed = versioning.committed_round(catalog.root)
+    commit = versioning.tag_commit_of(catalog.root, round_name(committed)) if committed else None
+    if commit and tracking.link_recorded_round(catalog.root, committed, commit):
+        repaired.append(f"linked the MLflow run of {round_name(committed)} to {commit[:10]}")
+    for line in repaired:
+        log.warning("after a crash: %s", line)
+    return repaired
+
+
 def begin_round(catalog: Catalog, now: datetime) -> tuple[RoundInfo, bool]:
     """The round to run: a round that started and was never committed is resumed with its own
     clock; otherwise the next round starts now. Returns the round and whether it resumes."""
+    repair_after_crash(catalog)
     committed = versioning.committed_round(catalog.root)
     written = catalog.read_round()
     if written.round_id > committed:
@@ -65,8 +83,12 @@ def get_commit_message(round_id: int, s: dict[str, dict[str, Any]]) -> str:
 
 
 @flow(name="al_round", persist_result=False, validate_parameters=True)
-def al_round(workspace: str, push: bool = True) -> RoundResult:
-    """One active-learning round in ``workspace``, recorded as commit and tag ``round-NNNN``."""
+def al_round(workspace: str, push: bool = True, started_at: str | None = None) -> RoundResult:
+    """One active-learning round in ``workspace``, recorded as commit and tag ``round-NNNN``.
+
+    ``started_at`` (ISO 8601) fixes the clock of a new round (default: now); a resumed round
+    keeps the clock it started with.
+    """
     logger = get_run_logger()
     catalog = Catalog(Path(workspace).resolve())
     with hold_workspace(catalog.root, "round"):
@@ -78,16 +100,23 @@ def al_round(workspace: str, push: bool = True) -> RoundResult:
                 "code (`cd WORKSPACE && python -m flows.cli round`) or restore those files."
             )
         params = catalog.read_params()
-        info, resumed = begin_round(catalog, datetime.now(UTC))
+        now = datetime.fromisoformat(started_at) if started_at else datetime.now(UTC)
+        if now.tzinfo is None:
+            raise WorkspaceError(f"started_at {started_at!r} needs a time zone (e.g. +00:00)")
+        info, resumed = begin_round(catalog, now)
         logger.info("%s %s", "resuming" if resumed else "starting", round_name(info.round_id))
         ctx = StageContext(catalog=catalog, params=params, round=info)
         summaries: dict[str, dict[str, Any]] = {}
         for module in STAGE_MODULES:
+            crash_point(f"before:{module.STAGE.name}")
             summaries[module.STAGE.name] = module.run(ctx)
             logger.info("%s: %s", module.STAGE.name, summaries[module.STAGE.name])
+        crash_point("before:mlflow")
         run_id = tracking.log_round(catalog, info.round_id, params, summaries)
+        crash_point("before:record")
         commit = versioning.record_round(
             catalog.root, info.round_id, get_commit_message(info.round_id, summaries), push=push
         )
+        crash_point("before:mlflow-tag")
         tracking.tag_commit(catalog.root, run_id, commit)
     return RoundResult(info.round_id, commit, run_id, summaries, resumed)

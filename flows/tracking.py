@@ -42,13 +42,28 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[_metric_name(prefix)] = value
 
 
+def _runs_of_round(client: Any, experiment_id: str, round_id: int) -> list[Any]:
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`alloop.round_id` = '{round_id}'"
+    )
+
+
 def log_round(
     catalog: Catalog, round_id: int, params: Params, summaries: dict[str, dict[str, Any]]
 ) -> str:
-    """Log the round's params, metrics, model and report; returns the run id."""
+    """Log the round's params, metrics, model and report; returns the run id.
+
+    A run of the same round that never got its git commit is an attempt that crashed: it is
+    marked KILLED and superseded, so the store never shows two real runs of one round.
+    """
     client = _client(catalog.root)
+    experiment_id = _experiment_id(client, catalog.root)
+    for stale in _runs_of_round(client, experiment_id, round_id):
+        if "alloop.git_commit" not in stale.data.tags:
+            client.set_tag(stale.info.run_id, "alloop.superseded", "true")
+            client.set_terminated(stale.info.run_id, "KILLED")
     run = client.create_run(
-        _experiment_id(client, catalog.root),
+        experiment_id,
         run_name=round_name(round_id),
         tags={"alloop.round_id": str(round_id), "alloop.workspace": str(catalog.root)},
     )
@@ -81,6 +96,22 @@ def tag_commit(workspace: Path, run_id: str, commit: str) -> None:
     _client(workspace).set_tag(run_id, "alloop.git_commit", commit)
 
 
+def link_recorded_round(workspace: Path, round_id: int, commit: str) -> bool:
+    """After a crash between the git commit and the MLflow tag: give the round's finished,
+    not superseded run its commit. Returns whether a run was linked."""
+    client = _client(workspace)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return False
+    linked = False
+    for run in _runs_of_round(client, found.experiment_id, round_id):
+        tags = run.data.tags
+        if "alloop.git_commit" not in tags and tags.get("alloop.superseded") != "true":
+            client.set_tag(run.info.run_id, "alloop.git_commit", commit)
+            linked = True
+    return linked
+
+
 def list_round_runs(workspace: Path) -> list[dict[str, Any]]:
     """Every round run in the workspace's store: round id, status, metrics, tags."""
     client = _client(workspace)
@@ -88,6 +119,7 @@ def list_round_runs(workspace: Path) -> list[dict[str, Any]]:
     if found is None:
         return []
     runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+    runs = [r for r in runs if r.data.tags.get("alloop.superseded") != "true"]
     return [
         {
             "run_id": r.info.run_id,

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from flows.runtime import crash_point
 from tasks.catalog import round_name
 
 
@@ -72,6 +73,25 @@ def committed_round(root: Path) -> int:
     return 0
 
 
+def tag_commit_of(root: Path, tag: str) -> str | None:
+    """The commit a tag points at, or None when there is no such tag."""
+    found = git(root, "rev-list", "-n", "1", tag, check=False)
+    return found or None
+
+
+def repair_unfinished_tag(root: Path) -> int | None:
+    """Tag the last committed round if a crash came between its commit and its tag.
+
+    Returns the round id tagged, or None when nothing was missing.
+    """
+    round_id = committed_round(root)
+    if round_id < 1 or tag_commit_of(root, round_name(round_id)):
+        return None
+    subject = git(root, "log", "-1", "--format=%s")
+    git(root, "tag", "--annotate", round_name(round_id), "-m", subject)
+    return round_id
+
+
 def head_commit(root: Path) -> str:
     return git(root, "rev-parse", "HEAD")
 
@@ -113,5 +133,6 @@ def record_round(root: Path, round_id: int, message: str, *, push: bool = True) 
     commit_outputs(root, push=push)
     git(root, "add", "--all")
     git(root, "commit", "--quiet", "--allow-empty", "-m", message)
+    crash_point("before:git-tag")
     git(root, "tag", "--annotate", round_name(round_id), "-m", message.splitlines()[0])
     return head_commit(root)

@@ -117,6 +117,9 @@ def _load(model_text: str | None) -> lgb.Booster | None:
 @stage_task("evaluate")
 def run(ctx: StageContext) -> dict[str, object]:
     cat = ctx.catalog
+    retired = cat.champion_dir.with_name(".champion.old")
+    if retired.exists() and not cat.champion_dir.exists():
+        retired.rename(cat.champion_dir)  # a crash came mid-swap: the old champion stands
     champion_meta = cat.read_json(cat.champion_dir / "meta.json", default={})
     # on a rerun of a round that promoted, the champion from before the round is in previous/
     before = (
@@ -153,8 +156,12 @@ def run(ctx: StageContext) -> dict[str, object]:
         write_json(staged / "meta.json", before_meta)
     else:
         write_json(staged / "meta.json", {"promoted_in_round": None})
-    shutil.rmtree(cat.champion_dir, ignore_errors=True)
+    # swap by renames, so a crash at any point leaves a whole champion folder to resume from
+    shutil.rmtree(retired, ignore_errors=True)
+    if cat.champion_dir.exists():
+        cat.champion_dir.rename(retired)
     staged.rename(cat.champion_dir)
+    shutil.rmtree(retired, ignore_errors=True)
     metrics: dict[str, object] = {
         "round_id": ctx.round_id,
         "n_test": int(len(test)),

@@ -1,0 +1,126 @@
+"""Kill a real `alloop round` process at a named point, resume it, and compare the result with
+a round that was never interrupted: same files, same hashes, same tags, one MLflow run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import BIN, DATASETS
+from test_flow import snapshot
+
+from flows import tracking
+from flows.demo import annotate_outbox, load_pmlb
+from flows.round import al_round, repair_after_crash
+from flows.runtime import CRASH_ENV
+from flows.workspace import init_workspace
+from tasks.catalog import Catalog
+
+STARTED_AT = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+FAST = ["before:merge"]
+SLOW = [
+    "before:validate",
+    "before:flag",
+    "before:train",
+    "before:evaluate",
+    "before:score",
+    "before:select",
+    "before:export",
+    "before:mlflow",
+    "before:record",
+]
+
+
+def _round(ws, *, crash_at=None, started_at=STARTED_AT):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
+    env.pop(CRASH_ENV, None)
+    if crash_at:
+        env[CRASH_ENV] = crash_at
+    args = [str(BIN / "alloop"), "round", "-w", str(ws)]
+    if started_at:
+        args += ["--started-at", started_at]
+    # a session of its own: the crash kills this process group only
+    return subprocess.run(
+        args, env=env, capture_output=True, text=True, start_new_session=True, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def before_round_3(prefect_api, tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash") / "ws"
+    raw, classes = load_pmlb(DATASETS / "satimage.parquet")
+    catalog = init_workspace(
+        root,
+        pool=raw,
+        id_column="item_id",
+        classes=classes,
+        label_column="label",
+        overrides=("select.seed_size=150", "select.batch_size=100"),
+    )
+    for round_id in (1, 2):
+        al_round(str(root))
+        annotate_outbox(catalog, round_id, noise=0.05, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(before_round_3, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("clean") / "ws"
+    shutil.copytree(before_round_3, ws, symlinks=True)
+    done = _round(ws)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return ws
+
+
+def _tags(ws):
+    return subprocess.run(["git", "tag"], cwd=ws, capture_output=True, text=True).stdout.split()
+
+
+def _check_resume(point, before_round_3, uninterrupted, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(before_round_3, ws, symlinks=True)
+    crashed = _round(ws, crash_at=point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    resumed = _round(ws, started_at=None)  # the resumed round keeps the clock it began with
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _tags(ws) == _tags(uninterrupted) == ["round-0001", "round-0002", "round-0003"]
+    assert snapshot(ws) == snapshot(uninterrupted)
+    assert not list(ws.rglob("*.tmp")) and not (ws / "models" / ".champion.old").exists()
+    runs = tracking.list_round_runs(ws)
+    assert [r["round_id"] for r in runs] == [1, 2, 3]
+    assert all("alloop.git_commit" in r["tags"] for r in runs)
+
+
+@pytest.mark.parametrize("point", FAST)
+def test_resume_after_a_kill_ends_as_if_nothing_happened(
+    point, before_round_3, uninterrupted, tmp_path
+):
+    _check_resume(point, before_round_3, uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", SLOW)
+def test_resume_after_a_kill_at_every_stage(point, before_round_3, uninterrupted, tmp_path):
+    _check_resume(point, before_round_3, uninterrupted, tmp_path)
+
+
+@pytest.mark.parametrize("point", ["before:git-tag", "before:mlflow-tag"])
+def test_a_kill_after_the_commit_is_repaired_not_rerun(
+    point, before_round_3, uninterrupted, tmp_path
+):
+    ws = tmp_path / "ws"
+    shutil.copytree(before_round_3, ws, symlinks=True)
+    crashed = _round(ws, crash_at=point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    repaired = repair_after_crash(Catalog(ws))  # what the next command does first
+    assert repaired and all(("round-0003" in line) for line in repaired)
+    assert _tags(ws) == _tags(uninterrupted)
+    assert snapshot(ws) == snapshot(uninterrupted)
+    runs = tracking.list_round_runs(ws)
+    assert [r["round_id"] for r in runs] == [1, 2, 3]
+    assert all("alloop.git_commit" in r["tags"] for r in runs)
+    assert repair_after_crash(Catalog(ws)) == []  # nothing left to repair
