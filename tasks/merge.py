@@ -93,9 +93,7 @@ class Consensus:
     why: str
 
 
-def _use_crowdlab(
-    votes: pd.DataFrame, train_ids: set[str], classes: tuple[str, ...], params: MergeParams
-) -> str:
+def _use_crowdlab(votes: pd.DataFrame, train_ids: set[str], params: MergeParams) -> str:
     """Why CROWDLAB cannot be used here ('' when it can)."""
     if params.consensus == "majority":
         return "merge.consensus is majority"
@@ -133,11 +131,7 @@ def resolve_labels(
     """
     majority = get_majority_labels(votes).assign(method="majority")
     train_ids = set(split.index[split == "train"])
-    why = (
-        "no features given"
-        if features is None
-        else _use_crowdlab(votes, train_ids, classes, params)
-    )
+    why = "no features given" if features is None else _use_crowdlab(votes, train_ids, params)
     labels = majority
     quality = pd.Series(dtype=float)
     method = "majority"

@@ -43,6 +43,24 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
 
+def make_satimage_workspace(root: Path):
+    """A workspace on the bundled satimage pool, with its true labels for the simulated
+    annotator, and small batches (seed 150, then 100 a round) so rounds are quick."""
+    from flows.demo import load_pmlb
+    from flows.workspace import init_workspace
+
+    raw, classes = load_pmlb(DATASETS / "satimage.parquet")
+    catalog = init_workspace(
+        root,
+        pool=raw,
+        id_column="item_id",
+        classes=classes,
+        label_column="label",
+        overrides=("select.seed_size=150", "select.batch_size=100"),
+    )
+    return catalog, classes
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """One temporary Prefect API for the whole session (about 10 s to start)."""

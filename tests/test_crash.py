@@ -10,14 +10,13 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import BIN, DATASETS
+from conftest import BIN, make_satimage_workspace
 from test_flow import snapshot
 
 from flows import tracking
-from flows.demo import annotate_outbox, load_pmlb
+from flows.demo import annotate_outbox
 from flows.round import al_round, repair_after_crash
 from flows.runtime import CRASH_ENV
-from flows.workspace import init_workspace
 from tasks.catalog import Catalog
 
 STARTED_AT = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -52,15 +51,7 @@ def _round(ws, *, crash_at=None, started_at=STARTED_AT):
 @pytest.fixture(scope="module")
 def before_round_3(prefect_api, tmp_path_factory):
     root = tmp_path_factory.mktemp("crash") / "ws"
-    raw, classes = load_pmlb(DATASETS / "satimage.parquet")
-    catalog = init_workspace(
-        root,
-        pool=raw,
-        id_column="item_id",
-        classes=classes,
-        label_column="label",
-        overrides=("select.seed_size=150", "select.batch_size=100"),
-    )
+    catalog, _ = make_satimage_workspace(root)
     for round_id in (1, 2):
         al_round(str(root))
         annotate_outbox(catalog, round_id, noise=0.05, seed=0)

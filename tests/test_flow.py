@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import DATASETS, run_cli
+from conftest import make_satimage_workspace, run_cli
 
 from flows import tracking
-from flows.demo import annotate_outbox, load_pmlb
+from flows.demo import annotate_outbox
 from flows.pipeline import STAGE_NAMES
 from flows.round import al_round
-from flows.workspace import init_workspace
 from tasks.catalog import Catalog
 
 ROUNDS = 3
@@ -76,15 +75,7 @@ def _write_messy_file(catalog: Catalog, classes: list[str]) -> list[str | None]:
 def campaign(prefect_api, tmp_path_factory):
     """A workspace after three rounds, with snapshots of its files after each round."""
     root = tmp_path_factory.mktemp("flow") / "ws"
-    raw, classes = load_pmlb(DATASETS / "satimage.parquet")
-    catalog = init_workspace(
-        root,
-        pool=raw,
-        id_column="item_id",
-        classes=classes,
-        label_column="label",
-        overrides=("select.seed_size=150", "select.batch_size=100"),
-    )
+    catalog, classes = make_satimage_workspace(root)
     snapshots, results, expected = {}, [], []
     for round_id in range(1, ROUNDS + 1):
         results.append(al_round(str(root)))
