@@ -112,12 +112,15 @@ def round_(
 ) -> None:
     """Run one round: validate, merge, flag, train, evaluate, score, select, export, record."""
     root = _setup(workspace)
-    from flows.round import al_round
-    from flows.workspace import WorkspaceBusy, WorkspaceError
+    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
 
     try:
-        with _quiet_prefect():
-            result = al_round(str(root), started_at=started_at)
+        # held before Prefect starts (seconds), so a second command fails at once
+        with hold_workspace(root, "round"):
+            from flows.round import al_round
+
+            with _quiet_prefect():
+                result = al_round(str(root), started_at=started_at)
     except (WorkspaceBusy, WorkspaceError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"[bold]round-{result.round_id:04d}[/] recorded as {result.commit[:10]}")

@@ -195,14 +195,27 @@ class WorkspaceBusy(RuntimeError):
     """Another alloop process holds the workspace."""
 
 
+#: Workspaces this process holds, with how many nested holds: the CLI takes the lock before
+#: Prefect starts, and the flow inside takes it again.
+_HELD: dict[Path, int] = {}
+
+
 @contextmanager
 def hold_workspace(root: Path, command: str) -> Iterator[None]:
     """Hold the workspace's lock for the duration of one command, or fail at once.
 
     An OS file lock (``flock``): the kernel releases it when the holder dies, however it dies,
-    so a lock left by a killed process never blocks the next one.
+    so a lock left by a killed process never blocks the next one. Re-entrant within a process.
     """
-    lock_file = root / ".alloop" / "lock"
+    key = root.resolve()
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    lock_file = key / ".alloop" / "lock"
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -211,7 +224,7 @@ def hold_workspace(root: Path, command: str) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "{}"
             raise WorkspaceBusy(
-                f"workspace {root} is busy: another alloop command holds it ({holder}); "
+                f"workspace {key} is busy: another alloop command holds it ({holder}); "
                 "two rounds never run at once in one workspace"
             ) from None
         info = {
@@ -222,6 +235,10 @@ def hold_workspace(root: Path, command: str) -> Iterator[None]:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            _HELD.pop(key, None)
     finally:
         os.close(fd)  # closing releases the flock

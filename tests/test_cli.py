@@ -80,10 +80,31 @@ def test_init_then_status_on_a_csv_pool(tmp_path, pool_csv):
     assert "matches the stage specs" in check.stdout
 
 
-def test_a_second_command_on_a_busy_workspace_names_the_holder(tmp_path):
+def test_a_second_process_on_a_busy_workspace_names_the_holder(tmp_path):
     with hold_workspace(tmp_path, "round"):
         with pytest.raises(WorkspaceBusy, match=f'"pid": {os.getpid()}'):
-            with hold_workspace(tmp_path, "round"):
-                pass
-    with hold_workspace(tmp_path, "round"):  # released: free again
-        pass
+            _try_from_another_process(tmp_path)
+    _try_from_another_process(tmp_path)  # released: free again (raises nothing)
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+    with hold_workspace(tmp_path, "round"):
+        with hold_workspace(tmp_path, "round"):  # the flow inside the CLI's hold
+            pass
+        with pytest.raises(WorkspaceBusy):  # still held by the outer hold
+            _try_from_another_process(tmp_path)
+
+
+def _try_from_another_process(root):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from flows.workspace import hold_workspace\n"
+        "with hold_workspace(Path(sys.argv[1]), 'round'): pass"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 and "is busy" in done.stderr:
+        raise WorkspaceBusy(done.stderr)

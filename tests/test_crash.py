@@ -115,3 +115,36 @@ def test_a_kill_after_the_commit_is_repaired_not_rerun(
     assert [r["round_id"] for r in runs] == [1, 2, 3]
     assert all("alloop.git_commit" in r["tags"] for r in runs)
     assert repair_after_crash(Catalog(ws)) == []  # nothing left to repair
+
+
+def test_two_rounds_at_once_one_runs_the_other_exits_naming_the_holder(before_round_3, tmp_path):
+    import json
+    import time
+
+    ws = tmp_path / "ws"
+    shutil.copytree(before_round_3, ws, symlinks=True)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
+    first = subprocess.Popen(
+        [str(BIN / "alloop"), "round", "-w", str(ws)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lock = ws / ".alloop" / "lock"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = lock.read_text() if lock.exists() else ""
+        if text and json.loads(text).get("pid") == first.pid:
+            break
+        time.sleep(0.1)
+    else:
+        first.kill()
+        pytest.fail("the first round never took the lock")
+    second = _round(ws, started_at=None)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out + err
+    assert second.returncode == 1
+    assert "is busy" in second.stdout and f'"pid": {first.pid}' in second.stdout
+    assert _tags(ws) == ["round-0001", "round-0002", "round-0003"]
