@@ -102,6 +102,28 @@ def init(
     console.print(f"workspace ready at [bold]{catalog.root}[/]; next: alloop round -w {path}")
 
 
+@app.command()
+def clone(
+    source: Annotated[str, typer.Argument(help="The workspace's git repository (URL or path).")],
+    path: Annotated[Path, typer.Argument(help="Folder of the recovered workspace.")],
+) -> None:
+    """Recover a workspace on a new machine: git clone, then dvc pull from its remote."""
+    import os
+
+    from flows.runtime import QUIET
+
+    os.environ.update(QUIET)  # no Prefect state to set up: git clone wants an empty folder
+    from flows.workspace import WorkspaceError, clone_workspace
+
+    try:
+        catalog = clone_workspace(source, path)
+    except WorkspaceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"workspace recovered at [bold]{catalog.root}[/] (round {catalog.read_round().round_id})"
+    )
+
+
 @app.command(name="round")
 def round_(
     workspace: WorkspaceOpt = Path("."),

@@ -191,6 +191,31 @@ def init_workspace(
     return catalog
 
 
+def clone_workspace(source: str, path: Path) -> Catalog:
+    """Recover a workspace elsewhere: ``git clone`` its repository, then ``dvc pull`` its data
+    from the DVC remote its config names. The remote must be reachable from here: the default
+    one inside the original workspace is not (init with ``--remote`` to be recoverable)."""
+    root = path.resolve()
+    if root.exists() and any(root.iterdir()):
+        raise WorkspaceError(f"{root} exists and is not empty; choose a new path")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    versioning.git(root.parent, "clone", "--quiet", source, str(root))
+    if not versioning.git(root, "config", "user.email", check=False):
+        versioning.git(root, "config", "user.email", "alloop@localhost")
+        versioning.git(root, "config", "user.name", "alloop")
+    try:
+        versioning.dvc(root, "pull", "--quiet")
+    except versioning.VersioningError as exc:
+        remote = versioning.dvc(root, "remote", "list", check=False)
+        raise WorkspaceError(
+            f"cloned the repository, but its data could not be pulled from the DVC remote "
+            f"({remote or 'none configured'}): {exc}. A remote inside the original workspace "
+            "is not reachable from a clone; use `alloop init --remote URL`, or add one with "
+            "`dvc remote add -d NAME URL` in the original and push."
+        ) from exc
+    return Catalog(root)
+
+
 class WorkspaceBusy(RuntimeError):
     """Another alloop process holds the workspace."""
 

@@ -10,7 +10,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import BIN, make_satimage_workspace
+from conftest import BIN, DATASETS, make_satimage_workspace
 from test_flow import snapshot
 
 from flows import tracking
@@ -148,3 +148,35 @@ def test_two_rounds_at_once_one_runs_the_other_exits_naming_the_holder(before_ro
     assert second.returncode == 1
     assert "is busy" in second.stdout and f'"pid": {first.pid}' in second.stdout
     assert _tags(ws) == ["round-0001", "round-0002", "round-0003"]
+
+
+def test_a_workspace_with_a_remote_is_recovered_by_clone(prefect_api, tmp_path):
+    from flows.demo import load_pmlb
+    from flows.workspace import init_workspace
+
+    raw, classes = load_pmlb(DATASETS / "satimage.parquet")
+    raw = raw.iloc[:400]
+    remote = tmp_path / "remote"
+    original = tmp_path / "machine-a" / "ws"
+    init_workspace(
+        original,
+        pool=raw,
+        id_column="item_id",
+        classes=classes,
+        label_column="label",
+        remote_url=str(remote),
+        overrides=("select.seed_size=40",),
+    )
+    al_round(str(original))
+    copy = tmp_path / "machine-b" / "ws"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
+    done = subprocess.run(
+        [str(BIN / "alloop"), "clone", str(original), str(copy)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert snapshot(copy) == snapshot(original)
+    assert _tags(copy) == ["round-0001"]
