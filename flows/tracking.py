@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from tasks.catalog import Catalog, round_name
 from tasks.params import Params, dump_params
 
 EXPERIMENT = "alloop"
-log = logging.getLogger(__name__)
 
 
 def _client(workspace: Path) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import shutil
 import socket
@@ -23,8 +22,6 @@ from flows.pipeline import dump_dvc_yaml
 from tasks.catalog import Catalog, RoundInfo, write_text
 from tasks.params import ParamsError, dump_params, load_params
 from tasks.schema import ITEM_ID
-
-log = logging.getLogger(__name__)
 
 #: The project checkout (an editable install) is the workspace template.
 TEMPLATE_ROOT = Path(flows.__file__).resolve().parent.parent

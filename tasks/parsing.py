@@ -155,14 +155,18 @@ def _parse_labelstudio(tasks: list[Any]) -> pd.DataFrame:
     return _frame(rows)
 
 
-def detect_format(content: bytes) -> str:
-    """``"labelstudio"``, ``"json"``, ``"jsonl"`` or ``"csv"``, from the content."""
-    head = _decode(content).lstrip()[:1]
+def _detect(text: str) -> str:
+    head = text.lstrip()[:1]
     if head == "[":
         return "json"
     if head == "{":
         return "jsonl"
     return "csv"
+
+
+def detect_format(content: bytes) -> str:
+    """``"json"`` (a list: Label Studio export or records), ``"jsonl"`` or ``"csv"``."""
+    return _detect(_decode(content))
 
 
 def parse_label_file(content: bytes) -> tuple[str, pd.DataFrame]:
@@ -181,7 +185,7 @@ def parse_label_file(content: bytes) -> tuple[str, pd.DataFrame]:
         When the file as a whole cannot be read.
     """
     text = _decode(content)
-    kind = detect_format(content)
+    kind = _detect(text)
     if kind == "csv":
         return kind, _parse_csv(text)
     if kind == "jsonl":

@@ -7,7 +7,7 @@ from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.parsing import LabelFileError, detect_format, parse_label_file
+from tasks.parsing import LabelFileError, parse_label_file
 
 LS = FIXTURES / "labelstudio"
 
@@ -65,9 +65,7 @@ def test_jsonl_with_a_broken_line():
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b'[{"item_id": 1,', b'"just text"'])
 def test_unreadable_files_raise(content):
     with pytest.raises(LabelFileError):
-        kind = detect_format(content)
         parse_label_file(content)
-        del kind
 
 
 @settings(max_examples=200, deadline=None)

@@ -477,21 +477,17 @@ def test_metrics_average_over_classes_present_in_the_test_labels():
 
 def test_gate_promotes_only_a_candidate_at_least_as_good(satimage):
     rows, labels, classes = satimage
-    params = TrainParams(num_boost_round=30)
-    strong = fit_booster(
-        rows.iloc[:400].drop(columns="item_id"),
-        np.searchsorted(classes, labels.iloc[:400]),
-        params=params,
-        n_classes=len(classes),
-        random_state=0,
-    )
-    weak = fit_booster(
-        rows.iloc[:40].drop(columns="item_id"),
-        np.searchsorted(classes, labels.iloc[:40]),
-        params=params,
-        n_classes=len(classes),
-        random_state=0,
-    )
+
+    def fit(n):
+        return fit_booster(
+            rows.iloc[:n].drop(columns="item_id"),
+            np.searchsorted(classes, labels.iloc[:n]),
+            params=TrainParams(num_boost_round=30),
+            n_classes=len(classes),
+            random_state=0,
+        )
+
+    strong, weak = fit(400), fit(40)
     test_rows, test_labels = rows.iloc[400:], labels.iloc[400:]
     before = frozen_copy(test_rows, test_labels)
     up = evaluate_models(
