@@ -12,10 +12,11 @@ from prefect import flow, get_run_logger
 
 from flows import tracking, versioning
 from flows.pipeline import STAGE_MODULES
-from flows.runtime import crash_point
+from flows.progress import RoundProgress
 from flows.workspace import WorkspaceError, code_drift, hold_workspace
 from tasks.catalog import Catalog, RoundInfo, round_name
 from tasks.context import StageContext
+from tasks.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,20 @@ def al_round(workspace: str, push: bool = True, started_at: str | None = None) -
         info, resumed = begin_round(catalog, now)
         logger.info("%s %s", "resuming" if resumed else "starting", round_name(info.round_id))
         ctx = StageContext(catalog=catalog, params=params, round=info)
+        progress = RoundProgress.open(catalog, info, resumed=resumed)
         summaries: dict[str, dict[str, Any]] = {}
+        skipping = resumed
         for module in STAGE_MODULES:
-            crash_point(f"before:{module.STAGE.name}")
-            summaries[module.STAGE.name] = module.run(ctx)
-            logger.info("%s: %s", module.STAGE.name, summaries[module.STAGE.name])
+            spec = module.STAGE
+            crash_point(f"before:{spec.name}")
+            done = progress.get_completed(catalog.root, spec) if skipping else None
+            if done is not None:
+                summaries[spec.name] = done
+                logger.info("%s: completed before the interruption; skipped", spec.name)
+                continue
+            skipping = False  # a stage that runs again may change what every later one reads
+            summaries[spec.name] = progress.record(catalog.root, spec, module.run(ctx))
+            logger.info("%s: %s", spec.name, summaries[spec.name])
         crash_point("before:mlflow")
         run_id = tracking.log_round(catalog, info.round_id, params, summaries)
         crash_point("before:record")

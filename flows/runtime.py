@@ -7,7 +7,6 @@ settings at import time. Nothing here runs on import.
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 #: Everything the stack would otherwise send home, turned off.
@@ -45,14 +44,3 @@ def configure(workspace: Path, *, api_url: str | None = None) -> dict[str, str]:
 def mlflow_uri(workspace: Path) -> str:
     """The workspace's MLflow store: SQLite at an absolute path, whatever the current folder."""
     return f"sqlite:///{(workspace / '.alloop' / 'mlflow.db').resolve()}"
-
-
-#: Fault injection for crash tests: ``ALLOOP_CRASH_AT=<point>`` kills the process there.
-CRASH_ENV = "ALLOOP_CRASH_AT"
-
-
-def crash_point(name: str) -> None:
-    """A named point of a round where a crash test may kill the process (see CRASH_ENV)."""
-    if os.environ.get(CRASH_ENV) == name:
-        # the whole process group, as a power cut would: Prefect's API server dies too
-        os.killpg(os.getpgid(0), signal.SIGKILL)

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows.runtime import crash_point
 from tasks.catalog import round_name
+from tasks.faults import crash_point
 
 
 class VersioningError(RuntimeError):

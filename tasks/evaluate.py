@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from tasks import schema
 from tasks.catalog import write_csv, write_json, write_text
 from tasks.context import StageContext, StageSpec, stage_task
+from tasks.faults import crash_point
 from tasks.model import encode_labels, get_feature_frame, predict_proba
 from tasks.params import EvaluateParams
 
@@ -160,6 +161,7 @@ def run(ctx: StageContext) -> dict[str, object]:
     shutil.rmtree(retired, ignore_errors=True)
     if cat.champion_dir.exists():
         cat.champion_dir.rename(retired)
+    crash_point("during:evaluate")
     staged.rename(cat.champion_dir)
     shutil.rmtree(retired, ignore_errors=True)
     metrics: dict[str, object] = {

@@ -15,6 +15,7 @@ import pandas as pd
 from tasks import schema
 from tasks.catalog import round_name, write_csv, write_json, write_jsonl, write_text
 from tasks.context import StageContext, StageSpec, stage_task
+from tasks.faults import crash_point
 from tasks.params import ExportParams
 
 MAX_FILES_LISTED = 20
@@ -199,6 +200,7 @@ def run(ctx: StageContext) -> dict[str, object]:
     )
     outbox = cat.outbox(ctx.round_id)
     write_csv(outbox / "batch.csv", table)
+    crash_point("during:export")
     write_jsonl(outbox / "batch.jsonl", records)
     write_json(outbox / "tasks.json", tasks)
     reports = {

@@ -15,6 +15,7 @@ from cleanlab.rank import get_label_quality_scores
 from tasks import schema
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
+from tasks.faults import crash_point
 from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
 from tasks.params import FlagParams, TrainParams
 
@@ -175,6 +176,7 @@ def run(ctx: StageContext) -> dict[str, object]:
         round_id=ctx.round_id,
     )
     cat.write_table(cat.flags, history, schema.FLAGS)
+    crash_point("during:flag")
     cat.write_table(cat.ledger, ledger, schema.LEDGER)
     summary: dict[str, object] = {
         "checked": 0 if skipped else int(len(train_labels)),

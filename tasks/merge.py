@@ -23,6 +23,7 @@ from cleanlab.multiannotator import get_label_quality_multiannotator
 from tasks import schema
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
+from tasks.faults import crash_point
 from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
 from tasks.params import MergeParams, TrainParams
 
@@ -306,6 +307,7 @@ def run(ctx: StageContext) -> dict[str, object]:
         pd.concat([round_events, more], ignore_index=True), round_id=ctx.round_id
     )
     cat.write_table(cat.current, current, schema.CURRENT)
+    crash_point("during:merge")
     cat.write_table(cat.events, events, schema.LEDGER)
     history = cat.read_table(cat.annotators, schema.ANNOTATORS)
     stats = consensus.annotators.assign(round_id=ctx.round_id, method=consensus.method)

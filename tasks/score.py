@@ -9,6 +9,7 @@ import pandas as pd
 from tasks import schema
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
+from tasks.faults import crash_point
 from tasks.model import get_feature_frame, predict_proba
 from tasks.strategies import get_strategy
 
@@ -79,6 +80,7 @@ def run(ctx: StageContext) -> dict[str, object]:
         )
         for i, chunk in enumerate(cat.iter_pool(ctx.params.score.chunk_size))
     ]
+    crash_point("during:score")
     scores = pd.concat(chunks, ignore_index=True) if chunks else schema.empty(schema.SCORES)
     cat.write_table(cat.scores, scores, schema.SCORES)
     summary: dict[str, object] = {

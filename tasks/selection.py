@@ -19,6 +19,7 @@ import pandas as pd
 from tasks import schema
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
+from tasks.faults import crash_point
 from tasks.params import FlagParams, SelectParams
 
 STAGE = StageSpec(
@@ -183,6 +184,7 @@ def run(ctx: StageContext) -> dict[str, object]:
     )
     new_issues = batch.assign(round_id=ctx.round_id)
     cat.write_table(cat.issued, pd.concat([issued, new_issues]), schema.ISSUED)
+    crash_point("during:select")
     cat.write_table(cat.batch, batch, schema.BATCH)
     counts = batch["reason"].value_counts()
     summary: dict[str, object] = {

@@ -11,6 +11,7 @@ import pandas as pd
 from tasks import schema
 from tasks.catalog import write_json, write_text
 from tasks.context import StageContext, StageSpec, stage_task
+from tasks.faults import crash_point
 from tasks.model import encode_labels, fit_booster, get_feature_frame, get_lgb_params
 from tasks.params import TrainParams
 
@@ -107,6 +108,7 @@ def run(ctx: StageContext) -> dict[str, object]:
     )
     # the folder is an out that dvc repro empties: rewrite it whole
     shutil.rmtree(cat.candidate_dir, ignore_errors=True)
+    crash_point("during:train")
     n_used = int((weights > 0).sum())
     meta: dict[str, object] = {
         "round_id": ctx.round_id,

@@ -26,6 +26,7 @@ from tasks.expectations import (
     get_check_order,
     get_suite_dict,
 )
+from tasks.faults import crash_point
 from tasks.params import ValidateParams
 from tasks.parsing import FIELDS, REQUIRED, LabelFileError, parse_label_file
 
@@ -264,6 +265,7 @@ def run(ctx: StageContext) -> dict[str, object]:
     archive.mkdir(parents=True, exist_ok=True)
     cat.incoming_dir.mkdir(parents=True, exist_ok=True)
     _take_incoming(cat.incoming_dir, archive)
+    crash_point("during:validate")
     consumed = _consumed_hashes(cat.archive_dir, ctx.round_id)
 
     manifest: list[dict[str, object]] = []

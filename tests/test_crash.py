@@ -16,22 +16,20 @@ from test_flow import snapshot
 from flows import tracking
 from flows.demo import annotate_outbox
 from flows.round import al_round, repair_after_crash
-from flows.runtime import CRASH_ENV
 from tasks.catalog import Catalog
+from tasks.faults import CRASH_ENV
 
 STARTED_AT = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-FAST = ["before:merge"]
-SLOW = [
-    "before:validate",
-    "before:flag",
-    "before:train",
-    "before:evaluate",
-    "before:score",
-    "before:select",
-    "before:export",
+STAGES = ["validate", "merge", "flag", "train", "evaluate", "score", "select", "export"]
+#: every stage boundary, the middle of every stage (after part of its outputs are written),
+#: and the recording of the round: MLflow, then DVC + git
+POINTS = [f"{when}:{stage}" for stage in STAGES for when in ("before", "during")] + [
     "before:mlflow",
     "before:record",
 ]
+REPORTS = {"evaluate": "metrics"}  # the report each stage writes, when not named after it
+FAST = ["during:flag", "during:evaluate"]
+SLOW = [point for point in POINTS if point not in FAST]
 
 
 def _round(ws, *, crash_at=None, started_at=STARTED_AT):
@@ -76,11 +74,17 @@ def _check_resume(point, before_round_3, uninterrupted, tmp_path):
     shutil.copytree(before_round_3, ws, symlinks=True)
     crashed = _round(ws, crash_at=point)
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    # stages that completed before the kill are not run again: their reports stay untouched
+    stage = point.split(":")[1]
+    done = STAGES[: STAGES.index(stage)] if stage in STAGES else STAGES
+    reports = {name: ws / "reports" / f"{REPORTS.get(name, name)}.json" for name in done}
+    written = {name: path.stat().st_mtime_ns for name, path in reports.items()}
     resumed = _round(ws, started_at=None)  # the resumed round keeps the clock it began with
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert _tags(ws) == _tags(uninterrupted) == ["round-0001", "round-0002", "round-0003"]
     assert snapshot(ws) == snapshot(uninterrupted)
     assert not list(ws.rglob("*.tmp")) and not (ws / "models" / ".champion.old").exists()
+    assert {name: path.stat().st_mtime_ns for name, path in reports.items()} == written
     runs = tracking.list_round_runs(ws)
     assert [r["round_id"] for r in runs] == [1, 2, 3]
     assert all("alloop.git_commit" in r["tags"] for r in runs)
