@@ -112,7 +112,7 @@ class RoundProgress:
             return None
         for rel, digest in done["outputs"].items():
             if digest_path(root / rel) != digest:
-                log.warning("%s: %s changed after the stage completed; it runs again", spec.name, rel)
+                log.warning("%s: %s changed after the stage completed", spec.name, rel)
                 return None
         return done["summary"]
 
