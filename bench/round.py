@@ -24,7 +24,7 @@ For every round it reports:
   Subprocesses (git, DVC, the Prefect API server) are not in these numbers;
 * the time outside the stages, split into: the Prefect task engine around the 8 stage bodies,
   the code-drift check and ``begin_round`` (git), MLflow (``tracking.log_round`` and
-  ``tag_commit``), versioning (``versioning.record_round``, with each git/DVC command it runs),
+  ``tag_commit``), versioning (``versioning.record_commit``, with each git/DVC command it runs),
   and the rest of the Prefect flow run (the remainder of the wall clock);
 * CPU seconds used meanwhile by finished child processes (git, DVC) and by the Prefect API
   server process.
@@ -145,7 +145,7 @@ class RoundRecord:
             "engine": engine,
             "begin": self.times["code_drift"] + self.times["begin_round"],
             "mlflow": self.times["log_round"] + self.times["tag_commit"],
-            "versioning": self.times["record_round"],
+            "versioning": self.times["record_commit"],
         }
         inside = sum(self.times[s] for s in STAGES)
         parts["rest"] = self.wall - inside - sum(parts.values())
@@ -265,7 +265,7 @@ def instrument() -> None:
     wrap(flows.round, "begin_round")
     wrap(flows.tracking, "log_round")
     wrap(flows.tracking, "tag_commit")
-    wrap(flows.versioning, "record_round")
+    wrap(flows.versioning, "record_commit")
 
     def wrap_cli(tool: str) -> None:
         original = getattr(flows.versioning, tool)
@@ -495,20 +495,20 @@ def pool_table(run: PoolRun) -> list[str]:
         rss=peak("log_round", "tag_commit"),
     )
     row(
-        "versioning: record_round",
+        "versioning: record_commit",
         [o["versioning"] for o in outs],
-        _f(last.cpu["record_round"]),
-        rss=peak("record_round"),
+        _f(last.cpu["record_commit"]),
+        rss=peak("record_commit"),
     )
     labels = []
     for r in rs:
         for parent, cmd, _ in r.commands:
-            if parent == "record_round" and cmd not in labels:
+            if parent == "record_commit" and cmd not in labels:
                 labels.append(cmd)
     for cmd in labels:
         row(
             f"&nbsp;&nbsp;↳ `{cmd}`",
-            [sum(s for p, c, s in r.commands if p == "record_round" and c == cmd) for r in rs],
+            [sum(s for p, c, s in r.commands if p == "record_commit" and c == cmd) for r in rs],
         )
     row(
         "Prefect flow run, rest (engine, API calls, logging)",

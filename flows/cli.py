@@ -131,8 +131,15 @@ def round_(
         str | None,
         typer.Option(help="The round's clock, ISO 8601 with zone (default: now); for replays."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Run even with no new label file and no new pool items.")
+    ] = False,
 ) -> None:
-    """Run one round: validate, merge, flag, train, evaluate, score, select, export, record."""
+    """Run one round: validate, merge, flag, train, evaluate, score, select, export, record.
+
+    A round with nothing new (no file in data/incoming, no new pool items) is skipped and says
+    so, unless --force; an interrupted round is resumed.
+    """
     root = _setup(workspace)
     from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
 
@@ -142,11 +149,98 @@ def round_(
             from flows.round import al_round
 
             with _quiet_prefect():
-                result = al_round(str(root), started_at=started_at)
+                result = al_round(str(root), started_at=started_at, force=force)
     except (WorkspaceBusy, WorkspaceError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
+    if result.skipped:
+        console.print(result.skipped)
+        return
     console.print(f"[bold]round-{result.round_id:04d}[/] recorded as {result.commit[:10]}")
     console.print((root / "reports" / "round.md").read_text())
+
+
+@app.command()
+def rerun(
+    round_id: Annotated[int, typer.Argument(help="The recorded round to run again.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-S", help="Override a param: section.key=value")
+    ] = None,
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Run round N again from its recorded inputs (round N-1's state, round N's files).
+
+    Without overrides it must reproduce round N exactly, and says so. With overrides (or
+    other code) the result goes on a branch rerun/round-NNNN-K, with what changed.
+    """
+    root = _setup(workspace)
+    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+
+    overrides = tuple(set_ or ())
+    try:
+        with hold_workspace(root, "rerun"):
+            from flows.rerun import al_rerun
+
+            with _quiet_prefect():
+                result = al_rerun(str(root), round_id, overrides)
+    except (WorkspaceBusy, WorkspaceError) as exc:
+        raise _fail(str(exc)) from None
+    name = f"round-{round_id:04d}"
+    if result.code_changes:
+        console.print(f"this alloop's code differs from {name}'s in {result.code_changes}")
+    if result.identical:
+        console.print(
+            f"[bold green]{name} reproduced exactly[/]: same selection, same model bytes, same "
+            "metrics (every versioned file and DVC output identical)"
+        )
+        return
+    console.print(
+        f"{name} rerun with {list(overrides) or 'no overrides'}: kept on branch "
+        f"[bold]{result.branch}[/] ({result.commit[:10]})"
+    )
+    console.print(f"files that differ from {name}: {', '.join(result.differences)}")
+    if result.selection:
+        sel = result.selection
+        console.print(
+            f"selection: {sel['both']} of {sel['original']} items of {name}'s batch selected "
+            f"again ({sel['share_of_original']:.0%}); the rerun's batch has {sel['rerun']}"
+        )
+    if result.metrics_diff:
+        console.print("dvc metrics diff:\n" + result.metrics_diff, soft_wrap=True, markup=False)
+    if not overrides and not result.code_changes:
+        raise _fail(f"{name} was NOT reproduced: same inputs, params and code gave other files")
+
+
+@app.command()
+def rollback(
+    to_round: Annotated[int, typer.Argument(help="The round whose state becomes current.")],
+    workspace: WorkspaceOpt = Path("."),
+) -> None:
+    """Make round N's state current again, as a new commit and tag on top of history.
+
+    The pool, labels, flags, models and params of round N come back; the ledger keeps every
+    event and records the rollback; files waiting in data/incoming stay for the next round.
+    """
+    root = _setup(workspace)
+    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+
+    try:
+        with hold_workspace(root, "rollback"):
+            from flows.rollback import al_rollback
+
+            with _quiet_prefect():
+                result = al_rollback(str(root), to_round)
+    except (WorkspaceBusy, WorkspaceError) as exc:
+        raise _fail(str(exc)) from None
+    champion = (
+        f"round {result.champion_round} (model version {result.champion_version})"
+        if result.champion_version
+        else "none"
+    )
+    console.print(
+        f"rolled back to [bold]round-{result.to_round:04d}[/] from round-{result.from_round:04d}:"
+        f" commit {result.commit[:10]}, tag {result.tag}; MLflow champion: {champion}; "
+        f"the next round is round-{result.from_round + 1:04d}"
+    )
 
 
 @app.command()

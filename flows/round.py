@@ -28,6 +28,8 @@ class RoundResult:
     run_id: str
     summaries: dict[str, dict[str, Any]]
     resumed: bool
+    #: why the round did not run (nothing new to work on), or None when it ran
+    skipped: str | None = None
 
 
 def repair_after_crash(catalog: Catalog) -> list[str]:
@@ -44,6 +46,26 @@ def repair_after_crash(catalog: Catalog) -> list[str]:
     for line in repaired:
         log.warning("after a crash: %s", line)
     return repaired
+
+
+def get_idle_reason(catalog: Catalog) -> str | None:
+    """Why a new round would have nothing to do, or None when it has work.
+
+    The rule: after the first round, a round needs a label file in ``data/incoming/`` or new
+    pool items (a changed ``data/pool``). Without either it would only issue another batch
+    while the last one is still out, so it is skipped (``--force`` runs it anyway).
+    """
+    committed = versioning.committed_round(catalog.root)
+    if committed < 1:
+        return None
+    waiting = [p for p in catalog.incoming_dir.glob("*") if p.is_file() and p.name != ".gitkeep"]
+    if waiting or versioning.pool_changed(catalog.root):
+        return None
+    return (
+        f"nothing to do: no label file in data/incoming and no new pool items since "
+        f"{round_name(committed)}; no round was run (no commit, no tag). "
+        "`alloop round --force` runs one anyway."
+    )
 
 
 def begin_round(catalog: Catalog, now: datetime) -> tuple[RoundInfo, bool]:
@@ -84,11 +106,20 @@ def get_commit_message(round_id: int, s: dict[str, dict[str, Any]]) -> str:
 
 
 @flow(name="al_round", persist_result=False, validate_parameters=True)
-def al_round(workspace: str, push: bool = True, started_at: str | None = None) -> RoundResult:
+def al_round(
+    workspace: str,
+    push: bool = True,
+    started_at: str | None = None,
+    force: bool = False,
+    rerun_of: str | None = None,
+) -> RoundResult:
     """One active-learning round in ``workspace``, recorded as commit and tag ``round-NNNN``.
 
     ``started_at`` (ISO 8601) fixes the clock of a new round (default: now); a resumed round
-    keeps the clock it started with.
+    keeps the clock it started with. A round with nothing new to work on is skipped unless
+    ``force`` (see :func:`get_idle_reason`); the log says which. ``rerun_of`` is set by
+    ``alloop rerun``: ``workspace`` is then a worktree of that workspace, the round is committed
+    without a tag and its MLflow run goes to that workspace's store.
     """
     logger = get_run_logger()
     catalog = Catalog(Path(workspace).resolve())
@@ -100,10 +131,20 @@ def al_round(workspace: str, push: bool = True, started_at: str | None = None) -
                 "would record code that did not produce the outputs. Run the workspace's own "
                 "code (`cd WORKSPACE && python -m flows.cli round`) or restore those files."
             )
+        from flows.rollback import check_no_interrupted_rollback
+
+        check_no_interrupted_rollback(catalog)
         params = catalog.read_params()
         now = datetime.fromisoformat(started_at) if started_at else datetime.now(UTC)
         if now.tzinfo is None:
             raise WorkspaceError(f"started_at {started_at!r} needs a time zone (e.g. +00:00)")
+        repair_after_crash(catalog)
+        pending = catalog.read_round().round_id > versioning.committed_round(catalog.root)
+        idle = None if (pending or force) else get_idle_reason(catalog)
+        if idle is not None:
+            logger.warning(idle)
+            committed = versioning.committed_round(catalog.root)
+            return RoundResult(committed, versioning.head_commit(catalog.root), "", {}, False, idle)
         info, resumed = begin_round(catalog, now)
         logger.info("%s %s", "resuming" if resumed else "starting", round_name(info.round_id))
         ctx = StageContext(catalog=catalog, params=params, round=info)
@@ -122,11 +163,15 @@ def al_round(workspace: str, push: bool = True, started_at: str | None = None) -
             summaries[spec.name] = progress.record(catalog.root, spec, module.run(ctx))
             logger.info("%s: %s", spec.name, summaries[spec.name])
         crash_point("before:mlflow")
-        run_id = tracking.log_round(catalog, info.round_id, params, summaries)
+        store = Path(rerun_of) if rerun_of else None
+        run_id = tracking.log_round(catalog, info.round_id, params, summaries, rerun_of=store)
         crash_point("before:record")
-        commit = versioning.record_round(
-            catalog.root, info.round_id, get_commit_message(info.round_id, summaries), push=push
+        commit = versioning.record_commit(
+            catalog.root,
+            get_commit_message(info.round_id, summaries),
+            tag=None if rerun_of else round_name(info.round_id),
+            push=push,
         )
         crash_point("before:mlflow-tag")
-        tracking.tag_commit(catalog.root, run_id, commit)
+        tracking.tag_commit(store or catalog.root, run_id, commit)
     return RoundResult(info.round_id, commit, run_id, summaries, resumed)

@@ -11,6 +11,9 @@ from tasks.catalog import Catalog, round_name
 from tasks.params import Params, dump_params
 
 EXPERIMENT = "alloop"
+#: The registered model: one version per promoted round, the alias on the current champion.
+MODEL = "alloop"
+CHAMPION = "champion"
 
 
 def _client(workspace: Path) -> Any:
@@ -41,29 +44,45 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def _runs_of_round(client: Any, experiment_id: str, round_id: int) -> list[Any]:
-    return client.search_runs(
+    """The runs of the round itself (not those of its reruns)."""
+    runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`alloop.round_id` = '{round_id}'"
     )
+    return [r for r in runs if "alloop.rerun_of" not in r.data.tags]
 
 
 def log_round(
-    catalog: Catalog, round_id: int, params: Params, summaries: dict[str, dict[str, Any]]
+    catalog: Catalog,
+    round_id: int,
+    params: Params,
+    summaries: dict[str, dict[str, Any]],
+    *,
+    rerun_of: Path | None = None,
 ) -> str:
     """Log the round's params, metrics, model and report; returns the run id.
 
     A run of the same round that never got its git commit is an attempt that crashed: it is
     marked KILLED and superseded, so the store never shows two real runs of one round.
+    ``rerun_of``: the workspace whose round this reruns; the run goes to its store, tagged
+    ``alloop.rerun_of``, and never moves the champion alias.
     """
-    client = _client(catalog.root)
-    experiment_id = _experiment_id(client, catalog.root)
-    for stale in _runs_of_round(client, experiment_id, round_id):
+    store = rerun_of or catalog.root
+    client = _client(store)
+    experiment_id = _experiment_id(client, store)
+    for stale in [] if rerun_of else _runs_of_round(client, experiment_id, round_id):
         if "alloop.git_commit" not in stale.data.tags:
             client.set_tag(stale.info.run_id, "alloop.superseded", "true")
             client.set_terminated(stale.info.run_id, "KILLED")
+            for version in _model_versions(client, run_id=stale.info.run_id):
+                client.delete_model_version(MODEL, version.version)
     run = client.create_run(
         experiment_id,
         run_name=round_name(round_id),
-        tags={"alloop.round_id": str(round_id), "alloop.workspace": str(catalog.root)},
+        tags={
+            "alloop.round_id": str(round_id),
+            "alloop.workspace": str(store),
+            **({"alloop.rerun_of": str(round_id)} if rerun_of else {}),
+        },
     )
     run_id = run.info.run_id
     flat_params: dict[str, Any] = {}
@@ -86,8 +105,67 @@ def log_round(
     report = catalog.reports_dir / "round.md"
     if report.exists():
         client.log_artifact(run_id, str(report))
+    if candidate.get("promoted") and model_file.exists() and not rerun_of:
+        _register_champion(client, run_id, round_id)
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _model_versions(client: Any, *, run_id: str | None = None) -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(MODEL)
+    except MlflowException:
+        return []
+    query = f"name='{MODEL}'" + (f" and run_id='{run_id}'" if run_id else "")
+    return list(client.search_model_versions(query))
+
+
+def _register_champion(client: Any, run_id: str, round_id: int) -> None:
+    """A model version for the round's promoted model, with the champion alias on it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(MODEL)
+    except MlflowException:
+        client.create_registered_model(MODEL, description="alloop's champion model by round")
+    run = client.get_run(run_id)
+    version = client.create_model_version(
+        MODEL,
+        source=f"{run.info.artifact_uri}/model",
+        run_id=run_id,
+        tags={"alloop.round_id": str(round_id)},
+    )
+    client.set_registered_model_alias(MODEL, CHAMPION, version.version)
+
+
+def set_champion(workspace: Path, round_id: int | None) -> str | None:
+    """Point the champion alias at the model version promoted in ``round_id`` (None: no
+    champion, the alias is removed). Returns the version, or None."""
+    client = _client(workspace)
+    versions = [
+        v for v in _model_versions(client) if v.tags.get("alloop.round_id") == str(round_id)
+    ]
+    if round_id is None or not versions:
+        if _model_versions(client):
+            client.delete_registered_model_alias(MODEL, CHAMPION)
+        return None
+    version = max(versions, key=lambda v: int(v.version)).version
+    client.set_registered_model_alias(MODEL, CHAMPION, version)
+    return str(version)
+
+
+def get_champion(workspace: Path) -> dict[str, str] | None:
+    """The version the champion alias points at, with its round, or None."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(workspace)
+    try:
+        version = client.get_model_version_by_alias(MODEL, CHAMPION)
+    except MlflowException:
+        return None
+    return {"version": str(version.version), "round_id": version.tags.get("alloop.round_id", "")}
 
 
 def tag_commit(workspace: Path, run_id: str, commit: str) -> None:
@@ -117,7 +195,11 @@ def list_round_runs(workspace: Path) -> list[dict[str, Any]]:
     if found is None:
         return []
     runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
-    runs = [r for r in runs if r.data.tags.get("alloop.superseded") != "true"]
+    runs = [
+        r
+        for r in runs
+        if r.data.tags.get("alloop.superseded") != "true" and "alloop.rerun_of" not in r.data.tags
+    ]
     return [
         {
             "run_id": r.info.run_id,

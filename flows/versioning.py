@@ -127,12 +127,51 @@ def commit_outputs(root: Path, *, push: bool) -> None:
         dvc_log.setLevel(level)
 
 
-def record_round(root: Path, round_id: int, message: str, *, push: bool = True) -> str:
-    """Commit the round: DVC hashes every out into dvc.lock and its cache, the DVC remote gets
-    the data, git commits and tags ``round-NNNN``. Returns the commit id."""
+def pool_changed(root: Path) -> bool:
+    """Whether ``data/pool`` differs from the last commit: files added (not yet ``dvc add``-ed)
+    or a ``dvc add`` not yet committed."""
+    from dvc.repo import Repo
+
+    if git(root, "status", "--porcelain", "--", "data/pool.dvc"):
+        return True
+    with _inside(root), Repo(str(root)) as repo:
+        return bool(repo.status(targets=["data/pool.dvc"]))
+
+
+def restore_outs(root: Path, *, rev: str, outs: list[str], git_paths: tuple[str, ...] = ()) -> None:
+    """Bring ``outs`` (DVC) and ``git_paths`` (git) back to what ``rev`` recorded.
+
+    ``dvc checkout`` of the given outs against ``rev``'s ``dvc.lock`` (fetched from the remote
+    when the local cache lacks them); the workspace's own ``dvc.lock`` is put back after, for
+    the next ``dvc commit`` to rewrite from the files.
+    """
+    from dvc.exceptions import CheckoutError
+    from dvc.repo import Repo
+
+    if git_paths:
+        git(root, "checkout", rev, "--", *git_paths)
+    lock = root / "dvc.lock"
+    kept = lock.read_bytes()
+    lock.write_text(_run(["git", "show", f"{rev}:dvc.lock"], root).stdout)
+    targets = [*outs, *(p for p in git_paths if p.endswith(".dvc"))]
+    try:
+        with _inside(root), Repo(str(root)) as repo:
+            try:
+                repo.checkout(targets=targets, force=True)
+            except CheckoutError:
+                repo.fetch(targets=targets)
+                repo.checkout(targets=targets, force=True)
+    finally:
+        lock.write_bytes(kept)
+
+
+def record_commit(root: Path, message: str, *, tag: str | None, push: bool = True) -> str:
+    """DVC hashes every out into dvc.lock and its cache, the remote gets the data, git commits
+    everything and tags the commit ``tag`` (None: no tag). Returns the commit id."""
     commit_outputs(root, push=push)
     git(root, "add", "--all")
     git(root, "commit", "--quiet", "--allow-empty", "-m", message)
     crash_point("before:git-tag")
-    git(root, "tag", "--annotate", round_name(round_id), "-m", message.splitlines()[0])
+    if tag is not None:
+        git(root, "tag", "--annotate", tag, "-m", message.splitlines()[0])
     return head_commit(root)

@@ -172,7 +172,15 @@ def init_workspace(
         truth.to_parquet(catalog.truth_file, index=False)
         tracked.append("data/simulation")
 
-    remote = remote_url or os.path.relpath(catalog.state_dir / "dvc-remote", root / ".dvc")
+    # DVC reads a relative local path against the folder it runs in (the workspace) and stores
+    # it relative to .dvc/: the default is the workspace's own .alloop/dvc-remote, and a
+    # relative --remote is taken against the caller's folder
+    if remote_url is None:
+        remote = os.path.relpath(catalog.state_dir / "dvc-remote", root)
+    elif "://" not in remote_url and not os.path.isabs(remote_url):
+        remote = os.path.abspath(remote_url)
+    else:
+        remote = remote_url
     versioning.init_repository(root, remote_url=remote)
     versioning.dvc(root, "add", "--quiet", *tracked)
     versioning.git(root, "add", "--all")

@@ -24,6 +24,7 @@ from tasks import schema
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
 from tasks.faults import crash_point
+from tasks.ledger import get_active_events
 from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
 from tasks.params import MergeParams, TrainParams
 
@@ -31,6 +32,7 @@ STAGE = StageSpec(
     name="merge",
     deps=(
         "tasks/merge.py",
+        "tasks/ledger.py",
         "tasks/model.py",
         "data/interim/accepted.parquet",
         "data/interim/rejected.parquet",
@@ -263,7 +265,8 @@ def get_resolution_events(
 def run(ctx: StageContext) -> dict[str, object]:
     cat, p = ctx.catalog, ctx.params
     ledger = cat.read_table(cat.ledger, schema.LEDGER)
-    prior = ledger[ledger["round_id"] < ctx.round_id]
+    # events of rounds a rollback undid stay in the ledger but no longer count
+    prior = get_active_events(ledger[ledger["round_id"] < ctx.round_id])
     accepted = cat.read_table(cat.accepted, schema.ACCEPTED)
     rejected = cat.read_table(cat.rejected, schema.QUARANTINED)
     issued = cat.read_table(cat.issued, schema.ISSUED)

@@ -31,7 +31,8 @@ ACCEPTED = {
 #: - ``rejected``: a row validate quarantined (``outcome`` = reason code, ``detail`` = why);
 #: - ``flagged``: flag questioned a training label (``outcome`` = how it was handled);
 #: - ``resolved``: a flagged item got a new vote (``outcome`` = confirmed or changed);
-#: - ``consensus``: the resolved label of an item is new or changed (``detail``: from, to).
+#: - ``consensus``: the resolved label of an item is new or changed (``detail``: from, to);
+#: - ``rollback``: the workspace went back to an earlier round (see ``tasks/ledger.py``).
 LEDGER = {
     "event_id": "string",
     "round_id": "int64",
