@@ -160,6 +160,39 @@ def round_(
 
 
 @app.command()
+def serve(
+    workspace: WorkspaceOpt = Path("."),
+    cron: Annotated[str, typer.Option(help="When rounds run, as a cron string.")] = "0 2 * * *",
+    timezone: Annotated[str, typer.Option(help="The cron's IANA time zone.")] = "UTC",
+    api_url: Annotated[
+        str | None,
+        typer.Option(help="A team's Prefect API (default: start a local server in the workspace)."),
+    ] = None,
+) -> None:
+    """Run rounds on a schedule, by Prefect's scheduler, until stopped (Ctrl-C or SIGTERM).
+
+    al_round is served as the deployment al_round/alloop-FOLDER with the cron schedule. A night
+    with nothing new runs nothing and logs why.
+    """
+    root = _setup(workspace)
+    from flows.schedule import get_deployment_name, serve_rounds
+    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+
+    if not (root / "params.yaml").is_file():
+        raise _fail(f"{root} is not an alloop workspace (no params.yaml); see `alloop init`")
+    console.print(
+        f"serving [bold]al_round/{get_deployment_name(root)}[/] for {root}: '{cron}' "
+        f"({timezone}), Prefect API {api_url or 'local (started now)'}; Ctrl-C stops"
+    )
+    try:
+        with hold_workspace(root, "serve", lock_name="serve.lock"):
+            serve_rounds(root, cron=cron, timezone=timezone, api_url=api_url)
+    except (WorkspaceBusy, WorkspaceError) as exc:
+        raise _fail(str(exc)) from None
+    console.print("stopped serving")
+
+
+@app.command()
 def rerun(
     round_id: Annotated[int, typer.Argument(help="The recorded round to run again.")],
     set_: Annotated[

@@ -231,13 +231,16 @@ _HELD: dict[Path, int] = {}
 
 
 @contextmanager
-def hold_workspace(root: Path, command: str) -> Iterator[None]:
+def hold_workspace(root: Path, command: str, *, lock_name: str = "lock") -> Iterator[None]:
     """Hold the workspace's lock for the duration of one command, or fail at once.
+
+    ``lock_name``: ``lock`` for the commands that change the workspace (round, rerun,
+    rollback); ``serve.lock`` keeps a workspace from being served twice.
 
     An OS file lock (``flock``): the kernel releases it when the holder dies, however it dies,
     so a lock left by a killed process never blocks the next one. Re-entrant within a process.
     """
-    key = root.resolve()
+    key = root.resolve() / ".alloop" / lock_name
     if _HELD.get(key):
         _HELD[key] += 1
         try:
@@ -245,17 +248,18 @@ def hold_workspace(root: Path, command: str) -> Iterator[None]:
         finally:
             _HELD[key] -= 1
         return
-    lock_file = key / ".alloop" / "lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    workspace = root.resolve()
+    key.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "{}"
             raise WorkspaceBusy(
-                f"workspace {key} is busy: another alloop command holds it ({holder}); "
-                "two rounds never run at once in one workspace"
+                f"workspace {workspace} is busy: another alloop command holds it ({holder}); "
+                f"{'rounds, reruns and rollbacks' if lock_name == 'lock' else 'servers'} of one "
+                "workspace run one at a time"
             ) from None
         info = {
             "pid": os.getpid(),
