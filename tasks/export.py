@@ -2,7 +2,8 @@
 
 Annotators see the item and the model's suggestion, never the split or why an item was
 chosen: a test item must be labeled exactly like any other. Items are grouped by predicted
-class, so that an annotator switches context less often.
+class, so that an annotator switches context less often; the report gives the batch's
+expected annotation time (:mod:`tasks.annotation_time`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from tasks import schema
+from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import round_name, write_csv, write_json, write_jsonl, write_text
 from tasks.context import StageContext, StageSpec, stage_task
 from tasks.faults import crash_point
@@ -25,12 +27,13 @@ STAGE = StageSpec(
     name="export",
     deps=(
         "tasks/export.py",
+        "tasks/annotation_time.py",
         "data/interim/batch.parquet",
         "data/pool",
         "data/archive",
         *(f"reports/{name}.json" for name in REPORTS),
     ),
-    params=("export",),
+    params=("export", "annotation"),
     outs=("reports/round.md",),
     persist=("data/outbox",),
     metrics=("reports/export.json",),
@@ -124,9 +127,16 @@ def export_batch(
 
 
 def get_round_report(
-    round_id: int, reports: dict[str, dict[str, Any]], files: list[dict[str, Any]]
+    round_id: int,
+    reports: dict[str, dict[str, Any]],
+    files: list[dict[str, Any]],
+    *,
+    batch_seconds: float | None = None,
 ) -> str:
-    """The round report in Markdown, from every stage's summary and the intake manifest."""
+    """The round report in Markdown, from every stage's summary and the intake manifest.
+
+    ``batch_seconds``: the batch's expected annotation time, if known.
+    """
     v, m, f, t = (reports.get(k, {}) for k in ("validate", "merge", "flag", "train"))
     ev, s = reports.get("metrics", {}), reports.get("select", {})
     cand = ev.get("candidate") or {}
@@ -185,8 +195,13 @@ def get_round_report(
         f"- {s.get('batch_size', 0)} items: "
         + ", ".join(f"{k[2:]} {s[k]}" for k in sorted(s) if k.startswith("n_") and s[k]),
         f"- files: data/outbox/{round_name(round_id)}/ (batch.csv, batch.jsonl, tasks.json)",
-        "",
     ]
+    if batch_seconds is not None:
+        lines.append(
+            f"- expected annotation time: {batch_seconds / 60:.1f} min ({batch_seconds:.0f} s; "
+            "confirming a right suggestion, assigning by hand, switching class)"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -207,7 +222,15 @@ def run(ctx: StageContext) -> dict[str, object]:
         name: cat.read_json(cat.reports_dir / f"{name}.json", default={}) for name in REPORTS
     }
     files = cat.read_json(cat.archive(ctx.round_id) / "manifest.json", default=[])
-    write_text(cat.reports_dir / "round.md", get_round_report(ctx.round_id, reports, files))
-    summary: dict[str, object] = {"exported_items": int(len(table))}
+    # in the order the annotators work through the batch: grouped by suggestion
+    batch_seconds = get_batch_seconds(
+        table["predicted_label"], table["confidence"].to_numpy(), params=ctx.params.annotation
+    )
+    report = get_round_report(ctx.round_id, reports, files, batch_seconds=batch_seconds)
+    write_text(cat.reports_dir / "round.md", report)
+    summary: dict[str, object] = {
+        "exported_items": int(len(table)),
+        "expected_annotation_seconds": batch_seconds,
+    }
     write_json(cat.reports_dir / "export.json", summary)
     return summary

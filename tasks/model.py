@@ -47,9 +47,30 @@ def get_min_child_samples(params: TrainParams, n_labels: int) -> int:
 
 
 def get_lgb_params(
-    params: TrainParams, *, n_labels: int, n_classes: int, random_state: int
+    params: TrainParams,
+    *,
+    n_labels: int,
+    n_classes: int,
+    random_state: int,
+    bagging_fraction: float | None = None,
+    bagging_freq: int | None = None,
 ) -> dict[str, object]:
-    """The full LightGBM parameter dict; deterministic for a given ``random_state``."""
+    """The full LightGBM parameter dict; deterministic for a given ``random_state``.
+
+    With ``bagging_fraction`` (and ``bagging_freq``, both from ``params.score``) every
+    ``bagging_freq`` trees are fitted on a fresh draw of that share of the rows, seeded by
+    ``random_state``: how the members of a query-by-committee differ. Without, no bagging.
+    """
+    if (bagging_fraction is None) != (bagging_freq is None):
+        raise ValueError(
+            "bagging_fraction and bagging_freq go together, got "
+            f"bagging_fraction={bagging_fraction}, bagging_freq={bagging_freq}"
+        )
+    bagging: dict[str, object] = (
+        {}
+        if bagging_fraction is None
+        else {"bagging_fraction": bagging_fraction, "bagging_freq": bagging_freq}
+    )
     objective: dict[str, object] = (
         {"objective": "binary"}
         if n_classes == 2
@@ -65,6 +86,7 @@ def get_lgb_params(
         "min_data_in_bin": min(3, min_child),
         "feature_fraction": params.feature_fraction,
         "lambda_l2": params.lambda_l2,
+        **bagging,
         "num_threads": params.num_threads,
         "seed": random_state,
         "deterministic": True,
@@ -99,14 +121,24 @@ def fit_booster(
     n_classes: int,
     random_state: int,
     sample_weight: np.ndarray | None = None,
+    bagging_fraction: float | None = None,
+    bagging_freq: int | None = None,
 ) -> lgb.Booster:
-    """Fit a LightGBM booster on ``features`` and class codes ``labels`` (shape ``(n,)``)."""
+    """Fit a LightGBM booster on ``features`` and class codes ``labels`` (shape ``(n,)``).
+
+    ``bagging_fraction`` and ``bagging_freq``: see :func:`get_lgb_params`.
+    """
     labels = np.asarray(labels, dtype=int)
     weight = get_class_weights(labels, n_classes, params.class_weight)
     if sample_weight is not None:
         weight = weight * np.asarray(sample_weight, dtype=float)
     lgb_params = get_lgb_params(
-        params, n_labels=labels.size, n_classes=n_classes, random_state=random_state
+        params,
+        n_labels=labels.size,
+        n_classes=n_classes,
+        random_state=random_state,
+        bagging_fraction=bagging_fraction,
+        bagging_freq=bagging_freq,
     )
     dataset = lgb.Dataset(
         features, label=labels, weight=weight, params={"verbosity": -1}, free_raw_data=True

@@ -97,8 +97,21 @@ class EvaluateParams(_Section):
 
 
 class ScoreParams(_Section):
+    # a name of tasks/strategies.py's registry; see docs/decisions.md for each formula
     strategy: str = "margin"
     chunk_size: int = Field(default=50_000, ge=1)
+    # query by committee: LightGBM models on the training labels, differing by seed and by
+    # the rows each tree sees (bagging_fraction of them, re-drawn every bagging_freq trees)
+    committee_size: int = Field(default=5, ge=2, le=50)
+    bagging_fraction: float = Field(default=0.8, gt=0.0, le=1.0)
+    bagging_freq: int = Field(default=1, ge=1)
+    # diversity: the batch is spread among the diversity_factor * batch_size most uncertain
+    diversity_factor: int = Field(default=10, ge=1)
+    # the space diversity measures distances in: numeric features standardized with the mean
+    # and standard deviation of the training rows
+    embedding: Literal["standardized"] = "standardized"
+    # class_balance: weight ((mean count + 1) / (count of the predicted class + 1)) ** power
+    class_balance_power: float = Field(default=1.0, ge=0.0)
 
 
 class SelectParams(_Section):
@@ -119,6 +132,19 @@ class SelectParams(_Section):
         return self
 
 
+class AnnotationParams(_Section):
+    """The annotation-time model (tasks/annotation_time.py).
+
+    3 s and 7 s are the medians measured in a published study of pre-annotation: confirming a
+    correct suggestion versus assigning the class by hand. ``switch_seconds`` is an estimate of
+    the cost of moving on to items of another suggested class.
+    """
+
+    confirm_seconds: float = Field(default=3.0, gt=0.0)
+    assign_seconds: float = Field(default=7.0, gt=0.0)
+    switch_seconds: float = Field(default=2.0, ge=0.0)
+
+
 class ExportParams(_Section):
     labelstudio_from_name: str = "label"
     labelstudio_to_name: str = "item"
@@ -134,6 +160,7 @@ class Params(_Section):
     score: ScoreParams = Field(default_factory=ScoreParams)
     select: SelectParams = Field(default_factory=SelectParams)
     export: ExportParams = Field(default_factory=ExportParams)
+    annotation: AnnotationParams = Field(default_factory=AnnotationParams)
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -1,25 +1,280 @@
-"""Stage 6, score: predict the whole pool in chunks and compute each item's utility."""
+"""Stage 6, score: predict the whole pool in chunks and compute each item's utility.
+
+The strategy's :class:`~tasks.strategies.PoolView` is built only with what the strategy
+declares it needs: a committee trained on the current training labels, an embedding (the
+numeric features standardized with the training rows' mean and standard deviation), the
+training labels per class, the expected annotation seconds of each item, the batch size.
+
+Items already issued in an earlier round are not selectable (NaN utility): they are waiting
+for labels or have them, and a strategy that ranks items against each other (diversity) must
+not spend its picks on them.
+
+Most strategies score each chunk on its own, so memory stays bounded by the chunk size. A
+strategy registered with ``whole_pool=True`` (diversity) ranks items against each other, so
+the chunks' probabilities and view arrays are concatenated and it is computed once over the
+whole pool: memory then grows with ``n_pool * (n_classes + n_dims)`` floats.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from tasks import schema
+from tasks.annotation_time import get_item_seconds
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
 from tasks.faults import crash_point
-from tasks.model import get_feature_frame, predict_proba
-from tasks.strategies import get_strategy
+from tasks.model import fit_booster, get_feature_frame, predict_proba
+from tasks.params import AnnotationParams, ScoreParams, TrainParams
+from tasks.strategies import PoolView, get_strategy, get_strategy_info
+from tasks.train import get_training_data, read_training_set
 
 STAGE = StageSpec(
     name="score",
-    deps=("tasks/score.py", "tasks/strategies.py", "models/champion", "data/pool"),
-    params=("project", "score"),
+    deps=(
+        "tasks/score.py",
+        "tasks/strategies.py",
+        "tasks/annotation_time.py",
+        "tasks/model.py",
+        "tasks/train.py",
+        "models/champion",
+        "data/pool",
+        "data/labels/current.parquet",
+        "data/labels/flags.parquet",
+    ),
+    params=("project", "score", "train", "annotation", "select.batch_size"),
     outs=("data/interim/scores.parquet",),
     metrics=("reports/score.json",),
 )
+
+
+@dataclass(frozen=True, eq=False)
+class ScoringInputs:
+    """What a strategy's view is built from besides the champion; only what it needs is set.
+
+    Attributes
+    ----------
+    committee : tuple of lgb.Booster
+        The committee of query-by-committee strategies (see :func:`get_committee`).
+    embedding_stats : pd.DataFrame, optional
+        Index: numeric feature names; columns ``mean`` and ``std`` of the training rows.
+    class_counts : np.ndarray of float, shape (n_classes,), optional
+        Training labels per class.
+    annotation : AnnotationParams, optional
+        The annotation-time model giving each item's expected seconds.
+    batch_size : int, optional
+    """
+
+    committee: tuple[lgb.Booster, ...] = ()
+    embedding_stats: pd.DataFrame | None = None
+    class_counts: np.ndarray | None = None
+    annotation: AnnotationParams | None = None
+    batch_size: int | None = None
+
+
+# -- what a view is made of ---------------------------------------------------------------------
+def get_committee(
+    labeled_rows: pd.DataFrame,
+    labels: pd.Series,
+    weights: np.ndarray,
+    *,
+    classes: tuple[str, ...],
+    train_params: TrainParams,
+    params: ScoreParams,
+    random_state: int,
+) -> tuple[lgb.Booster, ...]:
+    """``params.committee_size`` boosters fitted on the training labels as train fits the
+    champion, each with its own seed and ``params.bagging_fraction`` of the rows per tree.
+
+    Parameters
+    ----------
+    labeled_rows, labels, weights
+        As for :func:`tasks.train.train_model`.
+
+    Returns
+    -------
+    tuple of lgb.Booster
+        Empty when the usable labels cover fewer than two classes.
+    """
+    features, codes, used_weights = get_training_data(
+        labeled_rows, labels, weights, classes=classes
+    )
+    if np.unique(codes).size < 2:
+        return ()
+    # LightGBM's seed is a C int
+    seeds = np.random.SeedSequence(random_state).generate_state(params.committee_size) % 2**31
+    return tuple(
+        fit_booster(
+            features,
+            codes,
+            params=train_params,
+            n_classes=len(classes),
+            random_state=int(seed),
+            sample_weight=used_weights,
+            bagging_fraction=params.bagging_fraction,
+            bagging_freq=params.bagging_freq,
+        )
+        for seed in seeds
+    )
+
+
+def _numeric_features(rows: pd.DataFrame) -> pd.DataFrame:
+    features = rows.drop(columns=[schema.ITEM_ID])
+    numeric = [
+        name
+        for name in features.columns
+        if pd.api.types.is_numeric_dtype(features[name])
+        or pd.api.types.is_bool_dtype(features[name])
+    ]
+    return features[numeric].astype(float)
+
+
+def get_embedding_stats(labeled_rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation of each numeric feature over the training rows.
+
+    Text and categorical features are left out of the embedding: they have no distance.
+    A constant (or all-missing) feature gets a standard deviation of 1.
+
+    Returns
+    -------
+    pd.DataFrame
+        Index: feature names; columns ``mean``, ``std``.
+    """
+    numeric = _numeric_features(labeled_rows)
+    std = numeric.std(ddof=0)
+    return pd.DataFrame(
+        {"mean": numeric.mean().fillna(0.0), "std": std.where(std > 0, 1.0).fillna(1.0)}
+    )
+
+
+def get_embedding(pool_rows: pd.DataFrame, stats: pd.DataFrame) -> np.ndarray:
+    """Standardized numeric features: ``(x - mean) / std``; a missing value becomes 0 (the
+    training mean).
+
+    Returns
+    -------
+    np.ndarray of float, shape (len(pool_rows), len(stats))
+    """
+    numeric = _numeric_features(pool_rows).reindex(columns=stats.index)
+    scaled = (numeric - stats["mean"]) / stats["std"]
+    return scaled.fillna(0.0).to_numpy(dtype=float)
+
+
+def get_class_counts(labels: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
+    """Training labels per class, in the order of ``classes`` (labels of other classes are
+    not counted).
+
+    Returns
+    -------
+    np.ndarray of float, shape (len(classes),), values >= 0
+    """
+    counts = labels.astype(str).value_counts()
+    return np.array([counts.get(name, 0) for name in classes], dtype=float)
+
+
+def get_pool_view(
+    pool_rows: pd.DataFrame,
+    pred_probs: np.ndarray,
+    *,
+    needs: tuple[str, ...],
+    inputs: ScoringInputs,
+    classes: tuple[str, ...],
+) -> PoolView:
+    """The view of ``pool_rows`` with the fields in ``needs`` (the others stay None).
+
+    Parameters
+    ----------
+    pred_probs : np.ndarray of float, shape (len(pool_rows), n_classes)
+        The champion's predictions; their maximum is the confidence the expected annotation
+        seconds come from.
+    """
+    fields: dict[str, object] = {}
+    if "committee_probs" in needs:
+        features = get_feature_frame(pool_rows)
+        fields["committee_probs"] = np.stack(
+            [predict_proba(member, features, len(classes)) for member in inputs.committee]
+        )
+    if "embedding" in needs:
+        fields["embedding"] = get_embedding(pool_rows, _required(inputs.embedding_stats))
+    if "class_counts" in needs:
+        fields["class_counts"] = _required(inputs.class_counts)
+    if "seconds" in needs:
+        confidence = np.asarray(pred_probs, dtype=float).max(axis=1)
+        fields["seconds"] = get_item_seconds(confidence, params=_required(inputs.annotation))
+    if "batch_size" in needs:
+        fields["batch_size"] = _required(inputs.batch_size)
+    return PoolView(**fields)
+
+
+def _required(value: object) -> object:
+    if value is None:
+        raise ValueError("a strategy needs a ScoringInputs field that was not built")
+    return value
+
+
+def _concat_views(views: list[PoolView]) -> PoolView:
+    """One view of several chunks: row-aligned arrays concatenated, per-pool fields kept."""
+    first = views[0]
+
+    def stacked(name: str, axis: int) -> np.ndarray | None:
+        if getattr(first, name) is None:
+            return None
+        return np.concatenate([getattr(view, name) for view in views], axis=axis)
+
+    return PoolView(
+        committee_probs=stacked("committee_probs", axis=1),
+        embedding=stacked("embedding", axis=0),
+        seconds=stacked("seconds", axis=0),
+        class_counts=first.class_counts,
+        batch_size=first.batch_size,
+    )
+
+
+# -- scoring ------------------------------------------------------------------------------------
+def _predict(
+    pool_rows: pd.DataFrame,
+    booster: lgb.Booster,
+    *,
+    classes: tuple[str, ...],
+    needs: tuple[str, ...],
+    inputs: ScoringInputs,
+    exclude_ids: pd.Series | None,
+) -> tuple[np.ndarray, np.ndarray, PoolView]:
+    """The champion's predictions, the same with excluded rows set to NaN, and the view."""
+    pred_probs = predict_proba(booster, get_feature_frame(pool_rows), len(classes))
+    view = get_pool_view(pool_rows, pred_probs, needs=needs, inputs=inputs, classes=classes)
+    selectable_probs = pred_probs.copy()
+    if exclude_ids is not None:
+        selectable_probs[schema.is_in(pool_rows["item_id"], exclude_ids)] = np.nan
+    return pred_probs, selectable_probs, view
+
+
+def _scores_frame(
+    item_ids: np.ndarray, pred_probs: np.ndarray | None, utilities: np.ndarray, classes
+) -> pd.DataFrame:
+    n = len(item_ids)
+    if pred_probs is None:
+        predicted = np.full(n, pd.NA, dtype=object)
+        confidence = np.full(n, np.nan)
+    else:
+        predicted = np.asarray(classes, dtype=object)[pred_probs.argmax(axis=1)]
+        confidence = pred_probs.max(axis=1)
+    return schema.conform(
+        pd.DataFrame(
+            {
+                "item_id": item_ids,
+                "predicted_label": predicted,
+                "confidence": confidence,
+                "utility": utilities,
+            }
+        ),
+        schema.SCORES,
+    )
 
 
 def get_chunk_scores(
@@ -29,38 +284,144 @@ def get_chunk_scores(
     classes: tuple[str, ...],
     strategy: str,
     random_state: int,
+    params: ScoreParams | None = None,
+    inputs: ScoringInputs | None = None,
+    exclude_ids: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """Prediction and utility of each row of one pool chunk.
+    """Prediction and utility of each row of one pool chunk (the chunk taken as the pool).
 
     Without a model (before the first labels) every row gets a random utility, so that the
     seed batch is a uniform sample.
+
+    Parameters
+    ----------
+    inputs : ScoringInputs, optional
+        What the strategy's view is built from (see :func:`get_pool_view`).
+    exclude_ids : pd.Series of str, optional
+        Items that are not selectable (already issued): their utility is NaN.
 
     Returns
     -------
     pd.DataFrame
         Schema :data:`tasks.schema.SCORES`, one row per row of ``pool_rows``, same order.
     """
-    n = len(pool_rows)
+    params = ScoreParams(strategy=strategy) if params is None else params
+    inputs = ScoringInputs() if inputs is None else inputs
+    item_ids = pool_rows["item_id"].to_numpy()
     if booster is None:
-        utilities = get_strategy("random")(np.full((n, 2), 0.5), random_state=random_state)
-        predicted = pd.Series(pd.NA, index=range(n), dtype="string")
-        confidence = np.full(n, np.nan)
-    else:
-        pred_probs = predict_proba(booster, get_feature_frame(pool_rows), len(classes))
-        utilities = get_strategy(strategy)(pred_probs, random_state=random_state)
-        predicted = pd.Series(np.asarray(classes, dtype=object)[pred_probs.argmax(axis=1)])
-        confidence = pred_probs.max(axis=1)
-    return schema.conform(
-        pd.DataFrame(
-            {
-                "item_id": pool_rows["item_id"].to_numpy(),
-                "predicted_label": predicted.to_numpy(),
-                "confidence": confidence,
-                "utility": utilities,
-            }
-        ),
-        schema.SCORES,
+        placeholder = np.full((len(pool_rows), 2), 0.5)
+        if exclude_ids is not None:
+            placeholder[schema.is_in(pool_rows["item_id"], exclude_ids)] = np.nan
+        utilities = get_strategy("random")(placeholder, random_state=random_state)
+        return _scores_frame(item_ids, None, utilities, classes)
+    info = get_strategy_info(strategy)
+    pred_probs, selectable_probs, view = _predict(
+        pool_rows,
+        booster,
+        classes=classes,
+        needs=info.needs,
+        inputs=inputs,
+        exclude_ids=exclude_ids,
     )
+    utilities = info.fn(selectable_probs, random_state=random_state, view=view, params=params)
+    return _scores_frame(item_ids, pred_probs, utilities, classes)
+
+
+def get_pool_scores(
+    chunks: Iterable[pd.DataFrame],
+    booster: lgb.Booster | None,
+    *,
+    classes: tuple[str, ...],
+    params: ScoreParams,
+    random_state: int,
+    inputs: ScoringInputs | None = None,
+    exclude_ids: pd.Series | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """Scores of the whole pool, read chunk by chunk.
+
+    A strategy that scores items one by one runs per chunk (chunk ``i`` with seed
+    ``random_state + i``); a ``whole_pool`` strategy runs once over the concatenated chunks
+    with ``random_state``.
+
+    Returns
+    -------
+    (pd.DataFrame, int)
+        Schema :data:`tasks.schema.SCORES` in pool order, and the number of chunks.
+    """
+    info = get_strategy_info(params.strategy)
+    inputs = ScoringInputs() if inputs is None else inputs
+    if booster is None or not info.whole_pool:
+        frames = [
+            get_chunk_scores(
+                chunk,
+                booster,
+                classes=classes,
+                strategy=params.strategy,
+                random_state=random_state + i,
+                params=params,
+                inputs=inputs,
+                exclude_ids=exclude_ids,
+            )
+            for i, chunk in enumerate(chunks)
+        ]
+        scores = pd.concat(frames, ignore_index=True) if frames else schema.empty(schema.SCORES)
+        return scores, len(frames)
+    ids, probs, selectable, views = [], [], [], []
+    for chunk in chunks:
+        pred_probs, selectable_probs, view = _predict(
+            chunk,
+            booster,
+            classes=classes,
+            needs=info.needs,
+            inputs=inputs,
+            exclude_ids=exclude_ids,
+        )
+        ids.append(chunk["item_id"].to_numpy())
+        probs.append(pred_probs)
+        selectable.append(selectable_probs)
+        views.append(view)
+    if not ids:
+        return schema.empty(schema.SCORES), 0
+    utilities = info.fn(
+        np.concatenate(selectable),
+        random_state=random_state,
+        view=_concat_views(views),
+        params=params,
+    )
+    scores = _scores_frame(np.concatenate(ids), np.concatenate(probs), utilities, classes)
+    return scores, len(ids)
+
+
+def _read_scoring_inputs(
+    ctx: StageContext, needs: tuple[str, ...], champion: lgb.Booster
+) -> ScoringInputs:
+    """Read and build only what the strategy's view needs."""
+    classes = ctx.params.project.classes
+    fields: dict[str, object] = {}
+    if {"committee_probs", "embedding", "class_counts"} & set(needs):
+        train_labels, rows, weights = read_training_set(ctx.catalog, round_id=ctx.round_id)
+        if "committee_probs" in needs:
+            committee = get_committee(
+                rows,
+                train_labels["label"],
+                weights,
+                classes=classes,
+                train_params=ctx.params.train,
+                params=ctx.params.score,
+                random_state=ctx.random_state("score.committee"),
+            )
+            # the champion exists, so labels of two classes existed; if this round's flags
+            # leave fewer, the champion alone is the committee
+            fields["committee"] = committee or (champion,)
+        if "embedding" in needs:
+            fields["embedding_stats"] = get_embedding_stats(rows)
+        if "class_counts" in needs:
+            fields["class_counts"] = get_class_counts(train_labels["label"], classes)
+    if "seconds" in needs:
+        fields["annotation"] = ctx.params.annotation
+    if "batch_size" in needs:
+        fields["batch_size"] = ctx.params.select.batch_size
+    return ScoringInputs(**fields)
 
 
 @stage_task("score")
@@ -68,28 +429,34 @@ def run(ctx: StageContext) -> dict[str, object]:
     cat = ctx.catalog
     text = cat.read_model_text(cat.champion_dir)
     booster = None if text is None else lgb.Booster(model_str=text)
-    get_strategy(ctx.params.score.strategy)  # fail before reading the pool
-    seed = ctx.random_state("score")
-    chunks = [
-        get_chunk_scores(
-            chunk,
-            booster,
-            classes=ctx.params.project.classes,
-            strategy=ctx.params.score.strategy,
-            random_state=seed + i,
-        )
-        for i, chunk in enumerate(cat.iter_pool(ctx.params.score.chunk_size))
-    ]
+    info = get_strategy_info(ctx.params.score.strategy)  # fail before reading the pool
+    inputs = (
+        _read_scoring_inputs(ctx, info.needs, booster) if booster is not None else ScoringInputs()
+    )
+    # a cross-round read, like select's: the items issued by earlier rounds
+    issued = cat.read_table(cat.issued, schema.ISSUED)
+    issued_ids = issued.loc[issued["round_id"] < ctx.round_id, "item_id"]
+    scores, n_chunks = get_pool_scores(
+        cat.iter_pool(ctx.params.score.chunk_size),
+        booster,
+        classes=ctx.params.project.classes,
+        params=ctx.params.score,
+        random_state=ctx.random_state("score"),
+        inputs=inputs,
+        exclude_ids=issued_ids,
+    )
     crash_point("during:score")
-    scores = pd.concat(chunks, ignore_index=True) if chunks else schema.empty(schema.SCORES)
     cat.write_table(cat.scores, scores, schema.SCORES)
     summary: dict[str, object] = {
         "pool_items": int(len(scores)),
+        "selectable_items": int(scores["utility"].notna().sum()),
         "strategy": ctx.params.score.strategy if booster is not None else "random (no model yet)",
-        "chunks": len(chunks),
+        "chunks": n_chunks,
         "mean_confidence": (
             float(np.nanmean(scores["confidence"])) if booster is not None and len(scores) else None
         ),
     }
+    if inputs.committee:
+        summary["committee_size"] = len(inputs.committee)
     write_json(cat.reports_dir / "score.json", summary)
     return summary

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tasks import schema
-from tasks.catalog import write_json, write_text
+from tasks.catalog import Catalog, write_json, write_text
 from tasks.context import StageContext, StageSpec, stage_task
 from tasks.faults import crash_point
 from tasks.model import encode_labels, fit_booster, get_feature_frame, get_lgb_params
@@ -43,6 +43,54 @@ def get_training_weights(
     return train_labels["item_id"].map(this_round).fillna(1.0).to_numpy(dtype=float)
 
 
+def get_training_data(
+    labeled_rows: pd.DataFrame,
+    labels: pd.Series,
+    weights: np.ndarray,
+    *,
+    classes: tuple[str, ...],
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """What a booster is fitted on: the features, class codes and weights of the items whose
+    weight is above 0.
+
+    Parameters
+    ----------
+    labeled_rows : pd.DataFrame, shape (n, 1 + d)
+        Pool rows of the training items.
+    labels : pd.Series of str, shape (n,)
+    weights : np.ndarray of float, shape (n,)
+        Per-item weight; 0 drops the item.
+
+    Returns
+    -------
+    (pd.DataFrame, np.ndarray of int, np.ndarray of float)
+        Features (shape (m, d)), class codes in ``[0, len(classes))`` and weights (shape (m,)).
+    """
+    if not (len(labeled_rows) == len(labels) == len(weights)):
+        raise ValueError(
+            f"labeled_rows ({len(labeled_rows)}), labels ({len(labels)}) and weights "
+            f"({len(weights)}) must have the same length"
+        )
+    keep = np.asarray(weights) > 0
+    codes = encode_labels(labels.reset_index(drop=True), classes)[keep]
+    features = get_feature_frame(labeled_rows.reset_index(drop=True)).loc[keep]
+    return features, codes, np.asarray(weights, dtype=float)[keep]
+
+
+def read_training_set(
+    catalog: Catalog, *, round_id: int
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """The training labels (split train of ``current.parquet``), their pool rows in the same
+    order, and their weights after this round's flags. Reads files: for stage wrappers."""
+    current = catalog.read_table(catalog.current, schema.CURRENT)
+    train_labels = current[current["split"] == "train"].reset_index(drop=True)
+    flags = catalog.read_table(catalog.flags, schema.FLAGS)
+    rows = catalog.read_pool(train_labels["item_id"]).set_index("item_id")
+    rows = rows.loc[train_labels["item_id"]].reset_index()
+    weights = get_training_weights(train_labels, flags, round_id=round_id)
+    return train_labels, rows, weights
+
+
 def train_model(
     labeled_rows: pd.DataFrame,
     labels: pd.Series,
@@ -67,23 +115,18 @@ def train_model(
     (lgb.Booster or None, str)
         The booster, and an empty string; or None and the reason no model was fitted.
     """
-    if not (len(labeled_rows) == len(labels) == len(weights)):
-        raise ValueError(
-            f"labeled_rows ({len(labeled_rows)}), labels ({len(labels)}) and weights "
-            f"({len(weights)}) must have the same length"
-        )
-    keep = np.asarray(weights) > 0
-    codes = encode_labels(labels.reset_index(drop=True), classes)[keep]
+    features, codes, used_weights = get_training_data(
+        labeled_rows, labels, weights, classes=classes
+    )
     if np.unique(codes).size < 2:
         return None, f"{codes.size} usable training labels cover fewer than two classes"
-    features = get_feature_frame(labeled_rows.reset_index(drop=True)).loc[keep]
     booster = fit_booster(
         features,
         codes,
         params=params,
         n_classes=len(classes),
         random_state=random_state,
-        sample_weight=np.asarray(weights)[keep],
+        sample_weight=used_weights,
     )
     return booster, ""
 
@@ -91,12 +134,7 @@ def train_model(
 @stage_task("train")
 def run(ctx: StageContext) -> dict[str, object]:
     cat = ctx.catalog
-    current = cat.read_table(cat.current, schema.CURRENT)
-    train_labels = current[current["split"] == "train"].reset_index(drop=True)
-    flags = cat.read_table(cat.flags, schema.FLAGS)
-    rows = cat.read_pool(train_labels["item_id"]).set_index("item_id")
-    rows = rows.loc[train_labels["item_id"]].reset_index()
-    weights = get_training_weights(train_labels, flags, round_id=ctx.round_id)
+    train_labels, rows, weights = read_training_set(cat, round_id=ctx.round_id)
     seed = ctx.random_state("train")
     booster, skipped = train_model(
         rows,

@@ -12,7 +12,7 @@ from conftest import DATASETS
 
 from tasks import schema
 from tasks.evaluate import evaluate_models, get_classification_metrics
-from tasks.export import export_batch
+from tasks.export import export_batch, get_round_report
 from tasks.flag import append_round, find_mislabels, get_flag_records
 from tasks.merge import (
     get_current_labels,
@@ -21,19 +21,30 @@ from tasks.merge import (
     get_votes,
     resolve_labels,
 )
-from tasks.model import fit_booster, get_class_weights, get_min_child_samples
+from tasks.model import fit_booster, get_class_weights, get_lgb_params, get_min_child_samples
 from tasks.params import (
+    AnnotationParams,
     EvaluateParams,
     ExportParams,
     FlagParams,
     MergeParams,
+    ScoreParams,
     SelectParams,
     TrainParams,
     ValidateParams,
 )
-from tasks.score import get_chunk_scores
+from tasks.score import (
+    ScoringInputs,
+    get_chunk_scores,
+    get_class_counts,
+    get_committee,
+    get_embedding,
+    get_embedding_stats,
+    get_pool_scores,
+)
 from tasks.selection import get_batch_sizes, get_relabel_candidates, select_batch
 from tasks.simulate import answer_batch
+from tasks.strategies import REGISTRY
 from tasks.train import get_training_weights, train_model
 from tasks.validate import validate_labels
 
@@ -546,6 +557,151 @@ def test_chunk_scores_with_a_model(satimage):
     assert scores["utility"].between(-1, 0).all() and scores["confidence"].between(0, 1).all()
 
 
+@pytest.fixture(scope="module")
+def scoring(satimage):
+    """A champion on the first 300 rows, and every input a strategy's view is built from."""
+    rows, labels, classes = satimage
+    train_rows, train_labels = rows.iloc[:300], labels.iloc[:300]
+    train_params = TrainParams(num_boost_round=15, num_threads=1)
+    champion = fit_booster(
+        train_rows.drop(columns="item_id"),
+        np.searchsorted(classes, train_labels),
+        params=train_params,
+        n_classes=len(classes),
+        random_state=0,
+    )
+    committee = get_committee(
+        train_rows,
+        train_labels,
+        np.ones(300),
+        classes=classes,
+        train_params=train_params,
+        params=ScoreParams(committee_size=3),
+        random_state=0,
+    )
+    inputs = ScoringInputs(
+        committee=committee,
+        embedding_stats=get_embedding_stats(train_rows),
+        class_counts=get_class_counts(train_labels, classes),
+        annotation=AnnotationParams(),
+        batch_size=20,
+    )
+    return rows, classes, champion, inputs
+
+
+def test_committee_members_differ_by_seed_and_bagging_and_are_reproducible(satimage, scoring):
+    rows, labels, classes = satimage
+    _, _, _, inputs = scoring
+    texts = [member.model_to_string() for member in inputs.committee]
+    assert len(texts) == 3 and len(set(texts)) == 3
+    assert "bagging_fraction: 0.8" in texts[0] and "bagging_freq: 1" in texts[0]
+    again = get_committee(
+        rows.iloc[:300],
+        labels.iloc[:300],
+        np.ones(300),
+        classes=classes,
+        train_params=TrainParams(num_boost_round=15, num_threads=1),
+        params=ScoreParams(committee_size=3),
+        random_state=0,
+    )
+    assert [member.model_to_string() for member in again] == texts
+    one_class = get_committee(
+        rows.iloc[:5],
+        pd.Series([classes[0]] * 5),
+        np.ones(5),
+        classes=classes,
+        train_params=TrainParams(num_boost_round=2),
+        params=ScoreParams(committee_size=2),
+        random_state=0,
+    )
+    assert one_class == ()
+
+
+def test_bagging_is_off_unless_asked():
+    plain = get_lgb_params(TrainParams(), n_labels=100, n_classes=3, random_state=0)
+    assert "bagging_fraction" not in plain
+    bagged = get_lgb_params(
+        TrainParams(),
+        n_labels=100,
+        n_classes=3,
+        random_state=0,
+        bagging_fraction=0.5,
+        bagging_freq=2,
+    )
+    assert bagged["bagging_fraction"] == 0.5 and bagged["bagging_freq"] == 2
+    with pytest.raises(ValueError, match="together"):
+        get_lgb_params(TrainParams(), n_labels=1, n_classes=3, random_state=0, bagging_freq=1)
+
+
+def test_embedding_is_standardized_with_the_training_rows(satimage):
+    rows, labels, classes = satimage
+    stats = get_embedding_stats(rows.iloc[:300])
+    embedding = get_embedding(rows.iloc[:300], stats)
+    assert embedding.shape == (300, rows.shape[1] - 1)
+    np.testing.assert_allclose(embedding.mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(embedding.std(axis=0), 1.0, atol=1e-9)
+    text = rows.iloc[:4].assign(colour=["red", "blue", "red", None], flat=1.0)
+    text_stats = get_embedding_stats(text)
+    assert "colour" not in text_stats.index and text_stats.loc["flat", "std"] == 1.0
+    counts = get_class_counts(pd.Series(["b", "a", "b", "z"]), ("a", "b", "c"))
+    np.testing.assert_array_equal(counts, [1.0, 2.0, 0.0])
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_pool_scores_with_every_strategy(scoring, name):
+    rows, classes, champion, inputs = scoring
+    chunks = [rows.iloc[i : i + 250] for i in range(0, len(rows), 250)]
+    issued = rows["item_id"].iloc[[0, 299, 500]]
+    before = frozen_copy(rows, issued)
+    scores, n_chunks = get_pool_scores(
+        chunks,
+        champion,
+        classes=classes,
+        params=ScoreParams(strategy=name),
+        random_state=3,
+        inputs=inputs,
+        exclude_ids=issued,
+    )
+    assert_unchanged(before, (rows, issued))
+    assert n_chunks == 3 and scores["item_id"].tolist() == rows["item_id"].tolist()
+    assert scores["utility"].isna().tolist() == rows["item_id"].isin(issued).tolist()
+    assert scores["confidence"].notna().all()  # issued items still get a prediction
+    again, _ = get_pool_scores(
+        chunks,
+        champion,
+        classes=classes,
+        params=ScoreParams(strategy=name),
+        random_state=3,
+        inputs=inputs,
+        exclude_ids=issued,
+    )
+    pd.testing.assert_frame_equal(scores, again)
+
+
+def test_whole_pool_strategy_sees_every_chunk_at_once(scoring):
+    rows, classes, champion, inputs = scoring
+    params = ScoreParams(strategy="diversity")
+    chunked, _ = get_pool_scores(
+        [rows.iloc[:200], rows.iloc[200:]],
+        champion,
+        classes=classes,
+        params=params,
+        random_state=1,
+        inputs=inputs,
+    )
+    whole = get_chunk_scores(
+        rows,
+        champion,
+        classes=classes,
+        strategy="diversity",
+        random_state=1,
+        params=params,
+        inputs=inputs,
+    )
+    pd.testing.assert_frame_equal(chunked, whole)
+    assert (chunked["utility"] > 0).sum() == inputs.batch_size  # one pick set, not one a chunk
+
+
 def _scores(n, with_model=True, seed=0):
     rng = np.random.default_rng(seed)
     return schema.conform(
@@ -670,6 +826,12 @@ def test_export_formats_carry_the_suggestion_and_hide_the_split(satimage):
     assert prediction["model_version"] == "round-0007"
     assert prediction["result"][0]["value"] == {"choices": ["a"]}
     assert tasks[1]["data"]["item_id"] == "1"
+
+
+def test_round_report_gives_the_expected_annotation_time():
+    report = get_round_report(3, {}, [], batch_seconds=750.0)
+    assert "expected annotation time: 12.5 min (750 s" in report
+    assert "annotation time" not in get_round_report(3, {}, [])
 
 
 def test_simulated_annotator_makes_the_asked_share_of_mistakes():
