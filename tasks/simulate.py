@@ -56,3 +56,51 @@ def answer_batch(
             "labeled_at": labeled_at,
         }
     )
+
+
+# -- learning-curve statistics ---------------------------------------------------------------
+
+
+def get_aulc(labels: np.ndarray, scores: np.ndarray, *, start: int, stop: int) -> float:
+    """Normalised area under a learning curve: the mean score over ``[start, stop]`` labels.
+
+    Parameters
+    ----------
+    labels : np.ndarray of int, shape (n,)
+        Training labels at each point, increasing.
+    scores : np.ndarray of float, shape (n,)
+        Test macro-F1 at each point, in [0, 1].
+    start, stop : the label range compared (the same for every campaign of a comparison).
+
+    Returns
+    -------
+    float in [0, 1]
+        Trapezoidal area over ``[start, stop]`` divided by ``stop - start``; the curve is
+        held flat before its first point and after its last.
+    """
+    labels = np.asarray(labels, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    if labels.size == 0 or stop <= start:
+        raise ValueError(f"a learning curve needs points and stop > start, got {start}..{stop}")
+    grid = np.union1d(labels[(labels > start) & (labels < stop)], [start, stop])
+    values = np.interp(grid, labels, scores)
+    return float(np.trapezoid(values, grid) / (stop - start))
+
+
+def get_labels_to_target(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
+    """The first label count at which the score reaches ``target``; ``inf`` when never."""
+    reached = np.flatnonzero(np.asarray(scores, dtype=float) >= target)
+    return float(np.asarray(labels)[reached[0]]) if reached.size else float("inf")
+
+
+def get_paired_test(differences: np.ndarray) -> tuple[float, float]:
+    """Mean of paired differences (strategy minus baseline, one per seed) and the two-sided
+    p-value of the Wilcoxon signed-rank test (1.0 when every difference is zero)."""
+    from scipy.stats import wilcoxon
+
+    diff = np.asarray(differences, dtype=float)
+    if diff.size == 0:
+        return float("nan"), float("nan")
+    if np.allclose(diff, 0.0):
+        return 0.0, 1.0
+    return float(diff.mean()), float(wilcoxon(diff).pvalue)

@@ -1,0 +1,572 @@
+"""``alloop simulate``: whole campaigns against a fully labeled dataset, per strategy and seed.
+
+Each campaign is a workspace folder in which the product's own stage functions run round after
+round (``module.run.fn``: the same code ``al_round`` runs, without Prefect's task machinery),
+answered by a simulated annotator from the true labels. Git, DVC and MLflow are skipped per
+round; one MLflow run is logged per campaign.
+
+The protocol:
+
+- a fixed stratified test split (``test_fraction`` of the rows, drawn once with seed 0, or a
+  split column), identical for every strategy and seed; its true labels enter every campaign
+  in round 1 as an issued test batch, so the workspace's own evaluate stage measures it;
+- the rest is the pool: round 1 issues a uniform random seed batch of ``initial`` items,
+  every later round trains, evaluates and issues ``batch`` items chosen by the strategy, until
+  the training labels reach ``budget``; test and QC slices of the product's batches are off
+  (``select.test_fraction=0``, ``select.qc_fraction=0``): the test set is the fixed split;
+- flagging runs only when answers are noisy (``noise > 0``);
+- the target is 98% of the macro-F1 of the same model trained on every training-pool label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from flows.workspace import TEMPLATE_ROOT, WorkspaceError, prepare_pool, read_table_file
+from tasks import schema
+from tasks.annotation_time import get_batch_seconds
+from tasks.catalog import Catalog, RoundInfo, write_csv, write_text
+from tasks.context import StageContext
+from tasks.evaluate import get_classification_metrics
+from tasks.model import encode_labels, fit_booster, get_feature_frame, predict_proba
+from tasks.params import Params, ParamsError, dump_params, load_params
+from tasks.simulate import (
+    answer_batch,
+    get_aulc,
+    get_labels_to_target,
+    get_paired_test,
+)
+from tasks.strategies import REGISTRY
+
+log = logging.getLogger(__name__)
+
+TARGET_SHARE = 0.98
+BASELINE = "random"
+SPLIT_SEED = 0
+#: The first round's clock; round r starts r days later (the clock only orders events).
+CLOCK = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
+
+CURVE_COLUMNS = ["strategy", "seed", "round_id", "labels", "macro_f1", "accuracy", "seconds"]
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    dataset: Path
+    label_column: str = "label"
+    id_column: str | None = None
+    split_column: str | None = None
+    strategies: tuple[str, ...] = ("margin", BASELINE)
+    seeds: int = 10
+    initial: int = 100
+    batch: int = 50
+    budget: int = 3000
+    noise: float = 0.0
+    test_fraction: float = 0.25
+    overrides: tuple[str, ...] = ()
+    jobs: int = 1
+
+    def check(self) -> None:
+        unknown = [s for s in self.strategies if s not in REGISTRY]
+        if unknown:
+            raise WorkspaceError(f"--strategies {unknown} unknown; known: {sorted(REGISTRY)}")
+        for name, value, low in (
+            ("--seeds", self.seeds, 1),
+            ("--initial", self.initial, 2),
+            ("--batch", self.batch, 1),
+            ("--jobs", self.jobs, 1),
+        ):
+            if value < low:
+                raise WorkspaceError(f"{name} must be at least {low}, got {value}")
+        if self.budget <= self.initial:
+            raise WorkspaceError(f"--budget {self.budget} must exceed --initial {self.initial}")
+        if not 0.0 <= self.noise < 1.0:
+            raise WorkspaceError(f"--noise must be in [0, 1), got {self.noise}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise WorkspaceError(f"test fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The items (``item_id`` + features), their true labels, the fixed test ids, classes."""
+
+    items: pd.DataFrame
+    truth: pd.DataFrame
+    test_ids: pd.Index
+    classes: tuple[str, ...]
+
+
+@dataclass
+class SimulationResult:
+    out: Path
+    reference_macro_f1: float
+    target: float
+    curves: pd.DataFrame
+    campaigns: pd.DataFrame
+    summary: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def _sorted_classes(labels: pd.Series) -> list[str]:
+    values = labels.dropna().unique()
+    try:
+        return [str(v) for v in sorted(values, key=float)]
+    except (TypeError, ValueError):
+        return sorted(str(v) for v in values)
+
+
+def get_stratified_test_ids(truth: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
+    """``fraction`` of each class's items (rounded, at least one of a class with two or more),
+    drawn with ``seed``: the same split for every strategy and seed of a simulation."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for _, group in truth.groupby("label", sort=True):
+        n = int(round(fraction * len(group)))
+        n = min(max(n, 1 if len(group) > 1 else 0), len(group) - 1)
+        picked.append(group["item_id"].to_numpy()[rng.permutation(len(group))[:n]])
+    return pd.Index(np.concatenate(picked) if picked else [], dtype="string")
+
+
+def load_dataset(spec: SimulationSpec) -> Dataset:
+    raw = read_table_file(spec.dataset)
+    if spec.label_column not in raw.columns:
+        raise WorkspaceError(
+            f"--label-column {spec.label_column!r} is not a column of {spec.dataset} "
+            f"(columns: {list(raw.columns)[:20]})"
+        )
+    if raw[spec.label_column].isna().any():
+        raise WorkspaceError(f"{spec.dataset}: the label column has empty values")
+    split = None
+    if spec.split_column is not None:
+        if spec.split_column not in raw.columns:
+            raise WorkspaceError(f"--split-column {spec.split_column!r} is not a column")
+        split = raw.pop(spec.split_column).astype(str)
+        bad = sorted(set(split) - {"train", "test"})
+        if bad:
+            raise WorkspaceError(f"--split-column holds {bad[:5]}; only train and test allowed")
+    id_column = spec.id_column
+    if id_column is None:
+        id_column = "item_id"
+        if id_column in raw.columns:
+            raise WorkspaceError("the dataset has an item_id column: pass --id-column item_id")
+        raw.insert(0, id_column, np.arange(len(raw)))
+    classes = _sorted_classes(raw[spec.label_column].astype(str))
+    if len(classes) < 2:
+        raise WorkspaceError(f"{spec.dataset}: the label column has fewer than two classes")
+    items, truth = prepare_pool(
+        raw, id_column=id_column, classes=classes, label_column=spec.label_column
+    )
+    assert truth is not None  # a label column was given
+    if split is not None:
+        test_ids = pd.Index(truth["item_id"][split.to_numpy() == "test"], dtype="string")
+    else:
+        test_ids = get_stratified_test_ids(truth, spec.test_fraction, SPLIT_SEED)
+    return Dataset(items, truth, test_ids, tuple(classes))
+
+
+def get_campaign_params(
+    spec: SimulationSpec, classes: Sequence[str], strategy: str, seed: int
+) -> Params:
+    template = yaml.safe_load((TEMPLATE_ROOT / "params.yaml").read_text())
+    template["project"] = {**template.get("project", {}), "classes": list(classes)}
+    overrides = [
+        f"score.strategy={strategy}",
+        f"project.random_state={seed}",
+        f"select.seed_size={spec.initial}",
+        f"select.batch_size={spec.batch}",
+        "select.test_fraction=0",
+        "select.qc_fraction=0",
+        f"flag.enabled={'true' if spec.noise > 0 else 'false'}",
+        *(["train.num_threads=1"] if spec.jobs > 1 else []),
+        *spec.overrides,
+    ]
+    try:
+        return load_params(template, overrides)
+    except ParamsError as exc:
+        raise WorkspaceError(str(exc)) from exc
+
+
+def get_reference_score(data: Dataset, params: Params) -> float:
+    """Test macro-F1 of the model trained on every training-pool label."""
+    train = data.truth[~data.truth["item_id"].isin(data.test_ids)]
+    test = data.truth[data.truth["item_id"].isin(data.test_ids)]
+    rows = data.items.set_index("item_id")
+    booster = fit_booster(
+        get_feature_frame(rows.loc[train["item_id"]].reset_index()),
+        encode_labels(train["label"], data.classes),
+        params=params.train,
+        n_classes=len(data.classes),
+        random_state=SPLIT_SEED,
+    )
+    probs = predict_proba(
+        booster, get_feature_frame(rows.loc[test["item_id"]].reset_index()), len(data.classes)
+    )
+    labels = encode_labels(test["label"], data.classes)
+    return get_classification_metrics(labels, probs, data.classes)["macro_f1"]
+
+
+# -- one campaign -------------------------------------------------------------------------------
+
+
+def _setup_campaign(root: Path, data_dir: Path, params: Params, truth: pd.DataFrame) -> Catalog:
+    catalog = Catalog(root)
+    catalog.pool_dir.mkdir(parents=True)
+    os.symlink(data_dir / "items.parquet", catalog.pool_dir / "items-0000.parquet")
+    shutil.copytree(TEMPLATE_ROOT / "gx", root / "gx")
+    write_text(catalog.params_file, yaml.safe_dump(dump_params(params), sort_keys=False))
+    catalog.incoming_dir.mkdir(parents=True)
+    test = truth[truth["split"] == "test"]
+    issued = pd.DataFrame(
+        {
+            "item_id": test["item_id"],
+            "round_id": 0,
+            "split": "test",
+            "reason": "test",
+            "utility": np.nan,
+        }
+    )
+    catalog.write_table(catalog.issued, issued, schema.ISSUED)
+    answers = test[["item_id", "label"]].assign(
+        annotator="sim-test-labeler", labeled_at=CLOCK.isoformat(timespec="seconds")
+    )
+    write_csv(catalog.incoming_dir / "test-labels.csv", answers)
+    return catalog
+
+
+def run_campaign(
+    data_dir: Path, params: Params, strategy: str, seed: int, budget: int, noise: float
+) -> pd.DataFrame:
+    """One campaign in a temporary workspace; its learning curve (:data:`CURVE_COLUMNS`)."""
+    from flows.pipeline import STAGE_MODULES
+
+    truth = pd.read_parquet(data_dir / "truth.parquet")
+    classes = params.project.classes
+    rows = []
+    seconds = 0.0
+    with tempfile.TemporaryDirectory(prefix=f"alloop-sim-{strategy}-{seed}-") as tmp:
+        catalog = _setup_campaign(Path(tmp) / "ws", data_dir, params, truth)
+        round_id = 0
+        while True:
+            round_id += 1
+            info = RoundInfo(round_id, (CLOCK + timedelta(days=round_id)).isoformat())
+            catalog.write_round(info)
+            ctx = StageContext(catalog=catalog, params=params, round=info)
+            s = {m.STAGE.name: m.run.fn(ctx) for m in STAGE_MODULES}
+            n_train = int(s["merge"]["train_items"])
+            candidate = s["evaluate"].get("candidate")
+            if candidate:
+                rows.append(
+                    [
+                        strategy,
+                        seed,
+                        round_id,
+                        n_train,
+                        candidate["macro_f1"],
+                        candidate["accuracy"],
+                        seconds,
+                    ]
+                )
+            if n_train >= budget:
+                break
+            batch = pd.read_csv(
+                catalog.outbox(round_id) / "batch.csv",
+                dtype={"item_id": str},
+                keep_default_na=False,
+            )
+            if batch.empty:
+                log.warning(
+                    "%s seed %s: the pool is exhausted at %s labels", strategy, seed, n_train
+                )
+                break
+            known = truth.set_index("item_id")["label"]
+            seconds += get_batch_seconds(
+                batch["predicted_label"].replace("", pd.NA),
+                batch["confidence"].replace("", np.nan).astype(float).fillna(0.0).to_numpy(),
+                params=params.annotation,
+                true_labels=known.loc[batch["item_id"]].reset_index(drop=True),
+            )
+            answers = answer_batch(
+                batch["item_id"],
+                truth[["item_id", "label"]],
+                classes=classes,
+                noise=noise,
+                annotator="sim-annotator",
+                labeled_at=info.started_at,
+                random_state=seed * 100_003 + round_id,
+            )
+            write_csv(catalog.incoming_dir / f"answers-{round_id:04d}.csv", answers)
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def _campaign_job(args: tuple[Any, ...]) -> pd.DataFrame:
+    data_dir, params_json, strategy, seed, budget, noise = args
+    params = load_params(json.loads(params_json))
+    return run_campaign(Path(data_dir), params, strategy, seed, budget, noise)
+
+
+# -- statistics and outputs ---------------------------------------------------------------------
+
+
+def get_campaign_table(
+    curves: pd.DataFrame, *, target: float, start: int, stop: int
+) -> pd.DataFrame:
+    """One row per campaign: AULC over ``[start, stop]`` labels, labels and annotator hours to
+    reach ``target`` (``inf`` / NaN when never reached), final macro-F1."""
+    out = []
+    for (strategy, seed), c in curves.groupby(["strategy", "seed"], sort=True):
+        c = c.sort_values("labels")
+        labels, f1 = c["labels"].to_numpy(), c["macro_f1"].to_numpy()
+        to_target = get_labels_to_target(labels, f1, target)
+        hours = (
+            float(c.loc[c["labels"] == to_target, "seconds"].iloc[0]) / 3600
+            if math.isfinite(to_target)
+            else float("nan")
+        )
+        out.append(
+            {
+                "strategy": strategy,
+                "seed": int(seed),
+                "aulc": get_aulc(labels, f1, start=start, stop=stop),
+                "labels_to_target": to_target,
+                "hours_to_target": hours,
+                "final_labels": int(labels[-1]),
+                "final_macro_f1": float(f1[-1]),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def get_summary_table(campaigns: pd.DataFrame, *, baseline: str = BASELINE) -> pd.DataFrame:
+    """One row per strategy: median labels to target, the ratio of the baseline's to it, mean
+    AULC, the paired AULC difference to the baseline over seeds and its p-value, hours."""
+    base = campaigns[campaigns["strategy"] == baseline].set_index("seed")
+    rows = []
+    for strategy, c in campaigns.groupby("strategy", sort=True):
+        c = c.set_index("seed")
+        median_labels = float(np.median(c["labels_to_target"]))
+        row: dict[str, Any] = {
+            "strategy": strategy,
+            "seeds": int(len(c)),
+            "median_labels_to_target": median_labels,
+            "reached_target": int(np.isfinite(c["labels_to_target"]).sum()),
+            "mean_aulc": float(c["aulc"].mean()),
+            "median_hours_to_target": float(np.nanmedian(c["hours_to_target"]))
+            if np.isfinite(c["hours_to_target"]).any()
+            else float("nan"),
+        }
+        if not base.empty:
+            base_median = float(np.median(base["labels_to_target"]))
+            row["labels_ratio_vs_random"] = (
+                base_median / median_labels if math.isfinite(median_labels) else float("nan")
+            )
+            row["random_reached"] = math.isfinite(base_median)
+            paired = c.index.intersection(base.index)
+            diff, p = get_paired_test((c.loc[paired, "aulc"] - base.loc[paired, "aulc"]).to_numpy())
+            row["aulc_diff_vs_random"] = diff
+            row["aulc_p_value"] = p
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_learning_curves(curves: pd.DataFrame, target: float, path: Path, title: str) -> None:
+    """Mean macro-F1 per strategy against labels, with a band of two standard deviations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for strategy, c in curves.groupby("strategy", sort=True):
+        grid = np.unique(c["labels"])
+        per_seed = [np.interp(grid, s["labels"], s["macro_f1"]) for _, s in c.groupby("seed")]
+        stack = np.vstack(per_seed)
+        mean, sd = stack.mean(axis=0), stack.std(axis=0)
+        ax.plot(grid, mean, label=f"{strategy} ({len(per_seed)} seeds)")
+        ax.fill_between(grid, mean - 2 * sd, mean + 2 * sd, alpha=0.2)
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target (98% of full)")
+    ax.set_xlabel("training labels")
+    ax.set_ylabel("test macro-F1")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _log_campaigns(
+    out: Path, spec: SimulationSpec, curves: pd.DataFrame, campaigns: pd.DataFrame
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    name = "alloop-simulate"
+    found = client.get_experiment_by_name(name)
+    experiment = (
+        found.experiment_id
+        if found
+        else client.create_experiment(
+            name, artifact_location=(out / "mlartifacts").resolve().as_uri()
+        )
+    )
+    for row in campaigns.itertuples(index=False):
+        run = client.create_run(
+            experiment,
+            run_name=f"{spec.dataset.stem}-{row.strategy}-seed{row.seed}",
+            tags={"alloop.dataset": str(spec.dataset), "alloop.strategy": row.strategy},
+        )
+        rid = run.info.run_id
+        for key, value in (
+            ("strategy", row.strategy),
+            ("seed", row.seed),
+            ("initial", spec.initial),
+            ("batch", spec.batch),
+            ("budget", spec.budget),
+            ("noise", spec.noise),
+        ):
+            client.log_param(rid, key, str(value))
+        curve = curves[(curves["strategy"] == row.strategy) & (curves["seed"] == row.seed)]
+        for point in curve.itertuples(index=False):
+            client.log_metric(rid, "macro_f1", float(point.macro_f1), step=int(point.labels))
+        for key in ("aulc", "labels_to_target", "hours_to_target", "final_macro_f1"):
+            value = float(getattr(row, key))
+            if math.isfinite(value):
+                client.log_metric(rid, key, value)
+        client.set_terminated(rid, "FINISHED")
+
+
+def get_report(spec: SimulationSpec, reference: float, target: float, summary: pd.DataFrame) -> str:
+    lines = [
+        f"# Simulation on {spec.dataset.name}",
+        "",
+        f"{spec.seeds} seeds; {spec.initial} random labels, then batches of {spec.batch} up to "
+        f"{spec.budget}; noise {spec.noise:.0%}. Full-data macro-F1 {reference:.4f}; target "
+        f"(98%) {target:.4f}.",
+        "",
+        "| strategy | median labels to target | reached | ratio vs random | mean AULC | "
+        "AULC - random | p | median hours to target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary.to_dict("records"):
+        lines.append(
+            f"| {r['strategy']} | {_fmt_labels(r['median_labels_to_target'])} | "
+            f"{r['reached_target']}/{r['seeds']} | {_fmt(r.get('labels_ratio_vs_random'), 2)} | "
+            f"{r['mean_aulc']:.4f} | {_fmt(r.get('aulc_diff_vs_random'), 4, signed=True)} | "
+            f"{_fmt(r.get('aulc_p_value'), 3)} | {_fmt(r['median_hours_to_target'], 2)} |"
+        )
+    lines += [
+        "",
+        "Labels to target: the first label count whose test macro-F1 reaches the target "
+        "(never = not within the budget). Ratio: random's median labels to target divided by the "
+        "strategy's. AULC: mean macro-F1 over the label range, trapezoidal. p: Wilcoxon "
+        "signed-rank test of the paired AULC differences over seeds. Hours: the annotation-time "
+        "model (tasks/annotation_time.py) summed over the batches.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any, digits: int, *, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _fmt_labels(value: float) -> str:
+    return "never" if not math.isfinite(value) else f"{value:,.0f}"
+
+
+def simulate(
+    spec: SimulationSpec,
+    out: Path,
+    *,
+    on_campaign: Callable[[str, int, pd.DataFrame], None] = lambda *_: None,
+) -> SimulationResult:
+    """Run every (strategy, seed) campaign of ``spec`` and write the results to ``out``."""
+    spec.check()
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(spec)
+    data_dir = out / "data"
+    data_dir.mkdir(exist_ok=True)
+    data.items.to_parquet(data_dir / "items.parquet", index=False)
+    truth = data.truth.assign(
+        split=np.where(data.truth["item_id"].isin(data.test_ids), "test", "train")
+    )
+    truth.to_parquet(data_dir / "truth.parquet", index=False)
+    n_train_pool = int((truth["split"] == "train").sum())
+    if spec.budget > n_train_pool:
+        raise WorkspaceError(
+            f"--budget {spec.budget} exceeds the {n_train_pool} items of the training pool"
+        )
+    reference_params = get_campaign_params(spec, data.classes, BASELINE, 0)
+    reference = get_reference_score(data, reference_params)
+    target = TARGET_SHARE * reference
+    jobs = [
+        (
+            str(data_dir.resolve()),
+            json.dumps(dump_params(get_campaign_params(spec, data.classes, strategy, seed))),
+            strategy,
+            seed,
+            spec.budget,
+            spec.noise,
+        )
+        for seed in range(spec.seeds)
+        for strategy in spec.strategies
+    ]
+    results = []
+    if spec.jobs == 1:
+        for job in jobs:
+            curve = _campaign_job(job)
+            on_campaign(job[2], job[3], curve)
+            results.append(curve)
+    else:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=spec.jobs, mp_context=context) as pool:
+            futures = {pool.submit(_campaign_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                curve = future.result()
+                on_campaign(job[2], job[3], curve)
+                results.append(curve)
+    curves = (
+        pd.concat(results, ignore_index=True)
+        .sort_values(["strategy", "seed", "labels"])
+        .reset_index(drop=True)
+    )
+    campaigns = get_campaign_table(curves, target=target, start=spec.initial, stop=spec.budget)
+    summary = get_summary_table(campaigns)
+    files = [out / "curves.csv", out / "campaigns.csv", out / "summary.csv"]
+    curves.to_csv(files[0], index=False)
+    campaigns.to_csv(files[1], index=False)
+    summary.to_csv(files[2], index=False)
+    png = out / "learning_curves.png"
+    plot_learning_curves(curves, target, png, f"{spec.dataset.stem}: test macro-F1 by labels")
+    report = out / "simulation.md"
+    report.write_text(get_report(spec, reference, target, summary))
+    meta = {
+        **asdict(spec),
+        "dataset": str(spec.dataset),
+        "reference_macro_f1": reference,
+        "target": target,
+    }
+    (out / "simulation.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    _log_campaigns(out, spec, curves, campaigns)
+    files += [png, report, out / "simulation.json"]
+    return SimulationResult(out, reference, target, curves, campaigns, summary, files)

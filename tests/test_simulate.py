@@ -1,0 +1,134 @@
+"""`alloop simulate`: campaigns through the product's own stages, and the statistics on them,
+recomputed here independently from the written curves."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATASETS, run_cli
+from scipy.stats import wilcoxon
+
+from flows.simulate import (
+    CURVE_COLUMNS,
+    SimulationSpec,
+    get_stratified_test_ids,
+    load_dataset,
+)
+from tasks.simulate import get_aulc, get_labels_to_target, get_paired_test
+
+CAMPAIGN_COLUMNS = [
+    "strategy",
+    "seed",
+    "aulc",
+    "labels_to_target",
+    "hours_to_target",
+    "final_labels",
+    "final_macro_f1",
+]
+SUMMARY_COLUMNS = [
+    "strategy",
+    "seeds",
+    "median_labels_to_target",
+    "reached_target",
+    "mean_aulc",
+    "median_hours_to_target",
+    "labels_ratio_vs_random",
+    "random_reached",
+    "aulc_diff_vs_random",
+    "aulc_p_value",
+]
+
+
+@pytest.fixture(scope="module")
+def simulation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "out"
+    args = [
+        "alloop", "simulate", "--dataset", str(DATASETS / "satimage.parquet"),
+        "--strategies", "margin,random", "--seeds", "2", "--initial", "60", "--batch", "30",
+        "--budget", "150", "--out", str(out), "-S", "train.num_boost_round=60",
+    ]  # fmt: skip
+    done = run_cli(args, out.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, done.stdout
+
+
+def test_outputs_have_the_documented_columns(simulation):
+    out, stdout = simulation
+    curves = pd.read_csv(out / "curves.csv")
+    assert list(curves.columns) == CURVE_COLUMNS
+    assert list(pd.read_csv(out / "campaigns.csv").columns) == CAMPAIGN_COLUMNS
+    assert list(pd.read_csv(out / "summary.csv").columns) == SUMMARY_COLUMNS
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| margin |" in (out / "simulation.md").read_text() and "| margin |" in stdout
+    # every campaign: a point per round from the seed batch to the budget, labels growing
+    for (_, _), c in curves.groupby(["strategy", "seed"]):
+        assert c["labels"].tolist() == [60, 90, 120, 150]
+        assert c["seconds"].is_monotonic_increasing and c["seconds"].iloc[0] > 0
+        assert c["macro_f1"].between(0, 1).all()
+    # both strategies start from the same random seed batch of the same seed
+    first = curves[curves["labels"] == 60].groupby("seed")["macro_f1"].nunique()
+    assert (first == 1).all()
+
+
+def test_statistics_are_recomputed_from_the_curves(simulation):
+    out, _ = simulation
+    curves = pd.read_csv(out / "curves.csv")
+    campaigns = pd.read_csv(out / "campaigns.csv")
+    summary = pd.read_csv(out / "summary.csv").set_index("strategy")
+    meta = json.loads((out / "simulation.json").read_text())
+    target = meta["target"]
+    assert target == pytest.approx(0.98 * meta["reference_macro_f1"])
+    for row in campaigns.itertuples(index=False):
+        c = curves[(curves["strategy"] == row.strategy) & (curves["seed"] == row.seed)]
+        x, y = c["labels"].to_numpy(float), c["macro_f1"].to_numpy()
+        # the curve spans exactly 60..150: the area is a plain trapezoid sum
+        area = sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))
+        assert row.aulc == pytest.approx(area / 90)
+        reached = [lab for lab, f in zip(x, y, strict=True) if f >= target]
+        assert row.labels_to_target == (reached[0] if reached else math.inf)
+    for strategy, c in campaigns.groupby("strategy"):
+        assert summary.loc[strategy, "mean_aulc"] == pytest.approx(c["aulc"].mean())
+        base = campaigns[campaigns["strategy"] == "random"].set_index("seed")["aulc"]
+        diff = c.set_index("seed")["aulc"] - base
+        assert summary.loc[strategy, "aulc_diff_vs_random"] == pytest.approx(diff.mean())
+
+
+def test_learning_curve_statistics_by_hand():
+    labels, f1 = np.array([100, 150, 200, 300]), np.array([0.5, 0.7, 0.8, 0.9])
+    # (50*(0.5+0.7)/2 + 50*(0.7+0.8)/2 + 100*(0.8+0.9)/2) / 200
+    assert get_aulc(labels, f1, start=100, stop=300) == pytest.approx(0.7625)
+    # the curve is held flat past its last point
+    assert get_aulc(labels, f1, start=100, stop=400) == pytest.approx((152.5 + 90) / 300)
+    assert get_labels_to_target(labels, f1, 0.8) == 200
+    assert get_labels_to_target(labels, f1, 0.95) == math.inf
+    diff = np.array([0.02, 0.01, 0.03, -0.01, 0.02, 0.04])
+    mean, p = get_paired_test(diff)
+    assert mean == pytest.approx(diff.mean()) and p == pytest.approx(wilcoxon(diff).pvalue)
+    assert get_paired_test(np.zeros(4)) == (0.0, 1.0)
+
+
+def test_the_test_split_is_stratified_and_fixed():
+    truth = pd.DataFrame(
+        {"item_id": [str(i) for i in range(100)], "label": ["a"] * 80 + ["b"] * 20}
+    )
+    ids = get_stratified_test_ids(truth, 0.25, seed=0)
+    labels = truth.set_index("item_id").loc[ids, "label"]
+    assert (labels == "a").sum() == 20 and (labels == "b").sum() == 5
+    assert ids.equals(get_stratified_test_ids(truth, 0.25, seed=0))
+
+
+def test_a_bad_dataset_or_spec_is_named(tmp_path):
+    from flows.workspace import WorkspaceError
+
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"x": [1, 2, 3], "y": ["a", "b", "a"]}).to_csv(path, index=False)
+    with pytest.raises(WorkspaceError, match="--label-column 'label'"):
+        load_dataset(SimulationSpec(dataset=path))
+    with pytest.raises(WorkspaceError, match="marign"):
+        SimulationSpec(dataset=path, strategies=("marign",)).check()
+    with pytest.raises(WorkspaceError, match="--budget"):
+        SimulationSpec(dataset=path, initial=100, budget=50).check()
