@@ -10,7 +10,7 @@ import subprocess
 import dvc.api
 import pandas as pd
 import pytest
-from conftest import make_satimage_workspace, run_cli
+from conftest import BIN, make_satimage_workspace, run_cli
 from test_flow import snapshot
 
 from flows import tracking, versioning
@@ -232,3 +232,32 @@ def test_identical_inputs_give_identical_selection_and_model_bytes(prefect_api, 
     assert a["models/candidate/model.txt"] == b["models/candidate/model.txt"]
     assert a["data/interim/batch.parquet"] == b["data/interim/batch.parquet"]
     assert a == b
+
+
+def test_an_interrupted_rollback_blocks_rounds_until_it_is_finished(five_rounds, tmp_path):
+    """Killed between its commit and its tag: rounds refuse, a second rollback finishes it
+    with one rollback event, one commit and its tag."""
+    import os
+    import signal
+
+    from tasks.faults import CRASH_ENV
+
+    ws = _copy(five_rounds, tmp_path)
+    env = {**os.environ, CRASH_ENV: "before:git-tag"}
+    crashed = subprocess.run(
+        [str(BIN / "alloop"), "rollback", "3", "-w", str(ws)],
+        env=env,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    blocked = run_cli(["alloop", "round", "--force", "-w", str(ws)], ws)
+    assert blocked.returncode == 1 and "rollback to round-0003 was interrupted" in blocked.stdout
+    done = run_cli(["alloop", "rollback", "3", "-w", str(ws)], ws)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [t for t in _git(ws, "tag") if t.startswith("rollback")] == ["rollback-0005-to-0003"]
+    ledger = pd.read_parquet(Catalog(ws).ledger)
+    assert (ledger["event"] == ROLLBACK).sum() == 1
+    assert len(_git(ws, "rev-list", "HEAD")) == len(_git(five_rounds, "rev-list", "HEAD")) + 1
+    assert run_cli(["alloop", "round", "-w", str(ws)], ws).returncode == 0
