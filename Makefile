@@ -8,7 +8,7 @@ STAMP := $(VENV)/.synced-$(UV_VERSION)
 DEMO_PATH ?= demo-workspace
 DEMO_ROUNDS ?= 5
 
-.PHONY: demo test test-slow test-all bench lint clean venv
+.PHONY: demo test test-slow test-all bench bench-labels lint clean venv
 
 $(STAMP): uv.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/round.py
+
+# label efficiency against random and scikit-activeml on ../shared/data (about an hour)
+bench-labels: $(STAMP)
+	$(BIN)/python bench/label_efficiency.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check flows tasks tests bench
