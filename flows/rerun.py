@@ -178,7 +178,10 @@ def al_rerun(workspace: str, round_id: int, overrides: Sequence[str] = ()) -> Re
             if not identical or overrides:
                 branch = _free_branch(root, f"rerun/{tag}")
                 versioning.git(root, "branch", branch, commit)
-                versioning.dvc(tree, "push", "--quiet", check=False)
+                try:
+                    versioning.dvc(tree, "push", "--quiet")
+                except versioning.VersioningError as exc:
+                    log.warning("the rerun's data stays in the local cache only: %s", exc)
                 metrics_diff = versioning.dvc(tree, "metrics", "diff", tag, "HEAD", check=False)
                 before = pd.read_parquet(
                     io.BytesIO(_read_at(root, "data/interim/batch.parquet", tag))
