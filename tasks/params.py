@@ -107,6 +107,9 @@ class ScoreParams(_Section):
     bagging_freq: int = Field(default=1, ge=1)
     # diversity: the batch is spread among the diversity_factor * batch_size most uncertain
     diversity_factor: int = Field(default=10, ge=1)
+    # how the batch is spread: k-means with batch_size clusters, the candidate nearest each
+    # centre (as in the hybrid the prototype benchmark measured), or farthest-first traversal
+    diversity_method: Literal["kmeans", "farthest_first"] = "kmeans"
     # the space diversity measures distances in: numeric features standardized with the mean
     # and standard deviation of the training rows
     embedding: Literal["standardized"] = "standardized"

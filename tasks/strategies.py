@@ -282,12 +282,18 @@ def get_diversity_scores(
     1. Candidates: the ``params.diversity_factor * view.batch_size`` selectable items with the
        highest margin utility ``-(p_top1 - p_top2)`` (equal margins ordered by a draw seeded
        with ``random_state``).
-    2. Farthest-first traversal of the candidates in ``view.embedding`` (Euclidean): the first
-       pick is the most uncertain candidate, each next pick the candidate farthest from all
-       picks so far (equal distances: the more uncertain one), until ``batch_size`` picks.
+    2. ``params.diversity_method``:
+
+       - ``kmeans``: k-means (``batch_size`` clusters, one k-means++ start seeded with
+         ``random_state``) of the candidates in ``view.embedding``; the candidate nearest each
+         centre is picked, picks ordered most uncertain first;
+       - ``farthest_first``: the first pick is the most uncertain candidate, each next pick the
+         candidate farthest (Euclidean) from all picks so far (equal distances: the more
+         uncertain one), so every prefix of the picks is spread.
+
     3. The ``j``-th pick (``j = 0, 1, ...``) gets ``(b - j) / b`` in ``(0, 1]`` with ``b`` the
-       number of picks, so every prefix of the top is spread; every other item keeps its
-       margin utility in ``[-1, 0]``, below all picks.
+       number of picks; every other item keeps its margin utility in ``[-1, 0]``, below all
+       picks.
 
     Higher = label first. Needs the whole pool at once (the picks depend on each other).
     """
@@ -300,10 +306,33 @@ def get_diversity_scores(
     rng = np.random.default_rng(random_state)
     order = selectable[np.lexsort((rng.random(selectable.size), -margin[selectable]))]
     candidates = order[: params.diversity_factor * int(view.batch_size)]
-    picks = _farthest_first(embedding[candidates], min(int(view.batch_size), candidates.size))
+    n_picks = min(int(view.batch_size), candidates.size)
+    if params.diversity_method == "kmeans":
+        picks = _kmeans_picks(embedding[candidates], n_picks, random_state)
+    else:
+        picks = _farthest_first(embedding[candidates], n_picks)
     utilities = margin.copy()
     utilities[candidates[picks]] = (len(picks) - np.arange(len(picks))) / max(len(picks), 1)
     return _with_nan(utilities, invalid)
+
+
+def _kmeans_picks(points: np.ndarray, n_picks: int, random_state: int) -> list[int]:
+    """Indices of ``points`` nearest each of ``n_picks`` k-means centres, in index order
+    (``points`` are ordered most uncertain first); each point is picked at most once."""
+    if n_picks == 0:
+        return []
+    from sklearn.cluster import KMeans
+
+    seed = int(random_state % (2**32 - 1))
+    centres = KMeans(n_clusters=n_picks, n_init=1, random_state=seed).fit(points).cluster_centers_
+    picks: list[int] = []
+    taken = np.zeros(len(points), dtype=bool)
+    for centre in centres:  # duplicate points can share a centre: take the next nearest
+        distance = np.linalg.norm(points - centre, axis=1)
+        distance[taken] = np.inf
+        picks.append(int(np.argmin(distance)))
+        taken[picks[-1]] = True
+    return sorted(picks)
 
 
 def _farthest_first(points: np.ndarray, n_picks: int) -> list[int]:

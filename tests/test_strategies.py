@@ -269,15 +269,19 @@ def _two_clusters(n_per=10, seed=0):
 @pytest.mark.parametrize("seed", range(5))
 def test_diversity_spreads_equally_uncertain_items_over_clusters(seed):
     probs, embedding = _two_clusters(seed=seed)
-    utilities = get_strategy("diversity")(
-        probs, random_state=seed, view=PoolView(embedding=embedding, batch_size=4)
-    )
-    top = np.argsort(-utilities)
-    assert {int(top[0]) // 10, int(top[1]) // 10} == {0, 1}  # one from each cluster
-    assert {int(i) // 10 for i in top[:4]} == {0, 1}
+    view = PoolView(embedding=embedding, batch_size=4)
+    for method in ("kmeans", "farthest_first"):
+        utilities = get_strategy("diversity")(
+            probs, random_state=seed, view=view, params=ScoreParams(diversity_method=method)
+        )
+        top = np.argsort(-utilities)
+        assert {int(i) // 10 for i in top[:4]} == {0, 1}, method  # both clusters in the batch
+        if method == "farthest_first":  # and in every prefix
+            assert {int(top[0]) // 10, int(top[1]) // 10} == {0, 1}
 
 
-def test_diversity_starts_with_the_most_uncertain_and_ranks_picks_first():
+@pytest.mark.parametrize("method", ["kmeans", "farthest_first"])
+def test_diversity_picks_among_the_most_uncertain_and_ranks_picks_first(method):
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(3), size=300)
     embedding = rng.normal(size=(300, 4))
@@ -286,10 +290,13 @@ def test_diversity_starts_with_the_most_uncertain_and_ranks_picks_first():
         probs,
         random_state=0,
         view=PoolView(embedding=embedding, batch_size=20),
-        params=ScoreParams(diversity_factor=5),
+        params=ScoreParams(diversity_factor=5, diversity_method=method),
     )
     picks = np.argsort(-utilities)[:20]
-    assert picks[0] == np.argmax(margin)
+    if method == "farthest_first":
+        assert picks[0] == np.argmax(margin)
+    else:  # picks are ordered most uncertain first
+        assert (np.diff(margin[picks]) <= 0).all()
     np.testing.assert_allclose(np.sort(utilities[picks]), np.arange(1, 21) / 20)
     candidates = np.argsort(-margin)[:100]
     assert set(picks) <= set(candidates)
