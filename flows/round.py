@@ -70,8 +70,8 @@ def get_idle_reason(catalog: Catalog) -> str | None:
 
 def begin_round(catalog: Catalog, now: datetime) -> tuple[RoundInfo, bool]:
     """The round to run: a round that started and was never committed is resumed with its own
-    clock; otherwise the next round starts now. Returns the round and whether it resumes."""
-    repair_after_crash(catalog)
+    clock; otherwise the next round starts now. Returns the round and whether it resumes.
+    Expects :func:`repair_after_crash` to have run (``al_round`` does it first)."""
     committed = versioning.committed_round(catalog.root)
     written = catalog.read_round()
     if written.round_id > committed:

@@ -257,6 +257,7 @@ def run_campaign(
     from flows.pipeline import STAGE_MODULES
 
     truth = pd.read_parquet(data_dir / "truth.parquet")
+    known = truth.set_index("item_id")["label"]
     classes = params.project.classes
     rows = []
     seconds = 0.0
@@ -295,7 +296,6 @@ def run_campaign(
                     "%s seed %s: the pool is exhausted at %s labels", strategy, seed, n_train
                 )
                 break
-            known = truth.set_index("item_id")["label"]
             seconds += get_batch_seconds(
                 batch["predicted_label"].replace("", pd.NA),
                 batch["confidence"].replace("", np.nan).astype(float).fillna(0.0).to_numpy(),
