@@ -37,11 +37,12 @@ from flows.simulate import (  # noqa: E402
     SimulationSpec,
     get_campaign_params,
     get_campaign_table,
+    get_default_strategy,
     get_summary_table,
-    load_dataset,
     simulate,
 )
 from tasks.model import get_lgb_params  # noqa: E402
+from tasks.params import dump_params  # noqa: E402
 
 DATASETS = ("pendigits", "satimage", "magic", "adult", "shuttle", "letter")
 SKAL = "skactiveml_margin"
@@ -110,10 +111,16 @@ def run_skactiveml_campaign(args: tuple) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def run_dataset(name: str, args: argparse.Namespace) -> dict:
-    started = time.perf_counter()
-    from tasks.params import dump_params
+def get_skactiveml_jobs(data_dir: Path, params_json: str, args: argparse.Namespace) -> list:
+    return [
+        (str(data_dir.resolve()), params_json, seed, args.initial, args.batch, args.budget)
+        for seed in range(args.baseline_seeds)
+    ]
 
+
+def run_alloop(name: str, args: argparse.Namespace) -> dict:
+    """alloop's default strategy and random through ``alloop simulate``'s own code."""
+    started = time.perf_counter()
     spec = SimulationSpec(
         dataset=args.data_dir / f"{name}.parquet",
         strategies=(args.strategy, BASELINE),
@@ -123,68 +130,132 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         budget=args.budget,
         jobs=args.jobs,
     )
-    out = args.out / name
-    result = simulate(spec, out)
-    alloop_seconds = time.perf_counter() - started
-    data = load_dataset(spec)
-    params = get_campaign_params(spec, data.classes, BASELINE, 0)
-    jobs = [
-        (str((out / "data").resolve()), json.dumps(dump_params(params)), seed, args.initial,
-         args.batch, args.budget)
-        for seed in range(args.baseline_seeds)
-    ]  # fmt: skip
-    started = time.perf_counter()
-    # spawn, not fork: a forked child of a process that ran LightGBM (OpenMP) can hang
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-        skal_curves = list(pool.map(run_skactiveml_campaign, jobs))
-    skal_seconds = time.perf_counter() - started
+    result = simulate(spec, args.out / name)
+    return {"dataset": name, "result": result, "seconds": time.perf_counter() - started}
+
+
+def combine(run: dict, skal_curves: list[pd.DataFrame], args: argparse.Namespace) -> dict:
+    """The three arms of one dataset in one summary (ratios and tests against random)."""
+    result = run["result"]
     curves = pd.concat([result.curves, *skal_curves], ignore_index=True)
     campaigns = get_campaign_table(
         curves, target=result.target, start=args.initial, stop=args.budget
     )
     summary = get_summary_table(campaigns)
+    out = args.out / run["dataset"]
     curves.to_csv(out / "curves_with_baseline.csv", index=False)
     summary.to_csv(out / "summary_with_baseline.csv", index=False)
-    return {
-        "dataset": name,
-        "reference": result.reference_macro_f1,
-        "target": result.target,
-        "summary": summary,
-        "seconds": {"alloop+random": alloop_seconds, SKAL: skal_seconds},
-    }
+    return {**run, "reference": result.reference_macro_f1, "summary": summary}
 
 
 def _labels(value: float) -> str:
     return "never" if not math.isfinite(value) else f"{value:,.0f}"
 
 
-def get_markdown(results: list[dict], args: argparse.Namespace) -> str:
+def get_ratio(random_labels: float, labels: float, budget: int) -> tuple[float, str]:
+    """Random's labels to target over the strategy's, and how to read it.
+
+    Random never reaching the target within the budget makes the ratio a lower bound
+    (``budget / labels``); neither reaching it counts as 1 (no evidence of a gain); only the
+    strategy never reaching it counts as 0.
+    """
+    if math.isfinite(labels) and math.isfinite(random_labels):
+        return random_labels / labels, "exact"
+    if math.isfinite(labels):
+        return budget / labels, "at least"
+    if math.isfinite(random_labels):
+        return 0.0, "strategy never"
+    return 1.0, "neither"
+
+
+def get_goal_lines(results: list[dict], args: argparse.Namespace) -> list[str]:
+    """Issue 5's goals, each checked on this run's numbers."""
+    rows = []
+    for r in results:
+        s = r["summary"].set_index("strategy")
+        ours = float(s.loc[args.strategy, "median_labels_to_target"])
+        rand = float(s.loc[BASELINE, "median_labels_to_target"])
+        skal = float(s.loc[SKAL, "median_labels_to_target"]) if SKAL in s.index else math.nan
+        ratio, kind = get_ratio(rand, ours, args.budget)
+        diff = float(s.loc[args.strategy, "aulc_diff_vs_random"])
+        p = float(s.loc[args.strategy, "aulc_p_value"])
+        rows.append((r["dataset"], ours, skal, rand, ratio, kind, diff, p))
+    lines = [
+        "## Goals of issue 5, checked on this run",
+        "",
+        f"| dataset | alloop `{args.strategy}` | scikit-activeml (this run) | "
+        "scikit-activeml (issue) | at least as good | random | ratio vs random | "
+        "AULC - random (p) | significantly worse |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for name, ours, skal, rand, ratio, kind, diff, p in rows:
+        as_good = (
+            "n/a"
+            if not math.isfinite(skal) and not math.isfinite(ours)
+            else ("yes" if ours <= skal else "no")
+        )
+        worse = "yes" if diff < 0 and p < 0.05 else "no"
+        shown = f"{ratio:.2f}" + ("" if kind == "exact" else f" ({kind})")
+        lines.append(
+            f"| {name} | {_labels(ours)} | {_labels(skal)} | {_labels(GOALS.get(name, math.nan))}"
+            f" | {as_good} | {_labels(rand)} | {shown} | {diff:+.4f} ({p:.3f}) | {worse} |"
+        )
+    if rows:
+        ours_all = [r[1] for r in rows]
+        skal_all = [r[2] for r in rows]
+        median_ratio = float(np.median([r[4] for r in rows]))
+        lines += [
+            "",
+            f"- Median labels to target over the {len(rows)} sets: alloop "
+            f"{_labels(float(np.median(ours_all)))}, scikit-activeml "
+            f"{_labels(float(np.median(skal_all)))} (never counts as more than any number).",
+            f"- Median ratio vs random over the sets: {median_ratio:.2f} "
+            "(a set where random never reaches the target counts with the lower bound "
+            "budget / labels; a set where neither does counts as 1).",
+            f"- Sets where alloop's AULC is significantly below random's (p < 0.05): "
+            f"{sum(1 for r in rows if r[6] < 0 and r[7] < 0.05)}.",
+        ]
+    return lines
+
+
+def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
     lines = [
         "# Label efficiency: alloop against random sampling and scikit-activeml",
         "",
         f"Protocol: `alloop simulate` (25% stratified test split, {args.initial} random labels, "
         f"batches of {args.batch}, budget {args.budget}, target 98% of the full-data "
-        f"macro-F1); alloop's `{args.strategy}` and random over {args.seeds} seeds, "
-        f"scikit-activeml's margin sampling around the same LightGBM over "
-        f"{args.baseline_seeds} seeds, on the same split. `--jobs {args.jobs}`.",
+        f"macro-F1); alloop's default strategy `{args.strategy}` and random over {args.seeds} "
+        f"seeds, scikit-activeml's margin sampling around the same LightGBM over "
+        f"{args.baseline_seeds} seeds, on the same split. `--jobs {args.jobs}`; whole run "
+        f"{wall / 60:.1f} min wall.",
         "",
         "| dataset | strategy | median labels to target | reached | ratio vs random | "
-        "mean AULC | AULC - random | p | wall s |",
+        "mean AULC | AULC - random | p | median hours to target |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         for row in r["summary"].to_dict("records"):
-            wall = r["seconds"][SKAL] if row["strategy"] == SKAL else r["seconds"]["alloop+random"]
             ratio = row.get("labels_ratio_vs_random", float("nan"))
+            hours = row.get("median_hours_to_target", float("nan"))
             lines.append(
                 f"| {r['dataset']} | {row['strategy']} | "
                 f"{_labels(row['median_labels_to_target'])} | "
                 f"{row['reached_target']}/{row['seeds']} | "
                 f"{'n/a' if not math.isfinite(ratio) else f'{ratio:.2f}'} | "
                 f"{row['mean_aulc']:.4f} | {row.get('aulc_diff_vs_random', float('nan')):+.4f} | "
-                f"{row.get('aulc_p_value', float('nan')):.3f} | {wall:.0f} |"
+                f"{row.get('aulc_p_value', float('nan')):.3f} | "
+                f"{'n/a' if not math.isfinite(hours) else f'{hours:.2f}'} |"
             )
+    lines += [
+        "",
+        "Full-data macro-F1 (the target is 98% of it): "
+        + ", ".join(f"{r['dataset']} {r['reference']:.4f}" for r in results)
+        + ". Wall time of alloop's two arms per set: "
+        + ", ".join(f"{r['dataset']} {r['seconds']:.0f} s" for r in results)
+        + " (the scikit-activeml campaigns run alongside, in their own processes).",
+        "",
+        *get_goal_lines(results, args),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +263,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--strategy", default="margin", help="alloop's arm (its default)")
+    parser.add_argument(
+        "--strategy", default=get_default_strategy(), help="alloop's arm (default: params.yaml's)"
+    )
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--baseline-seeds", type=int, default=5)
     parser.add_argument("--initial", type=int, default=100)
@@ -202,12 +275,33 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "label_efficiency")
     parser.add_argument("--report", type=Path, default=ROOT / "bench" / "label_efficiency.md")
     args = parser.parse_args()
-    results = []
-    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        started = time.perf_counter()
-        results.append(run_dataset(name, args))
-        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-        args.report.write_text(get_markdown(results, args))  # after each set: partial results
+    started = time.perf_counter()
+    runs, pending = [], []
+    # the scikit-activeml campaigns of a set run in their own pool while alloop's campaigns of
+    # the next set run: no core waits for the last campaign of a set. spawn, not fork: a
+    # forked child of a process that ran LightGBM (OpenMP) can hang
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as skal_pool:
+        for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+            run = run_alloop(name, args)
+            print(f"{name}: alloop's arms {run['seconds']:.0f} s", flush=True)
+            result = run["result"]
+            params = get_campaign_params(
+                SimulationSpec(dataset=args.data_dir / f"{name}.parquet", jobs=args.jobs),
+                result.classes,
+                BASELINE,
+                0,
+            )
+            jobs = get_skactiveml_jobs(
+                args.out / name / "data", json.dumps(dump_params(params)), args
+            )
+            runs.append(run)
+            pending.append([skal_pool.submit(run_skactiveml_campaign, job) for job in jobs])
+        results = []
+        for run, futures in zip(runs, pending, strict=True):
+            results.append(combine(run, [f.result() for f in futures], args))
+            print(f"{run['dataset']}: scikit-activeml done", flush=True)
+    args.report.write_text(get_markdown(results, args, time.perf_counter() - started))
     print(args.report.read_text())
 
 

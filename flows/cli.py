@@ -402,7 +402,10 @@ def simulate(
     split_column: Annotated[
         str | None, typer.Option(help="A column of train/test (default: 25% stratified test).")
     ] = None,
-    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = "margin,random",
+    strategies: Annotated[
+        str,
+        typer.Option(help="Comma-separated strategies; 'default' is params.yaml's score.strategy."),
+    ] = "default,random",
     seeds: Annotated[int, typer.Option(help="Campaigns per strategy.")] = 10,
     initial: Annotated[int, typer.Option(help="Random labels before the first model.")] = 100,
     batch: Annotated[int, typer.Option(help="Labels per round after that.")] = 50,

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from tasks.catalog import Catalog, RoundInfo, write_csv, write_text
 from tasks.context import StageContext
 from tasks.evaluate import get_classification_metrics
 from tasks.model import encode_labels, fit_booster, get_feature_frame, predict_proba
-from tasks.params import Params, ParamsError, dump_params, load_params
+from tasks.params import Params, ParamsError, ScoreParams, dump_params, load_params
 from tasks.simulate import (
     answer_batch,
     get_aulc,
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 TARGET_SHARE = 0.98
 BASELINE = "random"
+#: In ``--strategies``, the strategy of the project's ``params.yaml`` (``score.strategy``).
+DEFAULT = "default"
 SPLIT_SEED = 0
 #: The first round's clock; round r starts r days later (the clock only orders events).
 CLOCK = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
@@ -70,7 +72,7 @@ class SimulationSpec:
     label_column: str = "label"
     id_column: str | None = None
     split_column: str | None = None
-    strategies: tuple[str, ...] = ("margin", BASELINE)
+    strategies: tuple[str, ...] = (DEFAULT, BASELINE)
     seeds: int = 10
     initial: int = 100
     batch: int = 50
@@ -80,8 +82,14 @@ class SimulationSpec:
     overrides: tuple[str, ...] = ()
     jobs: int = 1
 
+    def resolved(self) -> SimulationSpec:
+        """This spec with :data:`DEFAULT` replaced by the template's ``score.strategy``."""
+        default = get_default_strategy()
+        named = tuple(dict.fromkeys(default if s == DEFAULT else s for s in self.strategies))
+        return replace(self, strategies=named)
+
     def check(self) -> None:
-        unknown = [s for s in self.strategies if s not in REGISTRY]
+        unknown = [s for s in self.resolved().strategies if s not in REGISTRY]
         if unknown:
             raise WorkspaceError(f"--strategies {unknown} unknown; known: {sorted(REGISTRY)}")
         for name, value, low in (
@@ -118,6 +126,7 @@ class SimulationResult:
     curves: pd.DataFrame
     campaigns: pd.DataFrame
     summary: pd.DataFrame
+    classes: tuple[str, ...] = ()
     files: list[Path] = field(default_factory=list)
 
 
@@ -179,6 +188,12 @@ def load_dataset(spec: SimulationSpec) -> Dataset:
     else:
         test_ids = get_stratified_test_ids(truth, spec.test_fraction, SPLIT_SEED)
     return Dataset(items, truth, test_ids, tuple(classes))
+
+
+def get_default_strategy() -> str:
+    """The query strategy a new workspace gets (``score.strategy`` of the template)."""
+    template = yaml.safe_load((TEMPLATE_ROOT / "params.yaml").read_text())
+    return str((template.get("score") or {}).get("strategy") or ScoreParams().strategy)
 
 
 def get_campaign_params(
@@ -498,6 +513,7 @@ def simulate(
     on_campaign: Callable[[str, int, pd.DataFrame], None] = lambda *_: None,
 ) -> SimulationResult:
     """Run every (strategy, seed) campaign of ``spec`` and write the results to ``out``."""
+    spec = spec.resolved()
     spec.check()
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(spec)
@@ -569,4 +585,6 @@ def simulate(
     (out / "simulation.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     _log_campaigns(out, spec, curves, campaigns)
     files += [png, report, out / "simulation.json"]
-    return SimulationResult(out, reference, target, curves, campaigns, summary, files)
+    return SimulationResult(
+        out, reference, target, curves, campaigns, summary, classes=data.classes, files=files
+    )
