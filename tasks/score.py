@@ -31,6 +31,7 @@ from tasks.context import StageContext, StageSpec, stage_task
 from tasks.faults import crash_point
 from tasks.model import fit_booster, get_feature_frame, predict_proba
 from tasks.params import AnnotationParams, ScoreParams, TrainParams
+from tasks.selection import get_relabel_candidates
 from tasks.strategies import PoolView, get_strategy, get_strategy_info
 from tasks.train import get_training_data, read_training_set
 
@@ -42,12 +43,21 @@ STAGE = StageSpec(
         "tasks/annotation_time.py",
         "tasks/model.py",
         "tasks/train.py",
+        "tasks/selection.py",
         "models/champion",
         "data/pool",
         "data/labels/current.parquet",
         "data/labels/flags.parquet",
     ),
-    params=("project", "score", "train", "annotation", "select.batch_size"),
+    params=(
+        "project",
+        "score",
+        "train",
+        "annotation",
+        "select.batch_size",
+        "flag.max_votes_for_relabel",
+        "merge.relabel_below_agreement",
+    ),
     outs=("data/interim/scores.parquet",),
     metrics=("reports/score.json",),
 )
@@ -184,6 +194,7 @@ def get_pool_view(
     needs: tuple[str, ...],
     inputs: ScoringInputs,
     classes: tuple[str, ...],
+    rows: np.ndarray | None = None,
 ) -> PoolView:
     """The view of ``pool_rows`` with the fields in ``needs`` (the others stay None).
 
@@ -192,13 +203,18 @@ def get_pool_view(
     pred_probs : np.ndarray of float, shape (len(pool_rows), n_classes)
         The champion's predictions; their maximum is the confidence the expected annotation
         seconds come from.
+    rows : np.ndarray of bool, shape (len(pool_rows),), optional
+        The rows the committee predicts (default: all); the others get NaN.
     """
     fields: dict[str, object] = {}
     if "committee_probs" in needs:
-        features = get_feature_frame(pool_rows)
-        fields["committee_probs"] = np.stack(
-            [predict_proba(member, features, len(classes)) for member in inputs.committee]
-        )
+        wanted = np.ones(len(pool_rows), dtype=bool) if rows is None else rows
+        features = get_feature_frame(pool_rows[wanted])
+        members = np.full((len(inputs.committee), len(pool_rows), len(classes)), np.nan)
+        for i, member in enumerate(inputs.committee):
+            if wanted.any():
+                members[i, wanted] = predict_proba(member, features, len(classes))
+        fields["committee_probs"] = members
     if "embedding" in needs:
         fields["embedding"] = get_embedding(pool_rows, _required(inputs.embedding_stats))
     if "class_counts" in needs:
@@ -244,13 +260,37 @@ def _predict(
     needs: tuple[str, ...],
     inputs: ScoringInputs,
     exclude_ids: pd.Series | None,
+    keep_ids: pd.Series | None = None,
 ) -> tuple[np.ndarray, np.ndarray, PoolView]:
-    """The champion's predictions, the same with excluded rows set to NaN, and the view."""
-    pred_probs = predict_proba(booster, get_feature_frame(pool_rows), len(classes))
-    view = get_pool_view(pool_rows, pred_probs, needs=needs, inputs=inputs, classes=classes)
+    """The champion's predictions, the same with excluded rows set to NaN, and the view.
+
+    Excluded rows (issued items) are not selectable, so they are predicted only if they are in
+    ``keep_ids`` (the items select may send back for a relabel, whose batch rows carry the
+    prediction); the others get NaN probabilities. Prediction is most of the score stage's
+    time, and in a simulation a quarter of the pool is the issued test split.
+    """
+    n_rows = len(pool_rows)
+    excluded = (
+        schema.is_in(pool_rows["item_id"], exclude_ids)
+        if exclude_ids is not None
+        else np.zeros(n_rows, dtype=bool)
+    )
+    wanted = ~excluded
+    if keep_ids is not None and excluded.any():
+        wanted |= schema.is_in(pool_rows["item_id"], keep_ids)
+    if wanted.all():
+        pred_probs = predict_proba(booster, get_feature_frame(pool_rows), len(classes))
+    else:
+        pred_probs = np.full((n_rows, len(classes)), np.nan)
+        if wanted.any():
+            pred_probs[wanted] = predict_proba(
+                booster, get_feature_frame(pool_rows[wanted]), len(classes)
+            )
+    view = get_pool_view(
+        pool_rows, pred_probs, needs=needs, inputs=inputs, classes=classes, rows=wanted
+    )
     selectable_probs = pred_probs.copy()
-    if exclude_ids is not None:
-        selectable_probs[schema.is_in(pool_rows["item_id"], exclude_ids)] = np.nan
+    selectable_probs[excluded] = np.nan
     return pred_probs, selectable_probs, view
 
 
@@ -262,8 +302,10 @@ def _scores_frame(
         predicted = np.full(n, pd.NA, dtype=object)
         confidence = np.full(n, np.nan)
     else:
-        predicted = np.asarray(classes, dtype=object)[pred_probs.argmax(axis=1)]
-        confidence = pred_probs.max(axis=1)
+        unpredicted = np.isnan(pred_probs).any(axis=1)  # issued items left out (see _predict)
+        predicted = np.asarray(classes, dtype=object)[np.nan_to_num(pred_probs).argmax(axis=1)]
+        predicted[unpredicted] = pd.NA
+        confidence = np.where(unpredicted, np.nan, np.nan_to_num(pred_probs).max(axis=1))
     return schema.conform(
         pd.DataFrame(
             {
@@ -287,6 +329,7 @@ def get_chunk_scores(
     params: ScoreParams | None = None,
     inputs: ScoringInputs | None = None,
     exclude_ids: pd.Series | None = None,
+    keep_ids: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Prediction and utility of each row of one pool chunk (the chunk taken as the pool).
 
@@ -298,7 +341,10 @@ def get_chunk_scores(
     inputs : ScoringInputs, optional
         What the strategy's view is built from (see :func:`get_pool_view`).
     exclude_ids : pd.Series of str, optional
-        Items that are not selectable (already issued): their utility is NaN.
+        Items that are not selectable (already issued): their utility is NaN, and they are
+        not predicted (NaN ``predicted_label`` and ``confidence``) unless in ``keep_ids``.
+    keep_ids : pd.Series of str, optional
+        Excluded items to predict all the same (relabel candidates).
 
     Returns
     -------
@@ -322,6 +368,7 @@ def get_chunk_scores(
         needs=info.needs,
         inputs=inputs,
         exclude_ids=exclude_ids,
+        keep_ids=keep_ids,
     )
     utilities = info.fn(selectable_probs, random_state=random_state, view=view, params=params)
     return _scores_frame(item_ids, pred_probs, utilities, classes)
@@ -336,6 +383,7 @@ def get_pool_scores(
     random_state: int,
     inputs: ScoringInputs | None = None,
     exclude_ids: pd.Series | None = None,
+    keep_ids: pd.Series | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """Scores of the whole pool, read chunk by chunk.
 
@@ -361,6 +409,7 @@ def get_pool_scores(
                 params=params,
                 inputs=inputs,
                 exclude_ids=exclude_ids,
+                keep_ids=keep_ids,
             )
             for i, chunk in enumerate(chunks)
         ]
@@ -375,6 +424,7 @@ def get_pool_scores(
             needs=info.needs,
             inputs=inputs,
             exclude_ids=exclude_ids,
+            keep_ids=keep_ids,
         )
         ids.append(chunk["item_id"].to_numpy())
         probs.append(pred_probs)
@@ -435,7 +485,16 @@ def run(ctx: StageContext) -> dict[str, object]:
     )
     # a cross-round read, like select's: the items issued by earlier rounds
     issued = cat.read_table(cat.issued, schema.ISSUED)
-    issued_ids = issued.loc[issued["round_id"] < ctx.round_id, "item_id"]
+    issued = issued[issued["round_id"] < ctx.round_id]
+    # issued items are predicted only if select may send them back (it exports the prediction)
+    relabel_ids = get_relabel_candidates(
+        cat.read_table(cat.flags, schema.FLAGS),
+        cat.read_table(cat.current, schema.CURRENT),
+        issued,
+        round_id=ctx.round_id,
+        params=ctx.params.flag,
+        min_agreement=ctx.params.merge.relabel_below_agreement,
+    )
     scores, n_chunks = get_pool_scores(
         cat.iter_pool(ctx.params.score.chunk_size),
         booster,
@@ -443,7 +502,8 @@ def run(ctx: StageContext) -> dict[str, object]:
         params=ctx.params.score,
         random_state=ctx.random_state("score"),
         inputs=inputs,
-        exclude_ids=issued_ids,
+        exclude_ids=issued["item_id"],
+        keep_ids=relabel_ids,
     )
     crash_point("during:score")
     cat.write_table(cat.scores, scores, schema.SCORES)

@@ -11,7 +11,7 @@ import pytest
 from conftest import DATASETS
 
 from tasks import schema
-from tasks.evaluate import evaluate_models, get_classification_metrics
+from tasks.evaluate import evaluate_models, get_cached_probs, get_classification_metrics
 from tasks.export import export_batch, get_round_report
 from tasks.flag import append_round, find_mislabels, get_flag_records
 from tasks.merge import (
@@ -21,7 +21,14 @@ from tasks.merge import (
     get_votes,
     resolve_labels,
 )
-from tasks.model import fit_booster, get_class_weights, get_lgb_params, get_min_child_samples
+from tasks.model import (
+    fit_booster,
+    get_class_weights,
+    get_feature_frame,
+    get_lgb_params,
+    get_min_child_samples,
+    predict_proba,
+)
 from tasks.params import (
     AnnotationParams,
     EvaluateParams,
@@ -661,11 +668,15 @@ def test_pool_scores_with_every_strategy(scoring, name):
         random_state=3,
         inputs=inputs,
         exclude_ids=issued,
+        keep_ids=issued.iloc[[1]],
     )
     assert_unchanged(before, (rows, issued))
     assert n_chunks == 3 and scores["item_id"].tolist() == rows["item_id"].tolist()
     assert scores["utility"].isna().tolist() == rows["item_id"].isin(issued).tolist()
-    assert scores["confidence"].notna().all()  # issued items still get a prediction
+    # issued items are predicted only when kept (relabel candidates: select exports them)
+    unpredicted = rows["item_id"].isin(issued.iloc[[0, 2]])
+    assert scores["confidence"].isna().tolist() == unpredicted.tolist()
+    assert scores["predicted_label"].isna().tolist() == unpredicted.tolist()
     again, _ = get_pool_scores(
         chunks,
         champion,
@@ -674,6 +685,7 @@ def test_pool_scores_with_every_strategy(scoring, name):
         random_state=3,
         inputs=inputs,
         exclude_ids=issued,
+        keep_ids=issued.iloc[[1]],
     )
     pd.testing.assert_frame_equal(scores, again)
 
@@ -851,3 +863,30 @@ def test_simulated_annotator_makes_the_asked_share_of_mistakes():
     wrong = (answers["label"].to_numpy() != truth.set_index("item_id").loc[ids, "label"]).mean()
     assert 0.08 < wrong < 0.12
     assert list(answers.columns) == ["item_id", "label", "annotator", "labeled_at"]
+
+
+def test_cached_test_probs_are_reused_only_for_the_same_item_and_features(scoring):
+    rows, classes, champion, _ = scoring
+    k = len(classes)
+    test = rows.iloc[300:400].reset_index(drop=True)
+    probs, cache = get_cached_probs(champion, test["item_id"], get_feature_frame(test), k)
+    np.testing.assert_array_equal(probs, predict_proba(champion, get_feature_frame(test), k))
+    assert cache.columns.tolist() == ["item_id", "row_hash", *[f"p{i}" for i in range(k)]]
+    # a cache of uniform probabilities shows which rows were read from it, not predicted
+    uniform = cache.assign(**{f"p{i}": 1.0 / k for i in range(k)})
+    changed = test.copy()
+    changed.iloc[5, 1] = changed.iloc[5, 1] + 1.0  # one item's features moved
+    later = pd.concat([changed, rows.iloc[400:410]], ignore_index=True)  # and new test items
+    features = get_feature_frame(later)
+    got, table = get_cached_probs(champion, later["item_id"], features, k, uniform)
+    predicted = predict_proba(champion, features, k)
+    from_cache = np.arange(len(later)) < 100
+    from_cache[5] = False
+    np.testing.assert_array_equal(got[from_cache], 1.0 / k)
+    np.testing.assert_array_equal(got[~from_cache], predicted[~from_cache])
+    assert table["item_id"].tolist() == later["item_id"].tolist()
+    # a cache of another number of classes is ignored
+    again, _ = get_cached_probs(
+        champion, later["item_id"], features, k, uniform.drop(columns=f"p{k - 1}")
+    )
+    np.testing.assert_array_equal(again, predicted)
