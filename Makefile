@@ -8,7 +8,7 @@ STAMP := $(VENV)/.synced-$(UV_VERSION)
 DEMO_PATH ?= demo-workspace
 DEMO_ROUNDS ?= 5
 
-.PHONY: demo test test-slow test-all bench bench-labels lint clean venv
+.PHONY: demo test test-slow test-all bench bench-labels bench-simulate lint clean venv
 
 $(STAMP): uv.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 # label efficiency against random and scikit-activeml on ../shared/data (about an hour)
 bench-labels: $(STAMP)
 	$(BIN)/python bench/label_efficiency.py
+
+# issue 5's letter campaign timed: 30 rounds of 50, 10 seeds, two strategies
+bench-simulate: $(STAMP)
+	$(BIN)/python bench/simulate_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check flows tasks tests bench

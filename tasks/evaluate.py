@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,12 +183,11 @@ def _load(model_text: str | None) -> lgb.Booster | None:
     return None if model_text is None else lgb.Booster(model_str=model_text)
 
 
-def _read_cache(folder: Path, model_text: str | None) -> pd.DataFrame | None:
+def _read_cache(folder: Path, model_text: str | None, meta: dict) -> pd.DataFrame | None:
     """The champion's cached test probabilities, if they are this model's."""
     path = folder / PROBS_FILE
     if model_text is None or not path.exists():
         return None
-    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
     if meta.get("test_probs_of") != _digest(model_text):
         return None
     return pd.read_parquet(path)
@@ -236,7 +234,7 @@ def run(ctx: StageContext) -> dict[str, object]:
         champion=_load(before_text),
         classes=ctx.params.project.classes,
         params=ctx.params.evaluate,
-        champion_cache=_read_cache(before, before_text),
+        champion_cache=_read_cache(before, before_text, before_meta),
     )
     staged = cat.champion_dir.with_name(".champion.tmp")
     shutil.rmtree(staged, ignore_errors=True)
