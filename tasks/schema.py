@@ -135,7 +135,7 @@ def conform(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
         raise ValueError(f"table is missing columns {missing}; has {list(frame.columns)}")
     if list(frame.columns) == list(schema) and all(
         frame[name].dtype == pd.api.types.pandas_dtype(dtype) for name, dtype in schema.items()
-    ):  # already conformant (most reads): skip the copy and the casts, a cost every stage pays
+    ):  # already conformant (e.g. a frame conform made): skip the column copy and the casts
         return frame.reset_index(drop=True)
     return frame.loc[:, list(schema)].astype(schema).reset_index(drop=True)
 
