@@ -143,7 +143,11 @@ def fit_booster(
     dataset = lgb.Dataset(
         features, label=labels, weight=weight, params={"verbosity": -1}, free_raw_data=True
     )
-    return lgb.train(lgb_params, dataset, num_boost_round=params.num_boost_round)
+    # keep_training_booster: lgb.train otherwise copies the model through its text form
+    # (serialise, parse) to free the dataset, a cost that grows with trees x classes
+    return lgb.train(
+        lgb_params, dataset, num_boost_round=params.num_boost_round, keep_training_booster=True
+    )
 
 
 def predict_proba(booster: lgb.Booster, features: pd.DataFrame, n_classes: int) -> np.ndarray:

@@ -75,11 +75,12 @@ class FlagParams(_Section):
 
 
 class TrainParams(_Section):
-    # LightGBM's own defaults: from 200 labels to all of a set's training labels, on four of the
-    # benchmark sets, they score within 0.004 macro-F1 of 200 rounds at 0.05 with half the
-    # trees, and a multiclass model's cost per round (fit, predict) grows with trees x classes
-    num_boost_round: int = Field(default=100, ge=1)
-    learning_rate: float = Field(default=0.1, gt=0.0, le=1.0)
+    # a multiclass model's cost (fit, predict) grows with rounds x classes: 50 rounds at 0.2
+    # cost half of LightGBM's default 100 at 0.1 and score 0.0008 macro-F1 lower on average
+    # (eight sets, 100 labels to 30,000 or all; 0.0017 lower above 1,000 labels; see
+    # docs/decisions.md); a final model on many labels may want more rounds at a lower rate
+    num_boost_round: int = Field(default=50, ge=1)
+    learning_rate: float = Field(default=0.2, gt=0.0, le=1.0)
     num_leaves: int = Field(default=15, ge=2)
     # "auto" scales with the number of labels: a few dozen labels must still allow splits,
     # hundreds of thousands must not grow leaves of a handful of rows
