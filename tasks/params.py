@@ -113,8 +113,9 @@ class ScoreParams(_Section):
     # diversity: the batch is spread among the diversity_factor * batch_size most uncertain
     diversity_factor: int = Field(default=10, ge=1)
     # how the batch is spread: k-means with batch_size clusters, the candidate nearest each
-    # centre (see bench/label_efficiency.md), or farthest-first traversal
-    diversity_method: Literal["kmeans", "farthest_first"] = "kmeans"
+    # centre (see bench/label_efficiency.md); the same with candidates weighted by
+    # informativeness 1 - margin; or farthest-first traversal
+    diversity_method: Literal["kmeans", "weighted_kmeans", "farthest_first"] = "kmeans"
     # the space diversity measures distances in: numeric features standardized with the mean
     # and standard deviation of the training rows
     embedding: Literal["standardized"] = "standardized"

@@ -287,6 +287,9 @@ def get_diversity_scores(
        - ``kmeans``: k-means (``batch_size`` clusters, one k-means++ start seeded with
          ``random_state``) of the candidates in ``view.embedding``; the candidate nearest each
          centre is picked, picks ordered most uncertain first;
+       - ``weighted_kmeans``: the same, each candidate weighted by its informativeness
+         ``1 - (p_top1 - p_top2)``, which pulls the centres toward the most uncertain
+         candidates (Zhdanov 2019, "Diverse mini-batch active learning");
        - ``farthest_first``: the first pick is the most uncertain candidate, each next pick the
          candidate farthest (Euclidean) from all picks so far (equal distances: the more
          uncertain one), so every prefix of the picks is spread.
@@ -307,8 +310,9 @@ def get_diversity_scores(
     order = selectable[np.lexsort((rng.random(selectable.size), -margin[selectable]))]
     candidates = order[: params.diversity_factor * int(view.batch_size)]
     n_picks = min(int(view.batch_size), candidates.size)
-    if params.diversity_method == "kmeans":
-        picks = _kmeans_picks(embedding[candidates], n_picks, random_state)
+    if params.diversity_method in ("kmeans", "weighted_kmeans"):
+        weights = 1.0 + margin[candidates] if params.diversity_method == "weighted_kmeans" else None
+        picks = _kmeans_picks(embedding[candidates], n_picks, random_state, weights)
     else:
         picks = _farthest_first(embedding[candidates], n_picks)
     utilities = margin.copy()
@@ -316,15 +320,21 @@ def get_diversity_scores(
     return _with_nan(utilities, invalid)
 
 
-def _kmeans_picks(points: np.ndarray, n_picks: int, random_state: int) -> list[int]:
+def _kmeans_picks(
+    points: np.ndarray, n_picks: int, random_state: int, weights: np.ndarray | None = None
+) -> list[int]:
     """Indices of ``points`` nearest each of ``n_picks`` k-means centres, in index order
-    (``points`` are ordered most uncertain first); each point is picked at most once."""
+    (``points`` are ordered most uncertain first); each point is picked at most once.
+    ``weights`` (>= 0, one per point) weight the k-means objective; all zero counts as none."""
     if n_picks == 0:
         return []
     from sklearn.cluster import KMeans
 
+    if weights is not None and not weights.sum() > 0:
+        weights = None
     seed = int(random_state % (2**32 - 1))
-    centres = KMeans(n_clusters=n_picks, n_init=1, random_state=seed).fit(points).cluster_centers_
+    kmeans = KMeans(n_clusters=n_picks, n_init=1, random_state=seed)
+    centres = kmeans.fit(points, sample_weight=weights).cluster_centers_
     picks: list[int] = []
     taken = np.zeros(len(points), dtype=bool)
     for centre in centres:  # duplicate points can share a centre: take the next nearest

@@ -270,7 +270,7 @@ def _two_clusters(n_per=10, seed=0):
 def test_diversity_spreads_equally_uncertain_items_over_clusters(seed):
     probs, embedding = _two_clusters(seed=seed)
     view = PoolView(embedding=embedding, batch_size=4)
-    for method in ("kmeans", "farthest_first"):
+    for method in ("kmeans", "weighted_kmeans", "farthest_first"):
         utilities = get_strategy("diversity")(
             probs, random_state=seed, view=view, params=ScoreParams(diversity_method=method)
         )
@@ -280,7 +280,7 @@ def test_diversity_spreads_equally_uncertain_items_over_clusters(seed):
             assert {int(top[0]) // 10, int(top[1]) // 10} == {0, 1}
 
 
-@pytest.mark.parametrize("method", ["kmeans", "farthest_first"])
+@pytest.mark.parametrize("method", ["kmeans", "weighted_kmeans", "farthest_first"])
 def test_diversity_picks_among_the_most_uncertain_and_ranks_picks_first(method):
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(3), size=300)
@@ -321,6 +321,23 @@ def test_diversity_picks_are_farther_apart_than_the_plain_top():
         probs, random_state=0, view=view, params=ScoreParams(diversity_factor=50)
     )
     assert {int(i) // 50 for i in np.argsort(-wide)[:6]} == set(range(6))
+
+
+def test_weighted_kmeans_pulls_picks_toward_the_uncertain_end_of_a_cluster():
+    # one cluster of candidates along a line, uncertainty falling from left to right: plain
+    # k-means picks the middle, weighting by informativeness moves the pick to the left
+    embedding = np.column_stack([np.linspace(0.0, 1.0, 11), np.zeros(11)])
+    gap = np.linspace(0.0, 1.0, 11)
+    probs = np.column_stack([(1 + gap) / 2, (1 - gap) / 2])
+    view = PoolView(embedding=embedding, batch_size=1)
+    picked = {}
+    for method in ("kmeans", "weighted_kmeans"):
+        params = ScoreParams(diversity_factor=11, diversity_method=method)
+        utilities = get_strategy("diversity")(probs, random_state=0, view=view, params=params)
+        picked[method] = int(np.argmax(utilities))
+    assert picked["kmeans"] == 5
+    # the weighted centre: sum((1 - g) * x) / sum(1 - g) with x = g, i.e. 1.65 / 5.5 = 0.3
+    assert picked["weighted_kmeans"] == 3
 
 
 # -- class balance and cost --------------------------------------------------------------------
