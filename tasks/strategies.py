@@ -310,11 +310,11 @@ def get_diversity_scores(
     order = selectable[np.lexsort((rng.random(selectable.size), -margin[selectable]))]
     candidates = order[: params.diversity_factor * int(view.batch_size)]
     n_picks = min(int(view.batch_size), candidates.size)
-    if params.diversity_method in ("kmeans", "weighted_kmeans"):
+    if params.diversity_method == "farthest_first":
+        picks = _farthest_first(embedding[candidates], n_picks)
+    else:  # k-means; weighted_kmeans weights each candidate by 1 - gap = 1 + margin utility
         weights = 1.0 + margin[candidates] if params.diversity_method == "weighted_kmeans" else None
         picks = _kmeans_picks(embedding[candidates], n_picks, random_state, weights)
-    else:
-        picks = _farthest_first(embedding[candidates], n_picks)
     utilities = margin.copy()
     utilities[candidates[picks]] = (len(picks) - np.arange(len(picks))) / max(len(picks), 1)
     return _with_nan(utilities, invalid)
