@@ -9,10 +9,15 @@ A batch has four parts, drawn in this order from items never issued before:
 - ``qc``: a uniform random slice of training items, a quality-control sample that is free of
   the strategy's bias.
 - ``active``: the highest utilities (``seed`` before there is a model: uniform random).
+
+Each batch item carries the champion's prediction, the annotators' pre-annotation. Score
+predicts the whole pool only when something reads it (see :func:`tasks.score.needs_predictions`);
+when it did not, select predicts the batch's items itself.
 """
 
 from __future__ import annotations
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -20,17 +25,26 @@ from tasks import schema
 from tasks.catalog import write_json
 from tasks.context import StageContext, StageSpec, stage_task
 from tasks.faults import crash_point
+from tasks.model import get_feature_frame, predict_proba
 from tasks.params import FlagParams, SelectParams
 
 STAGE = StageSpec(
     name="select",
     deps=(
         "tasks/selection.py",
+        "tasks/model.py",
+        "models/champion",
+        "data/pool",
         "data/interim/scores.parquet",
         "data/labels/current.parquet",
         "data/labels/flags.parquet",
     ),
-    params=("select", "flag.max_votes_for_relabel", "merge.relabel_below_agreement"),
+    params=(
+        "project.classes",
+        "select",
+        "flag.max_votes_for_relabel",
+        "merge.relabel_below_agreement",
+    ),
     outs=("data/interim/batch.parquet",),
     persist=("data/labels/issued.parquet",),
     metrics=("reports/select.json",),
@@ -130,6 +144,39 @@ def select_batch(
     return schema.conform(batch, schema.BATCH)
 
 
+def add_predictions(
+    batch: pd.DataFrame, rows: pd.DataFrame, booster: lgb.Booster, classes: tuple[str, ...]
+) -> pd.DataFrame:
+    """The batch with the champion's prediction filled in where it has none.
+
+    Parameters
+    ----------
+    batch : pd.DataFrame
+        Schema :data:`tasks.schema.BATCH`.
+    rows : pd.DataFrame
+        Pool rows (``item_id`` plus features) of at least the batch items without a
+        prediction.
+
+    Returns
+    -------
+    pd.DataFrame
+        A copy of ``batch`` in the same order; rows that had a prediction keep it.
+    """
+    batch = batch.copy()
+    missing = batch["predicted_label"].isna().to_numpy()
+    if not missing.any():
+        return batch
+    wanted = batch.loc[missing, "item_id"]
+    absent = sorted(set(wanted) - set(rows["item_id"]))
+    if absent:
+        raise ValueError(f"batch items {absent[:5]} are not in the pool rows given")
+    features = get_feature_frame(rows.set_index("item_id").loc[wanted.to_numpy()].reset_index())
+    probs = predict_proba(booster, features, len(classes))
+    batch.loc[missing, "predicted_label"] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
+    batch.loc[missing, "confidence"] = probs.max(axis=1)
+    return schema.conform(batch, schema.BATCH)
+
+
 def get_relabel_candidates(
     flags: pd.DataFrame,
     current: pd.DataFrame,
@@ -165,7 +212,8 @@ def run(ctx: StageContext) -> dict[str, object]:
     issued = issued[issued["round_id"] < ctx.round_id]
     current = cat.read_table(cat.current, schema.CURRENT)
     flags = cat.read_table(cat.flags, schema.FLAGS)
-    has_model = bool(scores["predicted_label"].notna().any())
+    champion = cat.read_model_text(cat.champion_dir)
+    has_model = champion is not None
     candidates = get_relabel_candidates(
         flags,
         current,
@@ -182,6 +230,14 @@ def run(ctx: StageContext) -> dict[str, object]:
         params=ctx.params.select,
         random_state=ctx.random_state("select"),
     )
+    if has_model and batch["predicted_label"].isna().any():  # score did not predict the pool
+        unpredicted = batch.loc[batch["predicted_label"].isna(), "item_id"]
+        batch = add_predictions(
+            batch,
+            cat.read_pool(unpredicted),
+            lgb.Booster(model_str=champion),
+            ctx.params.project.classes,
+        )
     new_issues = batch.assign(round_id=ctx.round_id)
     cat.write_table(cat.issued, pd.concat([issued, new_issues]), schema.ISSUED)
     crash_point("during:select")

@@ -7,7 +7,9 @@ params=ScoreParams())`` with
   with a NaN marks an item that is not selectable (cannot be scored, or already issued);
 - ``view``: a :class:`PoolView` of optional extras, row-aligned with ``pred_probs``; a
   strategy declares at registration which of them it needs (``@register(name, needs=...)``)
-  and is refused, naming the field, when called without them;
+  and is refused, naming the field, when called without them; a strategy that reads nothing
+  of ``pred_probs`` but its NaN rows says so (``reads_probs=False``: random), and then the
+  score stage may pass placeholder probabilities instead of predicting the pool;
 - ``params``: the ``score`` section of ``params.yaml`` (strategy options such as
   ``diversity_factor``), so that no strategy carries a hyperparameter literal;
 - ``utilities``: array of float, shape ``(n_pool,)``; higher means "label this first"; NaN
@@ -67,13 +69,15 @@ VIEW_FIELDS = tuple(f.name for f in fields(PoolView))
 
 @dataclass(frozen=True)
 class StrategyInfo:
-    """A registered strategy: its function, the view fields it needs, and whether it ranks
-    items against each other (then it must see the whole pool at once, not a chunk)."""
+    """A registered strategy: its function, the view fields it needs, whether it ranks
+    items against each other (then it must see the whole pool at once, not a chunk), and
+    whether it reads the predicted probabilities beyond their NaN rows."""
 
     name: str
     fn: Strategy
     needs: tuple[str, ...]
     whole_pool: bool
+    reads_probs: bool = True
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -81,7 +85,11 @@ _INFO: dict[str, StrategyInfo] = {}
 
 
 def register(
-    name: str, *, needs: tuple[str, ...] = (), whole_pool: bool = False
+    name: str,
+    *,
+    needs: tuple[str, ...] = (),
+    whole_pool: bool = False,
+    reads_probs: bool = True,
 ) -> Callable[[Strategy], Strategy]:
     """Add a strategy to the registry under ``name``.
 
@@ -114,7 +122,9 @@ def register(
         functools.update_wrapper(checked, fn, updated=())
         del checked.__wrapped__
         REGISTRY[name] = checked
-        _INFO[name] = StrategyInfo(name=name, fn=checked, needs=needs, whole_pool=whole_pool)
+        _INFO[name] = StrategyInfo(
+            name=name, fn=checked, needs=needs, whole_pool=whole_pool, reads_probs=reads_probs
+        )
         return checked
 
     return decorate
@@ -196,7 +206,7 @@ def _with_nan(utilities: np.ndarray, invalid: np.ndarray) -> np.ndarray:
 
 
 # -- single-model uncertainty ------------------------------------------------------------------
-@register("random")
+@register("random", reads_probs=False)
 def get_random_scores(
     pred_probs: np.ndarray, *, random_state: int, view: PoolView, params: ScoreParams
 ) -> np.ndarray:

@@ -48,10 +48,16 @@ from tasks.score import (
     get_embedding,
     get_embedding_stats,
     get_pool_scores,
+    needs_predictions,
 )
-from tasks.selection import get_batch_sizes, get_relabel_candidates, select_batch
+from tasks.selection import (
+    add_predictions,
+    get_batch_sizes,
+    get_relabel_candidates,
+    select_batch,
+)
 from tasks.simulate import answer_batch
-from tasks.strategies import REGISTRY
+from tasks.strategies import REGISTRY, get_strategy_info
 from tasks.train import get_training_weights, train_model
 from tasks.validate import validate_labels
 
@@ -712,6 +718,57 @@ def test_whole_pool_strategy_sees_every_chunk_at_once(scoring):
     )
     pd.testing.assert_frame_equal(chunked, whole)
     assert (chunked["utility"] > 0).sum() == inputs.batch_size  # one pick set, not one a chunk
+
+
+def test_a_strategy_that_reads_no_probabilities_scores_without_predicting(scoring):
+    rows, classes, champion, inputs = scoring
+    issued = rows["item_id"].iloc[[0, 7]]
+    kwargs = dict(classes=classes, params=ScoreParams(strategy="random"), random_state=5)
+    predicted, _ = get_pool_scores([rows], champion, exclude_ids=issued, **kwargs)
+    unpredicted, _ = get_pool_scores([rows], champion, exclude_ids=issued, predict=False, **kwargs)
+    # the same utilities, NaN on the issued items, and no prediction at all
+    pd.testing.assert_series_equal(predicted["utility"], unpredicted["utility"])
+    assert unpredicted["utility"].isna().sum() == 2
+    assert unpredicted["predicted_label"].isna().all() and unpredicted["confidence"].isna().all()
+    assert needs_predictions(get_strategy_info("random"), SelectParams(test_fraction=0.0)) is False
+    # a stratified test slice, or any strategy that reads the probabilities, needs them
+    assert needs_predictions(get_strategy_info("random"), SelectParams(test_fraction=0.2))
+    for name in ("margin", "cost_aware", "diversity"):
+        assert needs_predictions(get_strategy_info(name), SelectParams(test_fraction=0.0))
+    with pytest.raises(ValueError, match="'margin' reads the predictions"):
+        get_chunk_scores(
+            rows, champion, classes=classes, strategy="margin", random_state=0, predict=False
+        )
+
+
+def test_select_predicts_the_batch_items_score_left_unpredicted(scoring):
+    rows, classes, champion, _ = scoring
+    batch = schema.conform(
+        pd.DataFrame(
+            {
+                "item_id": rows["item_id"].iloc[[4, 2, 9]].to_numpy(),
+                "split": "train",
+                "reason": "active",
+                "utility": [0.9, 0.8, 0.7],
+                "predicted_label": [pd.NA, "kept", pd.NA],
+                "confidence": [np.nan, 0.5, np.nan],
+            }
+        ),
+        schema.BATCH,
+    )
+    before = frozen_copy(batch, rows)
+    filled = add_predictions(batch, rows.iloc[::-1], champion, classes)
+    assert_unchanged(before, (batch, rows))
+    probs = champion.predict(rows.iloc[[4, 9]].drop(columns="item_id"))
+    assert filled["item_id"].tolist() == batch["item_id"].tolist()
+    assert filled["predicted_label"].tolist() == [
+        classes[probs[0].argmax()],
+        "kept",
+        classes[probs[1].argmax()],
+    ]
+    np.testing.assert_allclose(filled["confidence"], [probs[0].max(), 0.5, probs[1].max()])
+    with pytest.raises(ValueError, match="not in the pool rows"):
+        add_predictions(batch, rows.iloc[:3], champion, classes)
 
 
 def _scores(n, with_model=True, seed=0):
