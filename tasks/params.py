@@ -116,7 +116,9 @@ class ScoreParams(_Section):
     # how the batch is spread: k-means with batch_size clusters, the candidate nearest each
     # centre (see bench/label_efficiency.md); the same with candidates weighted by
     # informativeness 1 - margin; or farthest-first traversal
-    diversity_method: Literal["kmeans", "weighted_kmeans", "farthest_first"] = "kmeans"
+    diversity_method: Literal[
+        "kmeans", "weighted_kmeans", "kmeans_most_uncertain", "farthest_first"
+    ] = "kmeans"
     # the space diversity measures distances in: numeric features standardized with the mean
     # and standard deviation of the training rows
     embedding: Literal["standardized"] = "standardized"

@@ -300,6 +300,9 @@ def get_diversity_scores(
        - ``weighted_kmeans``: the same, each candidate weighted by its informativeness
          ``1 - (p_top1 - p_top2)``, which pulls the centres toward the most uncertain
          candidates (Zhdanov 2019, "Diverse mini-batch active learning");
+       - ``kmeans_most_uncertain``: the same clusters as ``kmeans``, but the most uncertain
+         candidate of each cluster is picked, not the one nearest its centre: one pick per
+         region, each the region's best by margin;
        - ``farthest_first``: the first pick is the most uncertain candidate, each next pick the
          candidate farthest (Euclidean) from all picks so far (equal distances: the more
          uncertain one), so every prefix of the picks is spread.
@@ -324,18 +327,32 @@ def get_diversity_scores(
         picks = _farthest_first(embedding[candidates], n_picks)
     else:  # k-means; weighted_kmeans weights each candidate by 1 - gap = 1 + margin utility
         weights = 1.0 + margin[candidates] if params.diversity_method == "weighted_kmeans" else None
-        picks = _kmeans_picks(embedding[candidates], n_picks, random_state, weights)
+        picks = _kmeans_picks(
+            embedding[candidates],
+            n_picks,
+            random_state,
+            weights,
+            most_uncertain=params.diversity_method == "kmeans_most_uncertain",
+        )
     utilities = margin.copy()
     utilities[candidates[picks]] = (len(picks) - np.arange(len(picks))) / max(len(picks), 1)
     return _with_nan(utilities, invalid)
 
 
 def _kmeans_picks(
-    points: np.ndarray, n_picks: int, random_state: int, weights: np.ndarray | None = None
+    points: np.ndarray,
+    n_picks: int,
+    random_state: int,
+    weights: np.ndarray | None = None,
+    *,
+    most_uncertain: bool = False,
 ) -> list[int]:
     """Indices of ``points`` nearest each of ``n_picks`` k-means centres, in index order
     (``points`` are ordered most uncertain first); each point is picked at most once.
-    ``weights`` (>= 0, one per point) weight the k-means objective; all zero counts as none."""
+    ``weights`` (>= 0, one per point) weight the k-means objective; all zero counts as none.
+    ``most_uncertain``: each cluster's first point (its most uncertain) instead of the one
+    nearest its centre; if duplicate points leave clusters empty, the most uncertain points
+    not yet picked fill the places."""
     if n_picks == 0:
         return []
     from sklearn.cluster import KMeans
@@ -344,7 +361,15 @@ def _kmeans_picks(
         weights = None
     seed = int(random_state % (2**32 - 1))
     kmeans = KMeans(n_clusters=n_picks, n_init=1, random_state=seed)
-    centres = kmeans.fit(points, sample_weight=weights).cluster_centers_
+    fitted = kmeans.fit(points, sample_weight=weights)
+    if most_uncertain:
+        _, first = np.unique(fitted.labels_, return_index=True)  # first = most uncertain
+        chosen = set(first.tolist())
+        rest = (i for i in range(len(points)) if i not in chosen)
+        while len(chosen) < n_picks:
+            chosen.add(next(rest))
+        return sorted(chosen)
+    centres = fitted.cluster_centers_
     picks: list[int] = []
     taken = np.zeros(len(points), dtype=bool)
     for centre in centres:  # duplicate points can share a centre: take the next nearest

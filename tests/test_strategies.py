@@ -340,6 +340,24 @@ def test_weighted_kmeans_pulls_picks_toward_the_uncertain_end_of_a_cluster():
     assert picked["weighted_kmeans"] == 3
 
 
+def test_kmeans_most_uncertain_picks_each_clusters_most_uncertain_candidate():
+    # two clusters of candidates along a line, uncertainty falling from left to right in each:
+    # plain k-means picks each cluster's middle, this method each cluster's left end
+    line = np.linspace(0.0, 1.0, 7)
+    embedding = np.column_stack([np.concatenate([line, line + 10.0]), np.zeros(14)])
+    gap = np.concatenate([line, line]) * 0.5 + np.repeat([0.0, 0.01], 7)
+    probs = np.column_stack([(1 + gap) / 2, (1 - gap) / 2])
+    view = PoolView(embedding=embedding, batch_size=2)
+    picked = {}
+    for method in ("kmeans", "kmeans_most_uncertain"):
+        params = ScoreParams(diversity_factor=7, diversity_method=method)
+        utilities = get_strategy("diversity")(probs, random_state=0, view=view, params=params)
+        picked[method] = sorted(np.flatnonzero(utilities > 0).tolist())
+        assert utilities[picked[method]].max() == 1.0  # the more uncertain pick ranks first
+    assert picked["kmeans"] == [3, 10]
+    assert picked["kmeans_most_uncertain"] == [0, 7]
+
+
 # -- class balance and cost --------------------------------------------------------------------
 def test_class_balance_favours_a_rare_predicted_class_at_equal_uncertainty():
     probs = np.array([[0.6, 0.4, 0.0], [0.4, 0.6, 0.0]])  # same margin, predicted 0 and 1
