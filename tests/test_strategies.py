@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import typing
 
 import numpy as np
 import pandas as pd
@@ -259,6 +260,9 @@ def test_an_item_a_member_cannot_score_is_not_selectable():
 
 
 # -- diversity ---------------------------------------------------------------------------------
+DIVERSITY_METHODS = typing.get_args(ScoreParams.model_fields["diversity_method"].annotation)
+
+
 def _two_clusters(n_per=10, seed=0):
     rng = np.random.default_rng(seed)
     embedding = np.vstack([rng.normal(0.0, 0.01, (n_per, 2)), rng.normal(10.0, 0.01, (n_per, 2))])
@@ -270,7 +274,7 @@ def _two_clusters(n_per=10, seed=0):
 def test_diversity_spreads_equally_uncertain_items_over_clusters(seed):
     probs, embedding = _two_clusters(seed=seed)
     view = PoolView(embedding=embedding, batch_size=4)
-    for method in ("kmeans", "weighted_kmeans", "farthest_first"):
+    for method in DIVERSITY_METHODS:
         utilities = get_strategy("diversity")(
             probs, random_state=seed, view=view, params=ScoreParams(diversity_method=method)
         )
@@ -280,7 +284,7 @@ def test_diversity_spreads_equally_uncertain_items_over_clusters(seed):
             assert {int(top[0]) // 10, int(top[1]) // 10} == {0, 1}
 
 
-@pytest.mark.parametrize("method", ["kmeans", "weighted_kmeans", "farthest_first"])
+@pytest.mark.parametrize("method", DIVERSITY_METHODS)
 def test_diversity_picks_among_the_most_uncertain_and_ranks_picks_first(method):
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(3), size=300)
