@@ -113,12 +113,13 @@ class ScoreParams(_Section):
     bagging_freq: int = Field(default=1, ge=1)
     # diversity: the batch is spread among the diversity_factor * batch_size most uncertain
     diversity_factor: int = Field(default=10, ge=1)
-    # how the batch is spread: k-means with batch_size clusters, the candidate nearest each
-    # centre (see bench/label_efficiency.md); the same with candidates weighted by
-    # informativeness 1 - margin; or farthest-first traversal
+    # how the batch is spread: k-means with batch_size clusters, and the most uncertain
+    # candidate of each (docs/decisions.md, "Diversity"); or the candidate nearest each
+    # centre, unweighted or with candidates weighted by informativeness 1 - margin; or
+    # farthest-first traversal
     diversity_method: Literal[
         "kmeans", "weighted_kmeans", "kmeans_most_uncertain", "farthest_first"
-    ] = "kmeans"
+    ] = "kmeans_most_uncertain"
     # the space diversity measures distances in: numeric features standardized with the mean
     # and standard deviation of the training rows
     embedding: Literal["standardized"] = "standardized"
