@@ -260,10 +260,15 @@ def _concat_views(views: list[PoolView]) -> PoolView:
 
 # -- scoring ------------------------------------------------------------------------------------
 def needs_predictions(info: StrategyInfo, select: SelectParams) -> bool:
-    """Whether the pool must be predicted: the strategy reads the probabilities (directly or
-    through the expected annotation seconds), or select draws a test slice stratified by
-    predicted class. Otherwise only the batch needs a prediction, made by select."""
-    return info.reads_probs or "seconds" in info.needs or select.test_fraction > 0
+    """Whether the pool must be predicted: the strategy reads the probabilities, or select
+    draws a test slice stratified by predicted class. Otherwise only the batch needs a
+    prediction, made by select."""
+    return _reads_predictions(info) or select.test_fraction > 0
+
+
+def _reads_predictions(info: StrategyInfo) -> bool:
+    """The strategy reads the probabilities, directly or through the expected seconds."""
+    return info.reads_probs or "seconds" in info.needs
 
 
 def _predict(
@@ -405,7 +410,7 @@ def get_chunk_scores(
 
 
 def _checked_predict(predict: bool, info: StrategyInfo) -> bool:
-    if not predict and (info.reads_probs or "seconds" in info.needs):
+    if not predict and _reads_predictions(info):
         raise ValueError(
             f"strategy {info.name!r} reads the predictions: the pool must be predicted"
         )
