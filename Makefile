@@ -33,7 +33,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/round.py
 
-# label efficiency against random and scikit-activeml on ../shared/data (55 min on 2 cores)
+# label efficiency against random and scikit-activeml on ../shared/data (45 min on 2 cores)
 bench-labels: $(STAMP)
 	$(BIN)/python bench/label_efficiency.py
 
