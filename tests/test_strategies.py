@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import inspect
 import typing
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -360,6 +361,20 @@ def test_kmeans_most_uncertain_picks_each_clusters_most_uncertain_candidate():
         assert utilities[picked[method]].max() == 1.0  # the more uncertain pick ranks first
     assert picked["kmeans"] == [3, 10]
     assert picked["kmeans_most_uncertain"] == [0, 7]
+
+
+def test_kmeans_most_uncertain_fills_a_batch_when_duplicates_leave_clusters_empty():
+    # ten identical candidates: k-means finds one cluster, the batch still gets three items,
+    # the three most uncertain
+    gap = np.linspace(0.0, 0.9, 10)
+    probs = np.column_stack([(1 + gap) / 2, (1 - gap) / 2])
+    view = PoolView(embedding=np.zeros((10, 2)), batch_size=3)
+    params = ScoreParams(diversity_factor=4, diversity_method="kmeans_most_uncertain")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn: fewer distinct clusters than asked
+        utilities = get_strategy("diversity")(probs, random_state=0, view=view, params=params)
+    np.testing.assert_allclose(utilities[:3], [1.0, 2 / 3, 1 / 3])
+    assert (utilities[3:] <= 0).all()
 
 
 # -- class balance and cost --------------------------------------------------------------------
