@@ -7,10 +7,11 @@ tabular sets of ``../shared/data``, with one protocol.
 
 Per dataset: ``alloop simulate``'s protocol (fixed stratified 25% test split, 100 random
 labels, batches of 50, target 98% of the full-data macro-F1) for alloop's default strategy
-and random, ``--seeds`` each; then the scikit-activeml arm on the same split, same initial
-size, same model and params, ``--baseline-seeds`` seeds. Writes ``bench/label_efficiency.md``
-(one row per dataset and strategy, and the goals of issue 5 checked) and, per dataset, the
-simulation outputs under ``--out``.
+and random, ``--seeds`` each; then the scikit-activeml arm on the same split, same model and
+params, ``--baseline-seeds`` seeds, each starting from the seed batch of alloop's campaigns of
+the same seed (so the three arms of a seed share their first 100 labels). Writes
+``bench/label_efficiency.md`` (one row per dataset and strategy, and the goals of issue 5
+checked) and, per dataset, the simulation outputs under ``--out``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ GOALS = {"pendigits": 450, "satimage": 800, "magic": 1300, "adult": 1150, "shutt
 def run_skactiveml_campaign(args: tuple) -> pd.DataFrame:
     """scikit-activeml's ``UncertaintySampling(method="margin_sampling")`` around the LightGBM
     that alloop's params define (rebuilt each round: its leaf size depends on the labels)."""
-    data_dir, params_json, seed, initial, batch, budget = args
+    data_dir, params_json, seed, first_ids, batch, budget = args
     from lightgbm import LGBMClassifier
     from skactiveml.classifier import SklearnClassifier
     from skactiveml.pool import UncertaintySampling
@@ -78,9 +79,10 @@ def run_skactiveml_campaign(args: tuple) -> pd.DataFrame:
     x_test = get_feature_frame(items.loc[test_ids].reset_index())
     y_pool = truth.loc[pool_ids, "label"].map(codes).to_numpy(float)
     y_test = truth.loc[test_ids, "label"].map(codes).to_numpy(int)
-    rng = np.random.default_rng(seed)
     y_known = np.full(len(y_pool), MISSING_LABEL)
-    first = rng.choice(len(y_pool), initial, replace=False)
+    first = pool_ids.get_indexer(pd.Index(first_ids, dtype=pool_ids.dtype))
+    if (first < 0).any():
+        raise ValueError(f"seed {seed}: seed batch items missing from the training pool")
     y_known[first] = y_pool[first]
     strategy = UncertaintySampling(method="margin_sampling", random_state=seed)
     rows = []
@@ -114,9 +116,21 @@ def run_skactiveml_campaign(args: tuple) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def get_skactiveml_jobs(data_dir: Path, params_json: str, args: argparse.Namespace) -> list:
+def get_skactiveml_jobs(
+    data_dir: Path, params_json: str, issued: pd.DataFrame, args: argparse.Namespace
+) -> list:
+    """One job per seed, starting from the seed batch of alloop's random campaign of that seed
+    (the same as its default strategy's: both draw it from the seed alone)."""
+    seed_batches = issued[(issued["strategy"] == BASELINE) & (issued["reason"] == "seed")]
     return [
-        (str(data_dir.resolve()), params_json, seed, args.initial, args.batch, args.budget)
+        (
+            str(data_dir.resolve()),
+            params_json,
+            seed,
+            seed_batches.loc[seed_batches["seed"] == seed, "item_id"].astype(str).tolist(),
+            args.batch,
+            args.budget,
+        )
         for seed in range(args.baseline_seeds)
     ]
 
@@ -229,7 +243,8 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
         f"batches of {args.batch}, budget {args.budget}, target 98% of the full-data "
         f"macro-F1); alloop's default strategy `{args.strategy}` and random over {args.seeds} "
         f"seeds, scikit-activeml's margin sampling around the same LightGBM over "
-        f"{args.baseline_seeds} seeds, on the same split. `--jobs {args.jobs}`; whole run "
+        f"{args.baseline_seeds} seeds, on the same split; the arms of a seed start from the "
+        f"same {args.initial} labels. `--jobs {args.jobs}`; whole run "
         f"{wall / 60:.1f} min wall.",
         "",
         "| dataset | strategy | median labels to target | reached | ratio vs random | "
@@ -278,6 +293,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "label_efficiency")
     parser.add_argument("--report", type=Path, default=ROOT / "bench" / "label_efficiency.md")
     args = parser.parse_args()
+    if args.baseline_seeds > args.seeds:
+        parser.error(
+            "--baseline-seeds must not exceed --seeds: scikit-activeml's campaigns start from "
+            "the seed batches of alloop's campaigns of the same seeds"
+        )
     started = time.perf_counter()
     runs, pending = [], []
     # the scikit-activeml campaigns of a set run in their own pool while alloop's campaigns of
@@ -299,7 +319,7 @@ def main() -> None:
                 0,
             )
             jobs = get_skactiveml_jobs(
-                args.out / name / "data", json.dumps(dump_params(params)), args
+                args.out / name / "data", json.dumps(dump_params(params)), result.issued, args
             )
             runs.append(run)
             pending.append([skal_pool.submit(run_skactiveml_campaign, job) for job in jobs])

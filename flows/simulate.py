@@ -65,6 +65,9 @@ SPLIT_SEED = 0
 CLOCK = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 
 CURVE_COLUMNS = ["strategy", "seed", "round_id", "labels", "macro_f1", "accuracy", "seconds"]
+#: ``issued.csv``: every item a campaign's simulated annotator labeled, by the round that
+#: issued it (``reason``: seed, active, or relabel when flagging is on).
+ISSUED_COLUMNS = ["strategy", "seed", "round_id", "item_id", "reason"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class SimulationResult:
     campaigns: pd.DataFrame
     summary: pd.DataFrame
     classes: tuple[str, ...] = ()
+    issued: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUED_COLUMNS))
     files: list[Path] = field(default_factory=list)
 
 
@@ -268,8 +272,17 @@ def _setup_campaign(root: Path, data_dir: Path, params: Params, truth: pd.DataFr
 
 def run_campaign(
     data_dir: Path, params: Params, strategy: str, seed: int, budget: int, noise: float
-) -> pd.DataFrame:
-    """One campaign in a temporary workspace; its learning curve (:data:`CURVE_COLUMNS`)."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One campaign in a temporary workspace.
+
+    Returns
+    -------
+    curve : pd.DataFrame
+        Columns :data:`CURVE_COLUMNS`, one row per trained round.
+    issued : pd.DataFrame
+        Columns :data:`ISSUED_COLUMNS`: the items the campaign's annotator labeled, by the
+        round that issued them (the fixed test split is not among them).
+    """
     from flows.pipeline import STAGE_MODULES
 
     truth = pd.read_parquet(data_dir / "truth.parquet")
@@ -328,7 +341,11 @@ def run_campaign(
                 random_state=seed * 100_003 + round_id,
             )
             write_csv(catalog.incoming_dir / f"answers-{round_id:04d}.csv", answers)
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+        issued = catalog.read_table(catalog.issued, schema.ISSUED)
+    # round 0 is the fixed test split; the last round's batch is never answered
+    answered = issued["round_id"].between(1, round_id - 1)
+    issued = issued[answered].assign(strategy=strategy, seed=seed)
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS), issued[ISSUED_COLUMNS]
 
 
 #: Thread pools of numerical libraries that a process sizes from these variables when it loads
@@ -358,7 +375,7 @@ def single_threaded_children() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _campaign_job(args: tuple[Any, ...]) -> pd.DataFrame:
+def _campaign_job(args: tuple[Any, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
     data_dir, params_json, strategy, seed, budget, noise = args
     params = load_params(json.loads(params_json))
     return run_campaign(Path(data_dir), params, strategy, seed, budget, noise)
@@ -575,9 +592,9 @@ def simulate(
     results = []
     if spec.jobs == 1:
         for job in jobs:
-            curve = _campaign_job(job)
+            curve, issued = _campaign_job(job)
             on_campaign(job[2], job[3], curve)
-            results.append(curve)
+            results.append((curve, issued))
     else:
         import multiprocessing
 
@@ -589,20 +606,26 @@ def simulate(
             futures = {pool.submit(_campaign_job, job): job for job in jobs}
             for future in as_completed(futures):
                 job = futures[future]
-                curve = future.result()
+                curve, issued = future.result()
                 on_campaign(job[2], job[3], curve)
-                results.append(curve)
+                results.append((curve, issued))
     curves = (
-        pd.concat(results, ignore_index=True)
+        pd.concat([curve for curve, _ in results], ignore_index=True)
         .sort_values(["strategy", "seed", "labels"])
+        .reset_index(drop=True)
+    )
+    issued = (
+        pd.concat([issued for _, issued in results], ignore_index=True)
+        .sort_values(["strategy", "seed", "round_id"], kind="stable")
         .reset_index(drop=True)
     )
     campaigns = get_campaign_table(curves, target=target, start=spec.initial, stop=spec.budget)
     summary = get_summary_table(campaigns)
-    files = [out / "curves.csv", out / "campaigns.csv", out / "summary.csv"]
+    files = [out / "curves.csv", out / "campaigns.csv", out / "summary.csv", out / "issued.csv"]
     curves.to_csv(files[0], index=False)
     campaigns.to_csv(files[1], index=False)
     summary.to_csv(files[2], index=False)
+    issued.to_csv(files[3], index=False)
     png = out / "learning_curves.png"
     plot_learning_curves(curves, target, png, f"{spec.dataset.stem}: test macro-F1 by labels")
     report = out / "simulation.md"
@@ -617,5 +640,13 @@ def simulate(
     _log_campaigns(out, spec, curves, campaigns)
     files += [png, report, out / "simulation.json"]
     return SimulationResult(
-        out, reference, target, curves, campaigns, summary, classes=data.classes, files=files
+        out,
+        reference,
+        target,
+        curves,
+        campaigns,
+        summary,
+        classes=data.classes,
+        issued=issued,
+        files=files,
     )

@@ -14,6 +14,7 @@ from scipy.stats import wilcoxon
 
 from flows.simulate import (
     CURVE_COLUMNS,
+    ISSUED_COLUMNS,
     SimulationSpec,
     get_stratified_test_ids,
     load_dataset,
@@ -72,6 +73,28 @@ def test_outputs_have_the_documented_columns(simulation):
     # both strategies start from the same random seed batch of the same seed
     first = curves[curves["labels"] == 60].groupby("seed")["macro_f1"].nunique()
     assert (first == 1).all()
+
+
+def test_issued_items_are_written_per_campaign(simulation):
+    out, _ = simulation
+    issued = pd.read_csv(out / "issued.csv", dtype={"item_id": str})
+    assert list(issued.columns) == ISSUED_COLUMNS
+    truth = pd.read_parquet(out / "data" / "truth.parquet").set_index("item_id")
+    # only training-pool items, each once per campaign, as many as the campaign's labels
+    assert (truth.loc[issued["item_id"], "split"] == "train").all()
+    for (_, _), c in issued.groupby(["strategy", "seed"]):
+        assert c["item_id"].is_unique and len(c) == 150
+        assert c.groupby("round_id").size().tolist() == [60, 30, 30, 30]
+        assert set(c.loc[c["round_id"] == 1, "reason"]) == {"seed"}
+        assert set(c.loc[c["round_id"] > 1, "reason"]) == {"active"}
+    # the arms of a seed share the seed batch, and seeds differ
+    seed_batches = {
+        key: frozenset(c["item_id"])
+        for key, c in issued[issued["round_id"] == 1].groupby(["strategy", "seed"])
+    }
+    assert seed_batches["margin", 0] == seed_batches["random", 0]
+    assert seed_batches["margin", 1] == seed_batches["random", 1]
+    assert seed_batches["random", 0] != seed_batches["random", 1]
 
 
 def test_statistics_are_recomputed_from_the_curves(simulation):
