@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from flows.tracking import log_batched
 from flows.workspace import TEMPLATE_ROOT, WorkspaceError, prepare_pool, read_table_file
 from tasks import schema
 from tasks.annotation_time import get_batch_seconds
@@ -492,22 +493,28 @@ def _log_campaigns(
             tags={"alloop.dataset": str(spec.dataset), "alloop.strategy": row.strategy},
         )
         rid = run.info.run_id
-        for key, value in (
-            ("strategy", row.strategy),
-            ("seed", row.seed),
-            ("initial", spec.initial),
-            ("batch", spec.batch),
-            ("budget", spec.budget),
-            ("noise", spec.noise),
-        ):
-            client.log_param(rid, key, str(value))
         curve = curves[(curves["strategy"] == row.strategy) & (curves["seed"] == row.seed)]
-        for point in curve.itertuples(index=False):
-            client.log_metric(rid, "macro_f1", float(point.macro_f1), step=int(point.labels))
+        metrics = [
+            ("macro_f1", float(point.macro_f1), int(point.labels))
+            for point in curve.itertuples(index=False)
+        ]
         for key in ("aulc", "labels_to_target", "hours_to_target", "final_macro_f1"):
             value = float(getattr(row, key))
             if math.isfinite(value):
-                client.log_metric(rid, key, value)
+                metrics.append((key, value, 0))
+        log_batched(
+            client,
+            rid,
+            params={
+                "strategy": row.strategy,
+                "seed": row.seed,
+                "initial": spec.initial,
+                "batch": spec.batch,
+                "budget": spec.budget,
+                "noise": spec.noise,
+            },
+            metrics=metrics,
+        )
         client.set_terminated(rid, "FINISHED")
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import make_satimage_workspace, run_cli
+from mlflow.tracking import MlflowClient
 
 from flows import tracking
 from flows.demo import annotate_outbox
 from flows.pipeline import STAGE_NAMES
 from flows.round import al_round
+from flows.runtime import mlflow_uri
 from tasks.catalog import Catalog
 
 ROUNDS = 3
@@ -177,6 +179,13 @@ def test_mlflow_has_one_finished_run_per_round(campaign):
     for run in runs[1:]:
         assert 0.3 < run["metrics"]["evaluate.candidate.macro_f1"] <= 1.0
         assert run["metrics"]["merge.labeled_items"] > 0
+    client = MlflowClient(tracking_uri=mlflow_uri(campaign["root"]))
+    last = client.get_run(runs[-1]["run_id"])
+    params = campaign["catalog"].read_params()
+    assert last.data.params["score.strategy"] == params.score.strategy
+    assert last.data.params["train.learning_rate"] == str(params.train.learning_rate)
+    history = client.get_metric_history(last.info.run_id, "merge.labeled_items")
+    assert [m.step for m in history] == [ROUNDS]
 
 
 def test_flow_runs_the_stages_of_dvc_yaml_in_order(campaign):
@@ -297,3 +306,16 @@ def test_a_file_dropped_twice_is_recognised_and_not_merged_again(campaign):
     assert not (ledger["source_file"] == "resent.csv").any()
     assert (cat.archive(ROUNDS) / "resent.csv").exists()  # kept as received, all the same
     assert "skipped: same content as round-0002/" in (cat.reports_dir / "round.md").read_text()
+
+
+def test_log_batched_splits_at_mlflow_batch_limits(tmp_path):
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("limits")).info.run_id
+    params = {f"p{i}": i for i in range(MAX_PARAMS_TAGS_PER_BATCH + 1)}
+    metrics = [("m", float(i), i) for i in range(MAX_METRICS_PER_BATCH + 1)]
+    tracking.log_batched(client, run_id, params=params, metrics=metrics)
+    run = client.get_run(run_id)
+    assert run.data.params == {key: str(value) for key, value in params.items()}
+    assert len(client.get_metric_history(run_id, "m")) == MAX_METRICS_PER_BATCH + 1

@@ -120,6 +120,29 @@ def test_statistics_are_recomputed_from_the_curves(simulation):
         assert summary.loc[strategy, "aulc_diff_vs_random"] == pytest.approx(diff.mean())
 
 
+def test_one_mlflow_run_per_campaign_holds_its_curve(simulation):
+    from mlflow.tracking import MlflowClient
+
+    out, _ = simulation
+    curves = pd.read_csv(out / "curves.csv")
+    campaigns = pd.read_csv(out / "campaigns.csv")
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("alloop-simulate")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == len(campaigns)
+    for run in runs:
+        strategy, seed = run.data.params["strategy"], int(run.data.params["seed"])
+        assert run.info.status == "FINISHED"
+        assert run.data.params["budget"] == "150" and run.data.params["batch"] == "30"
+        c = curves[(curves["strategy"] == strategy) & (curves["seed"] == seed)]
+        history = client.get_metric_history(run.info.run_id, "macro_f1")
+        history = sorted(history, key=lambda m: m.step)
+        assert [m.step for m in history] == c["labels"].tolist()
+        assert [m.value for m in history] == pytest.approx(c["macro_f1"].tolist())
+        row = campaigns[(campaigns["strategy"] == strategy) & (campaigns["seed"] == seed)]
+        assert run.data.metrics["aulc"] == pytest.approx(row["aulc"].item())
+
+
 def test_learning_curve_statistics_by_hand():
     labels, f1 = np.array([100, 150, 200, 300]), np.array([0.5, 0.7, 0.8, 0.9])
     # (50*(0.5+0.7)/2 + 50*(0.7+0.8)/2 + 100*(0.8+0.9)/2) / 200
