@@ -53,7 +53,7 @@ def log_batched(
     metrics: Iterable[tuple[str, float, int]],
 ) -> None:
     """Log params and ``(key, value, step)`` metrics in as few ``log_batch`` calls as MLflow's
-    batch limits allow. One call per value is one SQLite transaction each: about 0.2 s of a
+    batch limits allow. One call per value is one SQLite transaction each: about 0.3 s of a
     round's 47 params and 47 metrics (bench/README.md)."""
     from mlflow.entities import Metric, Param
     from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
