@@ -27,6 +27,10 @@ WorkspaceOpt = Annotated[
     Path, typer.Option("--workspace", "-w", help="The workspace (default: current folder).")
 ]
 
+TeamApiOpt = Annotated[
+    str, typer.Option(help="The team's Prefect API, e.g. http://prefect.internal:4200/api.")
+]
+
 
 def _setup(workspace: Path) -> Path:
     """Settings for this process, before Prefect/MLflow/DVC are imported."""
@@ -190,6 +194,59 @@ def serve(
     except (WorkspaceBusy, WorkspaceError) as exc:
         raise _fail(str(exc)) from None
     console.print("stopped serving")
+
+
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option(help="The work pool (created, type process, if missing).")],
+    api_url: TeamApiOpt,
+    workspace: WorkspaceOpt = Path("."),
+    cron: Annotated[str, typer.Option(help="When rounds run, as a cron string.")] = "0 2 * * *",
+    timezone: Annotated[str, typer.Option(help="The cron's IANA time zone.")] = "UTC",
+) -> None:
+    """Register rounds on a schedule with a work pool of a Prefect server; `alloop worker` runs
+    them. Unlike `serve`, nothing of alloop's stays up between rounds but the worker.
+
+    The deployment is al_round/alloop-FOLDER; its code is this alloop checkout, read in place,
+    so the worker runs where these paths exist.
+    """
+    root = _setup(workspace)
+    from flows.schedule import deploy_rounds
+    from flows.workspace import WorkspaceError
+
+    if not (root / "params.yaml").is_file():
+        raise _fail(f"{root} is not an alloop workspace (no params.yaml); see `alloop init`")
+    try:
+        name, created = deploy_rounds(
+            root, pool=pool, cron=cron, timezone=timezone, api_url=api_url
+        )
+    except WorkspaceError as exc:
+        raise _fail(str(exc)) from None
+    if created:
+        console.print(f"created work pool [bold]{pool}[/] (type process)")
+    console.print(
+        f"deployed [bold]{name}[/] for {root}: '{cron}' ({timezone}) on work pool {pool}; "
+        f"start its worker with: alloop worker --pool {pool} --api-url {api_url}"
+    )
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="The work pool whose rounds to run.")],
+    api_url: TeamApiOpt,
+    run_once: Annotated[
+        bool, typer.Option(help="Poll once, run what is due, and exit when it has finished.")
+    ] = False,
+) -> None:
+    """Prefect's process worker for a work pool, with this alloop's Python and nothing sent
+    home; runs the rounds `alloop deploy` registered until stopped (Ctrl-C or SIGTERM)."""
+    from flows.schedule import exec_worker
+    from flows.workspace import WorkspaceError
+
+    try:
+        exec_worker(pool, api_url=api_url, run_once=run_once)
+    except WorkspaceError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

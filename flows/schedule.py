@@ -5,6 +5,10 @@ runs and the serving process executes them. Scheduling needs a real Prefect API 
 one a lone flow starts never schedules anything), so by default ``serve`` starts a local
 ``prefect server`` whose state (SQLite) lives in the workspace, and stops it when serving
 ends; with ``api_url`` it registers with a team's existing server instead.
+
+``alloop deploy`` registers the same deployment with a work pool of a team's server instead,
+for ``alloop worker`` (Prefect's process worker) to run: no process of alloop's has to stay up
+between rounds.
 """
 
 from __future__ import annotations
@@ -136,9 +140,7 @@ def serve_rounds(workspace: Path, *, cron: str, timezone: str, api_url: str | No
         with local_server(workspace) as server:
             _serve(workspace, schedule, server.api_url)
     else:
-        if not _healthy(api_url.rstrip("/")):
-            raise WorkspaceError(f"no Prefect API answers at {api_url} ({api_url}/health)")
-        _serve(workspace, schedule, api_url.rstrip("/"))
+        _serve(workspace, schedule, _require_api(api_url))
 
 
 def _serve(workspace: Path, schedule: object, api_url: str) -> None:
@@ -167,3 +169,91 @@ def _serve(workspace: Path, schedule: object, api_url: str) -> None:
 
 def _raise_interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
+
+
+def _require_api(api_url: str) -> str:
+    url = api_url.rstrip("/")
+    if not _healthy(url):
+        raise WorkspaceError(f"no Prefect API answers at {url} ({url}/health)")
+    return url
+
+
+def get_run_environment() -> dict[str, str]:
+    """What a round's process gets from its deployment, whatever the worker's environment:
+    nothing sent home (:data:`flows.runtime.QUIET`)."""
+    from flows.runtime import QUIET
+
+    return dict(QUIET)
+
+
+def deploy_rounds(
+    workspace: Path, *, pool: str, cron: str, timezone: str, api_url: str
+) -> tuple[str, bool]:
+    """Register ``al_round`` for ``workspace`` with the work pool ``pool`` of the Prefect API
+    at ``api_url``, on ``cron``; the pool is created (type ``process``) if it does not exist.
+    Returns the deployment's name and whether the pool was created.
+
+    The flow's code is this alloop checkout, read in place by the worker (so the worker runs
+    on this machine, or on one with the same paths), and each round runs with
+    :func:`get_run_environment`. One round at a time (the workspace lock also guards it).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.round import al_round
+    from flows.workspace import TEMPLATE_ROOT
+
+    schedule = get_schedule(cron, timezone)
+    url = _require_api(api_url)
+    name = get_deployment_name(workspace)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_work_pool(pool)
+                created = False
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+                created = True
+        flow = al_round.from_source(source=str(TEMPLATE_ROOT), entrypoint="flows/round.py:al_round")
+        flow.deploy(
+            name=name,
+            work_pool_name=pool,
+            schedules=[schedule],
+            parameters={"workspace": str(workspace.resolve())},
+            job_variables={"env": get_run_environment()},
+            concurrency_limit=1,
+            description=f"alloop rounds of {workspace.resolve()}",
+            tags=["alloop"],
+            print_next_steps=False,
+            ignore_warnings=True,  # "a process work pool: consider serve", which is alloop serve
+        )
+    return f"{al_round.name}/{name}", created
+
+
+def get_worker_command(pool: str, *, run_once: bool) -> list[str]:
+    """``prefect worker start`` of this alloop's environment, for a process work pool."""
+    prefect = Path(sys.executable).with_name("prefect")
+    return [
+        str(prefect),
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        *(["--run-once"] if run_once else []),
+    ]
+
+
+def exec_worker(pool: str, *, api_url: str, run_once: bool) -> None:
+    """Become Prefect's process worker for ``pool`` (this process is replaced, so signals
+    reach the worker itself), with telemetry off. It runs until stopped, or polls once with
+    ``run_once`` and exits when the runs it started have finished."""
+    url = _require_api(api_url)
+    env = {**os.environ, **get_run_environment(), "PREFECT_API_URL": url}
+    command = get_worker_command(pool, run_once=run_once)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)

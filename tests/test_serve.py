@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import BIN, make_satimage_workspace
+from conftest import BIN, make_satimage_workspace, run_cli
 
 from flows.schedule import get_deployment_name, server_file
 
@@ -121,3 +121,110 @@ def test_a_run_of_the_served_deployment_is_a_round(workspace):
     finally:
         out = _stop(process)
     assert process.returncode == 0, out
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_deploy_and_worker_name_an_api_that_does_not_answer(workspace):
+    silent = f"http://127.0.0.1:{_free_port()}/api"
+    for args in (
+        ["deploy", "-w", str(workspace), "--pool", "alloop", "--api-url", silent],
+        ["worker", "--pool", "alloop", "--api-url", silent, "--run-once"],
+    ):
+        done = run_cli([str(BIN / "alloop"), *args], workspace)
+        assert done.returncode == 1, done.stdout
+        assert f"no Prefect API answers at {silent}" in done.stdout
+    bad_cron = run_cli(
+        [
+            str(BIN / "alloop"),
+            "deploy",
+            "-w",
+            str(workspace),
+            "--pool",
+            "alloop",
+            "--api-url",
+            silent,
+            "--cron",
+            "61 2 * * *",
+        ],
+        workspace,
+    )
+    assert bad_cron.returncode == 1 and "--cron '61 2 * * *' is not valid" in bad_cron.stdout
+
+
+@pytest.mark.slow
+def test_a_deployed_round_runs_on_a_worker_of_the_work_pool(workspace, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import tracking
+    from flows.runtime import QUIET
+    from flows.schedule import local_server
+
+    server_home = tmp_path / "team-server"  # the team's server, not the workspace's
+    server_home.mkdir()
+    with local_server(server_home) as server:
+        deployed = run_cli(
+            [
+                str(BIN / "alloop"),
+                "deploy",
+                "-w",
+                str(workspace),
+                "--pool",
+                "nightly",
+                "--api-url",
+                server.api_url,
+                "--cron",
+                "0 2 * * *",
+                "--timezone",
+                "Europe/Paris",
+            ],
+            workspace,
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert "created work pool nightly" in deployed.stdout
+        name = get_deployment_name(workspace)
+        deployment = _deployment(server.api_url, name)
+        assert deployment.work_pool_name == "nightly"
+        assert deployment.parameters == {"workspace": str(workspace.resolve())}
+        (schedule,) = deployment.schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Paris")
+        # every round's process is told to send nothing home, whatever the worker's environment
+        assert deployment.job_variables["env"] == QUIET
+        assert deployment.global_concurrency_limit.limit == 1
+
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            with get_client(sync_client=True) as client:
+                run = client.create_flow_run_from_deployment(deployment.id)
+        worker = run_cli(
+            [
+                str(BIN / "alloop"),
+                "worker",
+                "--pool",
+                "nightly",
+                "--api-url",
+                server.api_url,
+                "--run-once",
+            ],
+            tmp_path,
+        )
+        assert worker.returncode == 0, worker.stdout + worker.stderr
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run.id).state
+        assert state.is_completed(), state
+
+    tags = subprocess.run(["git", "tag"], cwd=workspace, capture_output=True, text=True)
+    assert tags.stdout.split() == ["round-0001"]
+    head = subprocess.run(
+        ["git", "rev-parse", "round-0001^{commit}"], cwd=workspace, capture_output=True, text=True
+    ).stdout.strip()
+    (mlflow_run,) = tracking.list_round_runs(workspace)
+    assert (mlflow_run["round_id"], mlflow_run["status"]) == (1, "FINISHED")
+    assert mlflow_run["tags"]["alloop.git_commit"] == head
