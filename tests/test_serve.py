@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import BIN, make_satimage_workspace, run_cli
 
-from flows.schedule import get_deployment_name, server_file
+from flows.schedule import _free_port, get_deployment_name, server_file
 
 
 def _serve(ws, *args):
@@ -123,16 +123,8 @@ def test_a_run_of_the_served_deployment_is_a_round(workspace):
     assert process.returncode == 0, out
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_deploy_and_worker_name_an_api_that_does_not_answer(workspace):
-    silent = f"http://127.0.0.1:{_free_port()}/api"
+    silent = f"http://127.0.0.1:{_free_port()}/api"  # a port nothing listens on
     for args in (
         ["deploy", "-w", str(workspace), "--pool", "alloop", "--api-url", silent],
         ["worker", "--pool", "alloop", "--api-url", silent, "--run-once"],
