@@ -178,14 +178,6 @@ def _require_api(api_url: str) -> str:
     return url
 
 
-def get_run_environment() -> dict[str, str]:
-    """What a round's process gets from its deployment, whatever the worker's environment:
-    nothing sent home (:data:`flows.runtime.QUIET`)."""
-    from flows.runtime import QUIET
-
-    return dict(QUIET)
-
-
 def deploy_rounds(
     workspace: Path, *, pool: str, cron: str, timezone: str, api_url: str
 ) -> tuple[str, bool]:
@@ -194,8 +186,9 @@ def deploy_rounds(
     Returns the deployment's name and whether the pool was created.
 
     The flow's code is this alloop checkout, read in place by the worker (so the worker runs
-    on this machine, or on one with the same paths), and each round runs with
-    :func:`get_run_environment`. One round at a time (the workspace lock also guards it).
+    on this machine, or on one with the same paths), and each round's process gets
+    :data:`flows.runtime.QUIET` whatever the worker's environment. One round at a time (the
+    workspace lock also guards it).
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -203,6 +196,7 @@ def deploy_rounds(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.round import al_round
+    from flows.runtime import QUIET
     from flows.workspace import TEMPLATE_ROOT
 
     schedule = get_schedule(cron, timezone)
@@ -222,7 +216,7 @@ def deploy_rounds(
             work_pool_name=pool,
             schedules=[schedule],
             parameters={"workspace": str(workspace.resolve())},
-            job_variables={"env": get_run_environment()},
+            job_variables={"env": dict(QUIET)},
             concurrency_limit=1,
             description=f"alloop rounds of {workspace.resolve()}",
             tags=["alloop"],
@@ -251,8 +245,10 @@ def exec_worker(pool: str, *, api_url: str, run_once: bool) -> None:
     """Become Prefect's process worker for ``pool`` (this process is replaced, so signals
     reach the worker itself), with telemetry off. It runs until stopped, or polls once with
     ``run_once`` and exits when the runs it started have finished."""
+    from flows.runtime import QUIET
+
     url = _require_api(api_url)
-    env = {**os.environ, **get_run_environment(), "PREFECT_API_URL": url}
+    env = {**os.environ, **QUIET, "PREFECT_API_URL": url}
     command = get_worker_command(pool, run_once=run_once)
     sys.stdout.flush()
     sys.stderr.flush()
