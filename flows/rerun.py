@@ -120,8 +120,8 @@ def _code_changes(tree: Path, tag: str) -> list[str]:
 @flow(name="al_rerun", persist_result=False, validate_parameters=True)
 def al_rerun(workspace: str, round_id: int, overrides: Sequence[str] = ()) -> RerunResult:
     """Run round ``round_id`` of ``workspace`` again from its recorded inputs (module doc)."""
-    from flows.rollback import check_no_interrupted_rollback
-    from flows.round import al_round, repair_after_crash
+    from flows.recovery import check_no_interrupted_rollback, repair_after_crash
+    from flows.round import al_round
 
     catalog = Catalog(Path(workspace).resolve())
     root = catalog.root

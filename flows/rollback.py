@@ -30,6 +30,7 @@ from prefect import flow
 from flows import tracking, versioning
 from flows.audit import read_tables
 from flows.pipeline import STAGES
+from flows.recovery import check_no_interrupted_rollback, repair_after_crash, rollback_marker
 from flows.workspace import WorkspaceError, hold_workspace
 from tasks.catalog import Catalog, round_name, write_json
 from tasks.ledger import get_rollback_event
@@ -65,21 +66,6 @@ def get_restored_outs() -> list[str]:
     return [path for path in outs if path not in APPEND_ONLY]
 
 
-def marker_file(catalog: Catalog) -> Path:
-    return catalog.state_dir / "rollback.json"
-
-
-def check_no_interrupted_rollback(catalog: Catalog) -> None:
-    """Refuse to go on while a rollback is half done."""
-    marker = marker_file(catalog)
-    if marker.exists():
-        target = json.loads(marker.read_text()).get("to_round")
-        raise WorkspaceError(
-            f"a rollback to {round_name(int(target))} was interrupted; run "
-            f"`alloop rollback {target}` again to finish it before anything else"
-        )
-
-
 def _free_tag(root: Path, base: str) -> str:
     existing = set(versioning.git(root, "tag", "--list", f"{base}*").split())
     if base not in existing:
@@ -96,10 +82,8 @@ def al_rollback(workspace: str, to_round: int, push: bool = True) -> RollbackRes
     catalog = Catalog(Path(workspace).resolve())
     root = catalog.root
     with hold_workspace(root, "rollback"):
-        from flows.round import repair_after_crash
-
         repair_after_crash(catalog)
-        marker = marker_file(catalog)
+        marker = rollback_marker(catalog)
         pending = json.loads(marker.read_text()) if marker.exists() else None
         if pending is not None and pending.get("to_round") != to_round:
             check_no_interrupted_rollback(catalog)
@@ -180,7 +164,7 @@ def _finish(catalog: Catalog, from_round: int, to_round: int) -> RollbackResult:
         "promoted_in_round"
     )
     version = tracking.set_champion(root, champion_round)
-    marker_file(catalog).unlink(missing_ok=True)
+    rollback_marker(catalog).unlink(missing_ok=True)
     log.warning("rolled back to %s; tagged %s", round_name(to_round), tag)
     return RollbackResult(
         to_round, from_round, versioning.head_commit(root), tag, champion_round, version

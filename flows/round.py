@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from flows import tracking, versioning
 from flows.pipeline import STAGE_MODULES
 from flows.progress import RoundProgress
+from flows.recovery import check_no_interrupted_rollback, get_idle_reason, repair_after_crash
 from flows.workspace import WorkspaceError, code_drift, hold_workspace
 from tasks.catalog import Catalog, RoundInfo, round_name
 from tasks.context import StageContext
@@ -30,42 +31,6 @@ class RoundResult:
     resumed: bool
     #: why the round did not run (nothing new to work on), or None when it ran
     skipped: str | None = None
-
-
-def repair_after_crash(catalog: Catalog) -> list[str]:
-    """Finish what a crash after the git commit left undone: the round's tag, and the git
-    commit on its MLflow run. Returns what was repaired."""
-    repaired = []
-    tagged = versioning.repair_unfinished_tag(catalog.root)
-    if tagged is not None:
-        repaired.append(f"tagged {round_name(tagged)}")
-    committed = versioning.committed_round(catalog.root)
-    commit = versioning.tag_commit_of(catalog.root, round_name(committed)) if committed else None
-    if commit and tracking.link_recorded_round(catalog.root, committed, commit):
-        repaired.append(f"linked the MLflow run of {round_name(committed)} to {commit[:10]}")
-    for line in repaired:
-        log.warning("after a crash: %s", line)
-    return repaired
-
-
-def get_idle_reason(catalog: Catalog) -> str | None:
-    """Why a new round would have nothing to do, or None when it has work.
-
-    The rule: after the first round, a round needs a label file in ``data/incoming/`` or new
-    pool items (a changed ``data/pool``). Without either it would only issue another batch
-    while the last one is still out, so it is skipped (``--force`` runs it anyway).
-    """
-    committed = versioning.committed_round(catalog.root)
-    if committed < 1:
-        return None
-    waiting = [p for p in catalog.incoming_dir.glob("*") if p.is_file() and p.name != ".gitkeep"]
-    if waiting or versioning.pool_changed(catalog.root):
-        return None
-    return (
-        f"nothing to do: no label file in data/incoming and no new pool items since "
-        f"{round_name(committed)}; no round was run (no commit, no tag). "
-        "`alloop round --force` runs one anyway."
-    )
 
 
 def begin_round(catalog: Catalog, now: datetime) -> tuple[RoundInfo, bool]:
@@ -131,18 +96,15 @@ def al_round(
                 "would record code that did not produce the outputs. Run the workspace's own "
                 "code (`cd WORKSPACE && python -m flows.cli round`) or restore those files."
             )
-        from flows.rollback import check_no_interrupted_rollback
-
         check_no_interrupted_rollback(catalog)
         params = catalog.read_params()
         now = datetime.fromisoformat(started_at) if started_at else datetime.now(UTC)
         if now.tzinfo is None:
             raise WorkspaceError(f"started_at {started_at!r} needs a time zone (e.g. +00:00)")
         repair_after_crash(catalog)
-        pending = catalog.read_round().round_id > versioning.committed_round(catalog.root)
-        idle = None if (pending or force) else get_idle_reason(catalog)
+        idle = None if force else get_idle_reason(catalog)
         if idle is not None:
-            logger.warning(idle)
+            logger.info(idle)
             committed = versioning.committed_round(catalog.root)
             return RoundResult(committed, versioning.head_commit(catalog.root), "", {}, False, idle)
         info, resumed = begin_round(catalog, now)

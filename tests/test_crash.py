@@ -15,7 +15,8 @@ from test_flow import snapshot
 
 from flows import tracking
 from flows.demo import annotate_outbox
-from flows.round import al_round, repair_after_crash
+from flows.recovery import repair_after_crash
+from flows.round import al_round
 from tasks.catalog import Catalog
 from tasks.faults import CRASH_ENV
 

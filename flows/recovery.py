@@ -1,0 +1,76 @@
+"""What every command checks before it changes a workspace: a crash to repair, a rollback left
+half done, and whether a new round has anything to do.
+
+No Prefect here: the CLI answers "nothing to do" from these functions in a second, before any
+flow (and so any Prefect API) starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from flows import tracking, versioning
+from flows.workspace import WorkspaceError
+from tasks.catalog import Catalog, round_name
+
+log = logging.getLogger(__name__)
+
+
+def repair_after_crash(catalog: Catalog) -> list[str]:
+    """Finish what a crash after the git commit left undone: the round's tag, and the git
+    commit on its MLflow run. Returns what was repaired."""
+    repaired = []
+    tagged = versioning.repair_unfinished_tag(catalog.root)
+    if tagged is not None:
+        repaired.append(f"tagged {round_name(tagged)}")
+    committed = versioning.committed_round(catalog.root)
+    commit = versioning.tag_commit_of(catalog.root, round_name(committed)) if committed else None
+    if commit and tracking.link_recorded_round(catalog.root, committed, commit):
+        repaired.append(f"linked the MLflow run of {round_name(committed)} to {commit[:10]}")
+    for line in repaired:
+        log.warning("after a crash: %s", line)
+    return repaired
+
+
+def rollback_marker(catalog: Catalog) -> Path:
+    """The file a rollback leaves while it is half done."""
+    return catalog.state_dir / "rollback.json"
+
+
+def check_no_interrupted_rollback(catalog: Catalog) -> None:
+    """Refuse to go on while a rollback is half done."""
+    marker = rollback_marker(catalog)
+    if marker.exists():
+        target = json.loads(marker.read_text()).get("to_round")
+        raise WorkspaceError(
+            f"a rollback to {round_name(int(target))} was interrupted; run "
+            f"`alloop rollback {target}` again to finish it before anything else"
+        )
+
+
+def round_pending(catalog: Catalog) -> bool:
+    """Whether a round started and was never recorded (the next round command resumes it)."""
+    return catalog.read_round().round_id > versioning.committed_round(catalog.root)
+
+
+def get_idle_reason(catalog: Catalog) -> str | None:
+    """Why a new round would have nothing to do, or None when it has work.
+
+    The rule: after the first round, a round needs a label file in ``data/incoming/`` or new
+    pool items (a changed ``data/pool``). Without either it would only issue another batch
+    while the last one is still out, so it is skipped (``--force`` runs it anyway). A round
+    that started and was never recorded always has work: finishing it.
+    """
+    committed = versioning.committed_round(catalog.root)
+    if committed < 1 or round_pending(catalog):
+        return None
+    waiting = [p for p in catalog.incoming_dir.glob("*") if p.is_file() and p.name != ".gitkeep"]
+    if waiting or versioning.pool_changed(catalog.root):
+        return None
+    return (
+        f"nothing to do: no label file in data/incoming and no new pool items since "
+        f"{round_name(committed)}; no round was run (no commit, no tag). "
+        "`alloop round --force` runs one anyway."
+    )
