@@ -232,8 +232,7 @@ def instrument() -> None:
 
     for module in STAGE_MODULES:
         name = module.STAGE.name
-        task_obj = module.run
-        body = task_obj.fn
+        body = module.run
 
         @functools.wraps(body)
         def timed_body(*args: Any, _body: Callable[..., Any] = body, _name: str = name, **kw: Any):
@@ -243,13 +242,15 @@ def instrument() -> None:
             with MON.phase(_name):
                 return _body(*args, **kw)
 
-        task_obj.fn = timed_body
+        module.run = timed_body
 
-        def timed_task(ctx: Any, _task: Any = task_obj, _name: str = name) -> Any:
-            with MON.phase(f"task:{_name}"):
-                return _task(ctx)
+    run_stage = flows.round.run_stage
 
-        module.run = timed_task
+    def timed_task(spec: Any, ctx: Any, _run: Any = run_stage) -> Any:
+        with MON.phase(f"task:{spec.name}"):
+            return _run(spec, ctx)
+
+    flows.round.run_stage = timed_task
 
     def wrap(owner: Any, attr: str) -> None:
         original = getattr(owner, attr)
@@ -378,10 +379,10 @@ def run_pool(
         read_prefect_api(record)
         s = result.summaries
         record.summary = {
-            "labeled": s["merge"]["labeled_items"],
-            "batch": s["select"]["batch_size"],
-            "flagged": s["flag"]["flagged"],
-            "macro_f1": (s["evaluate"].get("candidate") or {}).get("macro_f1"),
+            "labeled": s.merge.labeled_items,
+            "batch": s.select.batch_size,
+            "flagged": s.flag.flagged,
+            "macro_f1": s.evaluate.candidate_macro_f1,
         }
         out.rounds.append(record)
         o = record.outside()

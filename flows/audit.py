@@ -15,15 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from tasks import schema
-from tasks.catalog import Catalog
+from tasks.catalog import Catalog, get_artifact, get_audit_tables
 
-TABLES = {
-    "ledger": ("data/labels/ledger.parquet", schema.LEDGER),
-    "issued": ("data/labels/issued.parquet", schema.ISSUED),
-    "flags": ("data/labels/flags.parquet", schema.FLAGS),
-    "annotators": ("data/labels/annotators.parquet", schema.ANNOTATORS),
-    "current": ("data/labels/current.parquet", schema.CURRENT),
-}
+#: The label tables, as the catalog declares them (``audited``).
+TABLES = get_audit_tables()
 
 
 class AuditError(ValueError):
@@ -34,18 +29,16 @@ def read_tables(root: Path, *, at: str | None = None) -> dict[str, pd.DataFrame]
     """The label tables of the workspace now, or as the revision ``at`` recorded them."""
     if at is None:
         catalog = Catalog(root)
-        return {
-            name: catalog.read_table(root / path, table_schema)
-            for name, (path, table_schema) in TABLES.items()
-        }
+        return {name: catalog.load(name) for name in TABLES}
     import dvc.api
     from dvc.exceptions import PathMissingError
     from scmrepo.exceptions import RevError
 
     tables = {}
-    for name, (path, table_schema) in TABLES.items():
+    for name, artifact in TABLES.items():
+        table_schema = dict(artifact.table_schema or {})
         try:
-            data = dvc.api.read(path, repo=str(root), rev=at, mode="rb")
+            data = dvc.api.read(artifact.path, repo=str(root), rev=at, mode="rb")
         except (PathMissingError, FileNotFoundError):
             tables[name] = schema.empty(table_schema)
             continue
@@ -70,7 +63,7 @@ def get_item_history(tables: dict[str, pd.DataFrame], item_id: str) -> pd.DataFr
             "label": pd.NA,
             "annotator": pd.NA,
             "labeled_at": pd.NA,
-            "source": [f"data/outbox/round-{r:04d}/" for r in issued["round_id"]],
+            "source": [f"{get_artifact('outbox').path_of(r)}/" for r in issued["round_id"]],
             "outcome": issued["reason"].to_numpy(),
             "detail": [f"sent to annotators as a {s} item" for s in issued["split"]],
             "event_id": "",

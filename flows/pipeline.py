@@ -1,17 +1,21 @@
-"""The stage graph, declared once: the order ``al_round`` runs and what ``dvc.yaml`` holds."""
+"""The stage graph, declared once: the order ``al_round`` runs the stages and what ``dvc.yaml``
+holds, both derived from the stage specs (``STAGE`` in each ``tasks`` module) and the catalog
+(``tasks/catalog.py``), which says what each artifact is and how DVC versions it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import yaml
 
 from tasks import evaluate, export, flag, merge, score, selection, train, validate
-from tasks.catalog import ROUND_FILE
-from tasks.context import StageSpec
+from tasks.catalog import ARTIFACTS, ROUND_FILE
+from tasks.context import StageContext, StageSpec
+from tasks.summaries import Summary
 
-#: The stage modules in the order a round runs them. Each has ``STAGE`` and a task ``run``.
+#: The stage modules in the order a round runs them. Each has ``STAGE`` and ``run(ctx)``.
 STAGE_MODULES: tuple[ModuleType, ...] = (
     validate,
     merge,
@@ -36,31 +40,75 @@ def get_stage_module(name: str) -> ModuleType:
     raise ValueError(f"unknown stage {name!r}; stages are {list(STAGE_NAMES)}")
 
 
+def get_stage_run(spec: StageSpec) -> Callable[[StageContext], Summary]:
+    """The stage's ``run``, given a context that checks every load and save against ``spec``."""
+    run = get_stage_module(spec.name).run
+
+    def run_stage(ctx: StageContext) -> Summary:
+        return run(ctx.for_stage(spec))
+
+    run_stage.__name__ = run_stage.__qualname__ = spec.name
+    return run_stage
+
+
+def get_stage_outputs(spec: StageSpec) -> tuple[str, ...]:
+    """The paths a stage writes, as DVC tracks them (a per-round file: its whole folder)."""
+    return tuple(dict.fromkeys(ARTIFACTS[name].tracked_path for name in spec.writes))
+
+
+def get_writer(name: str) -> StageSpec | None:
+    """The stage that writes artifact ``name`` (None for the round's inputs)."""
+    return next((spec for spec in STAGES if name in spec.writes), None)
+
+
+def _render_stage(spec: StageSpec) -> dict[str, Any]:
+    deps = [*spec.source_files]
+    deps += dict.fromkeys(ARTIFACTS[name].tracked_path for name in spec.reads)
+    entry: dict[str, Any] = {"cmd": f"python -m flows.stage {spec.name}"}
+    if spec.reads_before:
+        entry["desc"] = (
+            f"also reads what earlier rounds left: {', '.join(spec.reads_before)} "
+            "(declared in tasks/catalog.py; not deps, which would make the graph a cycle)"
+        )
+    entry["deps"] = deps
+    entry["params"] = [*spec.params, {ROUND_FILE: list(ROUND_PARAMS)}]
+    outs: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    plots: dict[str, Any] = {}
+    for name in spec.writes:
+        artifact = ARTIFACTS[name]
+        path = artifact.tracked_path
+        # what the stage reads back in a later round must survive `dvc repro`, which deletes
+        # a stage's outputs before it runs
+        persist = artifact.role == "persist" or spec.name in artifact.read_later_by
+        if artifact.role in ("out", "persist"):
+            outs[path] = {"persist": True} if persist else None
+        elif artifact.role == "metric":
+            metrics[path] = {"cache": False, **({"persist": True} if persist else {})}
+        elif artifact.role == "plot":
+            plots[path] = {"cache": False, **({"persist": True} if persist else {})}
+            plots[path].update(artifact.plot)
+        else:
+            raise ValueError(f"stage {spec.name!r} writes {name!r}, a {artifact.role} artifact")
+    if outs:
+        entry["outs"] = [path if opts is None else {path: opts} for path, opts in outs.items()]
+    if metrics:
+        entry["metrics"] = [{path: opts} for path, opts in metrics.items()]
+    if plots:
+        entry["plots"] = [{path: opts} for path, opts in plots.items()]
+    return entry
+
+
 def render_dvc_stages() -> dict[str, Any]:
-    """``dvc.yaml``'s content as the stage specs declare it."""
-    stages: dict[str, Any] = {}
-    for spec in STAGES:
-        entry: dict[str, Any] = {
-            "cmd": f"python -m flows.stage {spec.name}",
-            "deps": list(spec.deps),
-            "params": [*spec.params, {ROUND_FILE: list(ROUND_PARAMS)}],
-        }
-        outs: list[Any] = list(spec.outs)
-        outs += [{path: {"persist": True}} for path in spec.persist]
-        if outs:
-            entry["outs"] = outs
-        if spec.metrics:
-            entry["metrics"] = [{path: {"cache": False}} for path in spec.metrics]
-        if spec.plots:
-            entry["plots"] = [{path: {"cache": False, **opts}} for path, opts in spec.plots.items()]
-        stages[spec.name] = entry
-    return {"stages": stages}
+    """``dvc.yaml``'s content as the stage specs and the catalog declare it."""
+    return {"stages": {spec.name: _render_stage(spec) for spec in STAGES}}
 
 
 def dump_dvc_yaml() -> str:
     """The text of ``dvc.yaml``: the rendered stages under a header saying where they come from."""
     header = (
-        "# Generated from the stage specs (STAGE in tasks/*.py); tests/test_pipeline.py keeps\n"
-        "# the two in step. Regenerate with: alloop pipeline --write\n"
+        "# Generated from the stage specs (STAGE in tasks/*.py) and the catalog\n"
+        "# (tasks/catalog.py); tests/test_pipeline.py keeps them in step.\n"
+        "# Regenerate with: alloop pipeline --write\n"
     )
     return header + yaml.safe_dump(render_dvc_stages(), sort_keys=False)

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows.pipeline import get_stage_outputs
 from tasks.catalog import Catalog, RoundInfo, write_json
 from tasks.context import StageSpec
+from tasks.summaries import SUMMARIES, Summary
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,6 @@ def digest_path(path: Path) -> str | None:
                 h.update(block)
         h.update(b"\0")
     return h.hexdigest()
-
-
-def get_stage_outputs(spec: StageSpec) -> tuple[str, ...]:
-    return (*spec.outs, *spec.persist, *spec.metrics, *spec.plots)
 
 
 def get_inputs_digest(root: Path) -> str:
@@ -105,22 +103,22 @@ class RoundProgress:
             },
         )
 
-    def get_completed(self, root: Path, spec: StageSpec) -> dict[str, Any] | None:
+    def get_completed(self, root: Path, spec: StageSpec) -> Summary | None:
         """The stage's summary if it completed and its outputs are still what it wrote."""
         done = self.stages.get(spec.name)
         if done is None:
             return None
         for rel, digest in done["outputs"].items():
             if digest_path(root / rel) != digest:
-                log.warning("%s: %s changed after the stage completed", spec.name, rel)
+                log.info("%s: %s changed after the stage completed", spec.name, rel)
                 return None
-        return done["summary"]
+        return SUMMARIES[spec.name].from_dict(done["summary"])
 
-    def record(self, root: Path, spec: StageSpec, summary: dict[str, Any]) -> dict[str, Any]:
+    def record(self, root: Path, spec: StageSpec, summary: Summary) -> Summary:
         """Record the stage as completed; returns its summary as a skipped stage would give it
         (through JSON), so that what follows never depends on whether the stage was skipped."""
         outputs = {rel: digest_path(root / rel) for rel in get_stage_outputs(spec)}
-        stored = json.loads(json.dumps(summary, default=str))
+        stored = json.loads(json.dumps(summary.to_dict(), default=str))
         self.stages[spec.name] = {"summary": stored, "outputs": outputs}
         self.save()
-        return stored
+        return SUMMARIES[spec.name].from_dict(stored)

@@ -29,25 +29,13 @@ from prefect import flow
 
 from flows import tracking, versioning
 from flows.audit import read_tables
-from flows.pipeline import STAGES
 from flows.recovery import check_no_interrupted_rollback, repair_after_crash, rollback_marker
 from flows.workspace import WorkspaceError, hold_workspace
-from tasks.catalog import Catalog, round_name, write_json
+from tasks.catalog import Catalog, get_git_state, get_restored_outs, round_name, write_json
 from tasks.ledger import get_rollback_event
 from tasks.schema import LEDGER
 
 log = logging.getLogger(__name__)
-
-#: Outs that record what happened: never rolled back.
-APPEND_ONLY = (
-    "data/labels/ledger.parquet",
-    "data/labels/issued.parquet",
-    "data/archive",
-    "data/quarantine",
-    "data/outbox",
-)
-#: Files in git (not DVC) that are part of a round's state.
-GIT_STATE = ("params.yaml", "gx", "reports")
 
 
 @dataclass(frozen=True)
@@ -58,12 +46,6 @@ class RollbackResult:
     tag: str
     champion_round: int | None
     champion_version: str | None
-
-
-def get_restored_outs() -> list[str]:
-    """The DVC outs that a rollback restores: every stage's, minus the append-only ones."""
-    outs = [path for spec in STAGES for path in (*spec.outs, *spec.persist)]
-    return [path for path in outs if path not in APPEND_ONLY]
 
 
 def _free_tag(root: Path, base: str) -> str:
@@ -120,7 +102,7 @@ def al_rollback(workspace: str, to_round: int, push: bool = True) -> RollbackRes
         ledger = read_tables(root, at="HEAD")["ledger"]
         ledger_then = read_tables(root, at=target)["ledger"]
         versioning.restore_outs(
-            root, rev=target, outs=get_restored_outs(), git_paths=(*GIT_STATE, "data/pool.dvc")
+            root, rev=target, outs=list(get_restored_outs()), git_paths=get_git_state()
         )
         event = get_rollback_event(
             ledger,

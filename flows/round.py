@@ -6,18 +6,19 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows import tracking, versioning
-from flows.pipeline import STAGE_MODULES
+from flows.pipeline import STAGES, get_stage_run
 from flows.progress import RoundProgress
 from flows.recovery import check_no_interrupted_rollback, get_idle_reason, repair_after_crash
 from flows.workspace import WorkspaceError, code_drift, hold_workspace
 from tasks.catalog import Catalog, RoundInfo, round_name
-from tasks.context import StageContext
+from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
+from tasks.summaries import RoundSummaries, Summary
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class RoundResult:
     round_id: int
     commit: str
     run_id: str
-    summaries: dict[str, dict[str, Any]]
+    summaries: RoundSummaries
     resumed: bool
     #: why the round did not run (nothing new to work on), or None when it ran
     skipped: str | None = None
@@ -46,31 +47,65 @@ def begin_round(catalog: Catalog, now: datetime) -> tuple[RoundInfo, bool]:
     return info, False
 
 
-def get_commit_message(round_id: int, s: dict[str, dict[str, Any]]) -> str:
-    v, m, f = s.get("validate", {}), s.get("merge", {}), s.get("flag", {})
-    e, sel = s.get("evaluate", {}), s.get("select", {})
-    f1 = (e.get("candidate") or {}).get("macro_f1")
+def get_commit_message(round_id: int, s: RoundSummaries) -> str:
+    """The round's commit message: a headline an operator reads in ``git log --oneline``."""
+    v, m, f, e, sel = s.validate, s.merge, s.flag, s.evaluate, s.select
+    f1 = e.candidate_macro_f1 if e is not None else None
     model = (
-        f"macro-F1 {f1:.4f}" + (" (promoted)" if e.get("promoted") else " (champion kept)")
-        if isinstance(f1, float)
+        f"macro-F1 {f1:.4f}" + (" (promoted)" if e.promoted else " (champion kept)")
+        if e is not None and isinstance(f1, float)
         else "no evaluation"
     )
     headline = (
-        f"{round_name(round_id)}: +{v.get('rows_accepted', 0)} labels "
-        f"({v.get('rows_quarantined', 0)} quarantined), {f.get('flagged', 0)} flagged, "
-        f"{model}, {sel.get('batch_size', 0)} items out"
+        f"{round_name(round_id)}: +{v.rows_accepted if v else 0} labels "
+        f"({v.rows_quarantined if v else 0} quarantined), {f.flagged if f else 0} flagged, "
+        f"{model}, {sel.batch_size if sel else 0} items out"
     )
-    body = [
-        f"labeled items: {m.get('labeled_items', 0)} (train {m.get('train_items', 0)}, "
-        f"test {m.get('test_items', 0)}); ledger events: {f.get('ledger_events', 0)}",
-        f"gate: {e.get('gate', '')}",
-        "batch: "
-        + ", ".join(f"{k[2:]} {v}" for k, v in sorted(sel.items()) if k.startswith("n_") and v),
-    ]
+    body = []
+    if m is not None:
+        body.append(
+            f"labeled items: {m.labeled_items} (train {m.train_items}, test {m.test_items}); "
+            f"ledger events: {f.ledger_events if f else 0}"
+        )
+    if e is not None:
+        body.append(f"gate: {e.gate}")
+    if sel is not None:
+        body.append("batch: " + ", ".join(f"{k} {n}" for k, n in sel.parts.items()))
+        if sel.unlabeled_left == 0:
+            body.append("the pool is exhausted: every item has been issued")
     return headline + "\n\n" + "\n".join(body) + "\n"
 
 
-@flow(name="al_round", persist_result=False, validate_parameters=True)
+def get_flow_run_name() -> str:
+    """Prefect's name for a round's flow run: the workspace folder and the round it runs
+    (a round that resumes keeps its number), so that Prefect's UI tells rounds apart."""
+    from prefect.runtime import flow_run
+
+    root = Path(flow_run.parameters["workspace"]).resolve()
+    catalog = Catalog(root)
+    committed = versioning.committed_round(root)
+    written = catalog.read_round().round_id
+    round_id = written if written > committed else committed + 1
+    return f"{root.name}-{round_name(round_id)}"
+
+
+def run_stage(spec: StageSpec, ctx: StageContext) -> Summary:
+    """One stage as a Prefect task.
+
+    No Prefect caching: a stage's real output is files, and after a rollback a cached task
+    would be skipped while its files are stale. DVC's hashes decide what is stale. No retries:
+    a stage only touches local files, and a failure there is a bug to see, not to repeat.
+    """
+    stage = task(name=spec.name, cache_policy=NO_CACHE, persist_result=False)
+    return stage(get_stage_run(spec))(ctx)
+
+
+@flow(
+    name="al_round",
+    flow_run_name=get_flow_run_name,
+    persist_result=False,
+    validate_parameters=True,
+)
 def al_round(
     workspace: str,
     push: bool = True,
@@ -93,8 +128,9 @@ def al_round(
         if drift:
             raise WorkspaceError(
                 f"the workspace's code differs from this alloop's in {drift[:5]}: dvc.lock "
-                "would record code that did not produce the outputs. Run the workspace's own "
-                "code (`cd WORKSPACE && python -m flows.cli round`) or restore those files."
+                "would record code that did not produce the outputs. Run `alloop upgrade -w "
+                f"{catalog.root}` to move the workspace to this alloop's code (its own commit), "
+                "or run the workspace's own code (`cd WORKSPACE && python -m flows.cli round`)."
             )
         check_no_interrupted_rollback(catalog)
         params = catalog.read_params()
@@ -106,15 +142,15 @@ def al_round(
         if idle is not None:
             logger.info(idle)
             committed = versioning.committed_round(catalog.root)
-            return RoundResult(committed, versioning.head_commit(catalog.root), "", {}, False, idle)
+            head = versioning.head_commit(catalog.root)
+            return RoundResult(committed, head, "", RoundSummaries(), False, idle)
         info, resumed = begin_round(catalog, now)
         logger.info("%s %s", "resuming" if resumed else "starting", round_name(info.round_id))
         ctx = StageContext(catalog=catalog, params=params, round=info)
         progress = RoundProgress.open(catalog, info, resumed=resumed)
-        summaries: dict[str, dict[str, Any]] = {}
+        summaries: dict[str, Summary] = {}
         skipping = resumed
-        for module in STAGE_MODULES:
-            spec = module.STAGE
+        for spec in STAGES:
             crash_point(f"before:{spec.name}")
             done = progress.get_completed(catalog.root, spec) if skipping else None
             if done is not None:
@@ -122,18 +158,21 @@ def al_round(
                 logger.info("%s: completed before the interruption; skipped", spec.name)
                 continue
             skipping = False  # a stage that runs again may change what every later one reads
-            summaries[spec.name] = progress.record(catalog.root, spec, module.run(ctx))
+            summaries[spec.name] = progress.record(catalog.root, spec, run_stage(spec, ctx))
             logger.info("%s: %s", spec.name, summaries[spec.name])
+        round_summaries = RoundSummaries.of(summaries)
         crash_point("before:mlflow")
         store = Path(rerun_of) if rerun_of else None
-        run_id = tracking.log_round(catalog, info.round_id, params, summaries, rerun_of=store)
+        run_id = tracking.log_round(
+            catalog, info.round_id, params, round_summaries.to_dicts(), rerun_of=store
+        )
         crash_point("before:record")
         commit = versioning.record_commit(
             catalog.root,
-            get_commit_message(info.round_id, summaries),
+            get_commit_message(info.round_id, round_summaries),
             tag=None if rerun_of else round_name(info.round_id),
             push=push,
         )
         crash_point("before:mlflow-tag")
         tracking.tag_commit(store or catalog.root, run_id, commit)
-    return RoundResult(info.round_id, commit, run_id, summaries, resumed)
+    return RoundResult(info.round_id, commit, run_id, round_summaries, resumed)

@@ -1,7 +1,7 @@
 """Run one stage outside Prefect: ``python -m flows.stage NAME``, as ``dvc.yaml`` does.
 
-This is how ``dvc repro`` reproduces a round with no orchestrator: the same task wrappers
-(their plain functions, via ``.fn``) on the workspace in the current directory.
+This is how ``dvc repro`` reproduces a round with no orchestrator: the same stage functions
+that ``al_round`` wraps in Prefect tasks, on the workspace in the current directory.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ import logging
 from pathlib import Path
 
 from flows import runtime
-from flows.pipeline import STAGE_NAMES, get_stage_module
+from flows.pipeline import STAGE_NAMES, get_stage_module, get_stage_run
 from tasks.catalog import Catalog
 from tasks.context import StageContext
+from tasks.summaries import Summary
 
 
-def run_stage(workspace: Path, name: str) -> dict[str, object]:
+def run_stage(workspace: Path, name: str) -> Summary:
     catalog = Catalog(workspace.resolve())
     ctx = StageContext(catalog=catalog, params=catalog.read_params(), round=catalog.read_round())
     if ctx.round_id < 1:
         raise SystemExit(f"{catalog.round_file} names no round: run `alloop round` first")
-    return get_stage_module(name).run.fn(ctx)
+    return get_stage_run(get_stage_module(name).STAGE)(ctx)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,20 +1,28 @@
-"""The one I/O module: where every file of a workspace lives, and how it is read and written.
+"""The catalog: the one declaration of every artifact of a workspace, and the one I/O module.
 
-Stage functions never touch files; their thin task wrappers call this catalog. Writes are
-atomic (a temporary file in the same folder, then ``os.replace``), so a crash never leaves a
-half-written table behind.
+Every file a round reads or writes is declared once in :data:`ARTIFACTS`: its name, path,
+kind, schema, how DVC versions it, whether it only ever grows (append-only), and which stages
+read it in a later round. ``dvc.yaml``, the audit tables, rollback's restore list and the
+architecture document are derived from these declarations; stages load and save artifacts by
+name (see :class:`tasks.context.StageContext`), never by path.
+
+Writes are atomic (a temporary file in the same folder, then ``os.replace``), so a crash never
+leaves a half-written table behind, and they honour the user's umask.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -27,10 +35,312 @@ from tasks.params import Params, load_params
 
 ROUND_FILE = "round.yaml"
 PARAMS_FILE = "params.yaml"
+#: Local run state that is not versioned: Prefect home, MLflow store, the embedded DVC remote.
+STATE_DIR = ".alloop"
+#: Placeholder of a per-round path: ``data/archive/{round}`` -> ``data/archive/round-0003``.
+ROUND = "{round}"
 
 
 def round_name(round_id: int) -> str:
     return f"round-{round_id:04d}"
+
+
+Kind = Literal["pool", "folder", "table", "json", "csv", "text", "model"]
+#: How an artifact is versioned. ``out``: a DVC out the stage rewrites whole; ``persist``: a DVC
+#: out carried from round to round (the stage rewrites its own round's part); ``metric`` and
+#: ``plot``: small files in git that ``dvc metrics`` / ``dvc plots`` read; ``source``: tracked
+#: by its own ``.dvc`` file or by git, an input of the round; ``local``: not versioned.
+Role = Literal["out", "persist", "metric", "plot", "source", "local"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file or folder of a workspace, declared once.
+
+    ``dvc_path`` is what DVC tracks when it differs from ``path`` (a per-round file lives in a
+    folder that is one persistent out). ``append_only`` artifacts record what happened: a
+    rollback keeps them, and a stage only adds to them. ``read_later_by`` names the stages that
+    read this artifact as an earlier round left it: reads that ``dvc.yaml`` cannot declare as
+    deps (they would make the stage graph a cycle), so they are declared here.
+    """
+
+    name: str
+    path: str
+    kind: Kind
+    role: Role
+    doc: str
+    table_schema: Mapping[str, str] | None = None
+    dvc_path: str | None = None
+    append_only: bool = False
+    read_later_by: tuple[str, ...] = ()
+    plot: Mapping[str, str] = field(default_factory=dict)
+    #: one of the label tables an auditor reads (``alloop audit``, ``alloop history``)
+    audited: bool = False
+
+    @property
+    def per_round(self) -> bool:
+        return ROUND in self.path
+
+    def path_of(self, round_id: int | None = None) -> str:
+        """The path, relative to the workspace; a per-round artifact needs the round."""
+        if not self.per_round:
+            return self.path
+        if round_id is None:
+            raise ValueError(f"artifact {self.name!r} is kept per round: pass round_id")
+        return self.path.replace(ROUND, round_name(round_id))
+
+    @property
+    def tracked_path(self) -> str:
+        """The path DVC (or git) tracks for this artifact."""
+        return self.dvc_path or self.path
+
+
+def _declare(*artifacts: Artifact) -> dict[str, Artifact]:
+    declared: dict[str, Artifact] = {}
+    for artifact in artifacts:
+        if artifact.name in declared:
+            raise ValueError(f"artifact {artifact.name!r} is declared twice")
+        declared[artifact.name] = artifact
+    return declared
+
+
+#: Every artifact of a workspace. Adding one is one entry here (and a stage that writes it).
+ARTIFACTS: dict[str, Artifact] = _declare(
+    # -- inputs of a round ---------------------------------------------------------------
+    Artifact("pool", "data/pool", "pool", "source", "the unlabeled items, parquet partitions"),
+    Artifact(
+        "suite",
+        "gx/expectations/incoming_labels.json",
+        "json",
+        "source",
+        "the Great Expectations suite that checks incoming labels (git)",
+    ),
+    Artifact("incoming", "data/incoming", "folder", "local", "label files dropped by annotators"),
+    Artifact(
+        "truth",
+        "data/simulation/truth.parquet",
+        "table",
+        "source",
+        "true labels of a simulated campaign (simulations and demos only)",
+    ),
+    # -- validate -------------------------------------------------------------------------
+    Artifact(
+        "archive",
+        f"data/archive/{ROUND}",
+        "folder",
+        "persist",
+        "the label files a round consumed, exactly as received",
+        dvc_path="data/archive",
+        append_only=True,
+    ),
+    Artifact(
+        "manifest",
+        f"data/archive/{ROUND}/manifest.json",
+        "json",
+        "persist",
+        "per file of a round: hash, format, encoding, rows read, accepted, quarantined",
+        dvc_path="data/archive",
+        append_only=True,
+        read_later_by=("validate",),
+    ),
+    Artifact(
+        "quarantine",
+        f"data/quarantine/{ROUND}/rejected.csv",
+        "csv",
+        "persist",
+        "the rows a round refused, each with a reason code and a sentence",
+        table_schema=schema.QUARANTINED,
+        dvc_path="data/quarantine",
+        append_only=True,
+    ),
+    Artifact(
+        "accepted",
+        "data/interim/accepted.parquet",
+        "table",
+        "out",
+        "the round's accepted label rows",
+        table_schema=schema.ACCEPTED,
+    ),
+    Artifact(
+        "rejected",
+        "data/interim/rejected.parquet",
+        "table",
+        "out",
+        "the round's refused rows and files",
+        table_schema=schema.QUARANTINED,
+    ),
+    Artifact("validate_report", "reports/validate.json", "json", "metric", "validate's summary"),
+    # -- merge ----------------------------------------------------------------------------
+    Artifact(
+        "current",
+        "data/labels/current.parquet",
+        "table",
+        "out",
+        "the resolved label and split of every labeled item",
+        table_schema=schema.CURRENT,
+        audited=True,
+    ),
+    Artifact(
+        "events",
+        "data/interim/events.parquet",
+        "table",
+        "out",
+        "the round's label, relabel, rejected, resolved and consensus events",
+        table_schema=schema.LEDGER,
+    ),
+    Artifact(
+        "annotators",
+        "data/labels/annotators.parquet",
+        "table",
+        "persist",
+        "per round: each annotator's votes, agreement and CROWDLAB quality",
+        table_schema=schema.ANNOTATORS,
+        read_later_by=("merge",),
+        audited=True,
+    ),
+    Artifact("merge_report", "reports/merge.json", "json", "metric", "merge's summary"),
+    # -- flag -----------------------------------------------------------------------------
+    Artifact(
+        "flags",
+        "data/labels/flags.parquet",
+        "table",
+        "persist",
+        "every likely mislabel found, by round, with its handling",
+        table_schema=schema.FLAGS,
+        read_later_by=("merge", "flag"),
+        audited=True,
+    ),
+    Artifact(
+        "ledger",
+        "data/labels/ledger.parquet",
+        "table",
+        "persist",
+        "append-only label events: the audit trail",
+        table_schema=schema.LEDGER,
+        append_only=True,
+        read_later_by=("merge", "flag"),
+        audited=True,
+    ),
+    Artifact("flag_report", "reports/flag.json", "json", "metric", "flag's summary"),
+    # -- train ----------------------------------------------------------------------------
+    Artifact("candidate", "models/candidate", "model", "out", "the model trained this round"),
+    Artifact("train_report", "reports/train.json", "json", "metric", "train's summary"),
+    # -- evaluate -------------------------------------------------------------------------
+    Artifact(
+        "champion",
+        "models/champion",
+        "model",
+        "persist",
+        "the promoted model, its test probabilities, and the one it replaced",
+        read_later_by=("evaluate",),
+    ),
+    Artifact(
+        "metrics",
+        "reports/metrics.json",
+        "json",
+        "metric",
+        "the candidate and the champion on the test items, and the gate's verdict",
+    ),
+    Artifact(
+        "test_predictions",
+        "reports/test_predictions.csv",
+        "csv",
+        "plot",
+        "the candidate's class for each test item (a confusion matrix in dvc plots)",
+        plot={"template": "confusion", "x": "actual", "y": "predicted"},
+    ),
+    # -- score ----------------------------------------------------------------------------
+    Artifact(
+        "scores",
+        "data/interim/scores.parquet",
+        "table",
+        "out",
+        "prediction and utility of every pool item",
+        table_schema=schema.SCORES,
+    ),
+    Artifact("score_report", "reports/score.json", "json", "metric", "score's summary"),
+    # -- select ---------------------------------------------------------------------------
+    Artifact(
+        "batch",
+        "data/interim/batch.parquet",
+        "table",
+        "out",
+        "the items chosen this round",
+        table_schema=schema.BATCH,
+    ),
+    Artifact(
+        "issued",
+        "data/labels/issued.parquet",
+        "table",
+        "persist",
+        "every item ever handed to annotators, with its split and why",
+        table_schema=schema.ISSUED,
+        append_only=True,
+        read_later_by=("validate", "merge", "score", "select"),
+        audited=True,
+    ),
+    Artifact("select_report", "reports/select.json", "json", "metric", "select's summary"),
+    # -- export ---------------------------------------------------------------------------
+    Artifact(
+        "outbox",
+        f"data/outbox/{ROUND}",
+        "folder",
+        "persist",
+        "the batch handed to annotators: batch.csv, batch.jsonl, tasks.json",
+        dvc_path="data/outbox",
+        append_only=True,
+    ),
+    Artifact("round_report", "reports/round.md", "text", "out", "the round report for people"),
+    Artifact(
+        "history",
+        "reports/history.csv",
+        "csv",
+        "plot",
+        "one row per round: labels, test macro-F1, flags, batch (the trend in dvc plots)",
+        table_schema=schema.HISTORY,
+        plot={"x": "round_id", "y": "test_macro_f1", "template": "linear"},
+        read_later_by=("export",),
+    ),
+    Artifact("export_report", "reports/export.json", "json", "metric", "export's summary"),
+)
+
+
+def get_artifact(name: str) -> Artifact:
+    """The declaration of ``name``; an unknown name is an error that lists the known ones."""
+    try:
+        return ARTIFACTS[name]
+    except KeyError:
+        raise KeyError(
+            f"no artifact {name!r} is declared in tasks/catalog.py; declared: {sorted(ARTIFACTS)}"
+        ) from None
+
+
+def get_append_only() -> tuple[str, ...]:
+    """The tracked paths that record what happened: never rolled back, never rewritten."""
+    return tuple(dict.fromkeys(a.tracked_path for a in ARTIFACTS.values() if a.append_only))
+
+
+def get_restored_outs() -> tuple[str, ...]:
+    """The DVC outs a rollback brings back: every stage's, minus the append-only ones."""
+    outs = (a.tracked_path for a in ARTIFACTS.values() if a.role in ("out", "persist"))
+    return tuple(p for p in dict.fromkeys(outs) if p not in get_append_only())
+
+
+def get_git_state() -> tuple[str, ...]:
+    """The files in git (not DVC) that are part of a round's state: the params, the suite,
+    the folders of the metrics and plots, and the pool's ``.dvc`` file."""
+    reports = (a.path.rsplit("/", 1)[0] for a in ARTIFACTS.values() if a.role in ("metric", "plot"))
+    return (
+        PARAMS_FILE,
+        ARTIFACTS["suite"].path,
+        *dict.fromkeys(reports),
+        f"{ARTIFACTS['pool'].path}.dvc",
+    )
+
+
+def get_audit_tables() -> dict[str, Artifact]:
+    """The label tables an auditor reads, by name."""
+    return {a.name: a for a in ARTIFACTS.values() if a.audited}
 
 
 @dataclass(frozen=True)
@@ -42,12 +352,31 @@ class RoundInfo:
 
 
 @dataclass(frozen=True)
+class SavedModel:
+    """A model folder: the booster's text, its metadata, the test probabilities cached with it
+    (see :func:`tasks.evaluate.get_cached_probs`), and for the champion the model it replaced
+    in the round that promoted it (so that a rerun of that round compares against the same
+    model)."""
+
+    text: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    test_probs: pd.DataFrame | None = None
+    previous: SavedModel | None = None
+
+
+MODEL_FILE = "model.txt"
+META_FILE = "meta.json"
+PROBS_FILE = "test_probs.parquet"
+PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
 class Catalog:
-    """File locations of one workspace (see docs/workspace.md)."""
+    """The artifacts of one workspace, loaded and saved by name (see :data:`ARTIFACTS`)."""
 
     root: Path
 
-    # -- layout -------------------------------------------------------------------------
+    # -- places that are not artifacts --------------------------------------------------
     @property
     def params_file(self) -> Path:
         return self.root / PARAMS_FILE
@@ -57,110 +386,157 @@ class Catalog:
         return self.root / ROUND_FILE
 
     @property
-    def pool_dir(self) -> Path:
-        return self.root / "data" / "pool"
+    def state_dir(self) -> Path:
+        """Local run state that is not versioned: Prefect home, MLflow store, DVC remote."""
+        return self.root / STATE_DIR
 
+    # -- artifacts by name --------------------------------------------------------------
+    def path(self, name: str, round_id: int | None = None) -> Path:
+        """Where ``name`` lives; a per-round artifact needs the round."""
+        return self.root / get_artifact(name).path_of(round_id)
+
+    def load(self, name: str, round_id: int | None = None) -> Any:
+        """The artifact as its kind reads: a table as a conformed DataFrame (empty when absent),
+        JSON as its value (None when absent), text as str (None when absent), a model folder
+        as :class:`SavedModel`, a folder as ``{file name: bytes}``."""
+        artifact = get_artifact(name)
+        path = self.path(name, round_id)
+        if artifact.kind == "table":
+            return self.read_table(path, _schema_of(artifact))
+        if artifact.kind == "csv":
+            return _read_csv(path, artifact.table_schema)
+        if artifact.kind == "json":
+            return json.loads(path.read_text()) if path.exists() else None
+        if artifact.kind == "text":
+            return path.read_text() if path.exists() else None
+        if artifact.kind == "model":
+            self.recover_model(name)
+            return _read_model(path)
+        if artifact.kind == "folder":
+            if not path.is_dir():
+                return {}
+            # files declared as artifacts of their own (an archive's manifest) are not part
+            inner = {self.path(a.name, round_id) for a in _inside(artifact)}
+            return {
+                p.name: p.read_bytes()
+                for p in sorted(path.iterdir())
+                if p.is_file() and p not in inner
+            }
+        raise TypeError(f"artifact {name!r} of kind {artifact.kind!r} is read through the pool")
+
+    def save(self, name: str, value: Any, round_id: int | None = None) -> None:
+        """Write the artifact atomically, as its kind writes (the inverse of :meth:`load`).
+
+        A folder artifact is given ``{file name: bytes or str}`` and is replaced whole; a model
+        folder is swapped in by renames, so a crash leaves either the old or the new one.
+        """
+        artifact = get_artifact(name)
+        path = self.path(name, round_id)
+        if artifact.kind == "table":
+            self.write_table(path, value, _schema_of(artifact))
+        elif artifact.kind == "csv":
+            frame = (
+                value
+                if artifact.table_schema is None
+                else schema.conform(value, _schema_of(artifact))
+            )
+            write_csv(path, frame)
+        elif artifact.kind == "json":
+            write_json(path, value)
+        elif artifact.kind == "text":
+            write_text(path, value)
+        elif artifact.kind == "model":
+            self._replace_folder(path, lambda staged: _write_model(staged, value))
+        elif artifact.kind == "folder":
+            self._replace_folder(path, lambda staged: _write_files(staged, value))
+        else:
+            raise TypeError(f"artifact {name!r} of kind {artifact.kind!r} cannot be saved")
+
+    def _replace_folder(self, target: Path, write: Callable[[Path], None]) -> None:
+        """Write a folder beside ``target``, then swap it in by renames; see
+        :meth:`recover_model` for what a crash between the renames leaves."""
+        staged = target.with_name(f".{target.name}.tmp")
+        retired = target.with_name(f".{target.name}.old")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        _chmod_dir(staged)
+        write(staged)
+        shutil.rmtree(retired, ignore_errors=True)
+        if target.exists():
+            target.rename(retired)
+        staged.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+
+    def recover_model(self, name: str) -> bool:
+        """Finish a folder swap that a crash interrupted between its two renames: the old
+        folder stands. Returns whether there was anything to recover."""
+        target = self.path(name)
+        retired = target.with_name(f".{target.name}.old")
+        if retired.exists() and not target.exists():
+            retired.rename(target)
+            return True
+        return False
+
+    # -- older names, kept while the flows move to load/save by name ------------------
     @property
     def incoming_dir(self) -> Path:
-        return self.root / "data" / "incoming"
+        return self.path("incoming")
 
     @property
-    def archive_dir(self) -> Path:
-        return self.root / "data" / "archive"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.root / "data" / "quarantine"
-
-    @property
-    def outbox_dir(self) -> Path:
-        return self.root / "data" / "outbox"
-
-    @property
-    def labels_dir(self) -> Path:
-        return self.root / "data" / "labels"
-
-    @property
-    def interim_dir(self) -> Path:
-        return self.root / "data" / "interim"
-
-    @property
-    def simulation_dir(self) -> Path:
-        return self.root / "data" / "simulation"
-
-    @property
-    def ledger(self) -> Path:
-        return self.labels_dir / "ledger.parquet"
-
-    @property
-    def current(self) -> Path:
-        return self.labels_dir / "current.parquet"
-
-    @property
-    def issued(self) -> Path:
-        return self.labels_dir / "issued.parquet"
-
-    @property
-    def flags(self) -> Path:
-        return self.labels_dir / "flags.parquet"
-
-    @property
-    def accepted(self) -> Path:
-        return self.interim_dir / "accepted.parquet"
-
-    @property
-    def rejected(self) -> Path:
-        return self.interim_dir / "rejected.parquet"
-
-    @property
-    def events(self) -> Path:
-        return self.interim_dir / "events.parquet"
-
-    @property
-    def annotators(self) -> Path:
-        return self.labels_dir / "annotators.parquet"
-
-    @property
-    def scores(self) -> Path:
-        return self.interim_dir / "scores.parquet"
-
-    @property
-    def batch(self) -> Path:
-        return self.interim_dir / "batch.parquet"
-
-    @property
-    def candidate_dir(self) -> Path:
-        return self.root / "models" / "candidate"
-
-    @property
-    def champion_dir(self) -> Path:
-        return self.root / "models" / "champion"
+    def pool_dir(self) -> Path:
+        return self.path("pool")
 
     @property
     def reports_dir(self) -> Path:
-        return self.root / "reports"
+        return self.path("metrics").parent
 
     @property
     def metrics_file(self) -> Path:
-        return self.reports_dir / "metrics.json"
+        return self.path("metrics")
+
+    @property
+    def current(self) -> Path:
+        return self.path("current")
+
+    @property
+    def issued(self) -> Path:
+        return self.path("issued")
+
+    @property
+    def ledger(self) -> Path:
+        return self.path("ledger")
+
+    @property
+    def champion_dir(self) -> Path:
+        return self.path("champion")
+
+    @property
+    def candidate_dir(self) -> Path:
+        return self.path("candidate")
 
     @property
     def truth_file(self) -> Path:
-        return self.simulation_dir / "truth.parquet"
+        return self.path("truth")
 
     @property
-    def state_dir(self) -> Path:
-        """Local run state that is not versioned: Prefect home, MLflow store, DVC remote."""
-        return self.root / ".alloop"
-
-    def archive(self, round_id: int) -> Path:
-        return self.archive_dir / round_name(round_id)
-
-    def quarantine(self, round_id: int) -> Path:
-        return self.quarantine_dir / round_name(round_id)
+    def simulation_dir(self) -> Path:
+        return self.path("truth").parent
 
     def outbox(self, round_id: int) -> Path:
-        return self.outbox_dir / round_name(round_id)
+        return self.path("outbox", round_id)
+
+    def quarantine(self, round_id: int) -> Path:
+        return self.path("quarantine", round_id).parent
+
+    def archive(self, round_id: int) -> Path:
+        return self.path("archive", round_id)
+
+    def read_json(self, path: Path, default: Any = None) -> Any:
+        return json.loads(path.read_text()) if path.exists() else default
+
+    def read_model_text(self, folder: Path) -> str | None:
+        path = folder / MODEL_FILE
+        return path.read_text() if path.exists() else None
 
     # -- params and round state ---------------------------------------------------------
     def read_params(self, overrides: tuple[str, ...] = ()) -> Params:
@@ -179,24 +555,73 @@ class Catalog:
         write_text(self.round_file, text)
 
     # -- tables -------------------------------------------------------------------------
-    def read_table(self, path: Path, table_schema: dict[str, str]) -> pd.DataFrame:
-        """Read a table written by :meth:`write_table`; an absent file is an empty table."""
+    def read_table(self, path: Path, table_schema: Mapping[str, str]) -> pd.DataFrame:
+        """Read a parquet table; an absent file is an empty table."""
         if not path.exists():
-            return schema.empty(table_schema)
-        return schema.conform(pd.read_parquet(path), table_schema)
+            return schema.empty(dict(table_schema))
+        return schema.conform(pd.read_parquet(path), dict(table_schema))
 
-    def write_table(self, path: Path, frame: pd.DataFrame, table_schema: dict[str, str]) -> None:
-        table = pa.Table.from_pandas(schema.conform(frame, table_schema), preserve_index=False)
+    def write_table(self, path: Path, frame: pd.DataFrame, table_schema: Mapping[str, str]) -> None:
+        table = pa.Table.from_pandas(
+            schema.conform(frame, dict(table_schema)), preserve_index=False
+        )
         _atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+    # -- incoming files -----------------------------------------------------------------
+    def take_incoming(self, round_id: int) -> None:
+        """Move every file dropped in ``incoming`` into the round's archive, exactly as
+        received.
+
+        The archive copy is written (atomically) before the incoming file is removed, so a
+        crash in between leaves the file in both places, never in neither. A different file of
+        the same name already in the archive is kept, and the new one gets a numbered name.
+        """
+        incoming, archive = self.path("incoming"), self.path("archive", round_id)
+        archive.mkdir(parents=True, exist_ok=True)
+        incoming.mkdir(parents=True, exist_ok=True)
+        dropped = sorted(
+            p for p in incoming.iterdir() if p.is_file() and not p.name.startswith(".")
+        )
+        for path in dropped:
+            target = archive / path.name
+            if target.exists() and target.read_bytes() != path.read_bytes():
+                stem, suffix = path.stem, path.suffix
+                n = 2
+                while (archive / f"{stem}.{n}{suffix}").exists():
+                    n += 1
+                target = archive / f"{stem}.{n}{suffix}"
+            if not target.exists():
+                write_bytes(target, path.read_bytes())
+            path.unlink()
+
+    def list_incoming(self) -> list[str]:
+        """Names of the label files waiting in ``incoming``."""
+        incoming = self.path("incoming")
+        if not incoming.is_dir():
+            return []
+        return sorted(
+            p.name for p in incoming.iterdir() if p.is_file() and not p.name.startswith(".")
+        )
+
+    def load_rounds(self, name: str, *, before_round: int) -> dict[int, Any]:
+        """A per-round artifact of every round before ``before_round`` that has it."""
+        artifact = get_artifact(name)
+        parent = self.root / artifact.path.split(ROUND)[0]
+        found = {}
+        for folder in sorted(parent.glob("round-*")):
+            round_id = int(folder.name.removeprefix("round-"))
+            if round_id < before_round and self.path(name, round_id).exists():
+                found[round_id] = self.load(name, round_id)
+        return found
 
     # -- pool ---------------------------------------------------------------------------
     def pool_files(self) -> list[Path]:
-        return sorted(self.pool_dir.glob("*.parquet"))
+        return sorted(self.path("pool").glob("*.parquet"))
 
     def _pool_dataset(self) -> ds.Dataset:
         files = self.pool_files()
         if not files:
-            raise FileNotFoundError(f"no pool files (*.parquet) in {self.pool_dir}")
+            raise FileNotFoundError(f"no pool files (*.parquet) in {self.path('pool')}")
         return ds.dataset([str(f) for f in files], format="parquet")
 
     def read_pool_ids(self) -> pd.Series:
@@ -215,6 +640,11 @@ class Catalog:
         frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
         return frame
 
+    def read_pool_rows(self, item_ids: pd.Series) -> pd.DataFrame:
+        """Pool rows of ``item_ids``, in that order (each id must be in the pool)."""
+        rows = self.read_pool(item_ids).set_index(schema.ITEM_ID)
+        return rows.loc[item_ids.to_numpy()].reset_index()
+
     def iter_pool(self, chunk_size: int) -> Iterator[pd.DataFrame]:
         """The pool in chunks of at most ``chunk_size`` rows: memory stays bounded."""
         for batch in self._pool_dataset().to_batches(batch_size=chunk_size):
@@ -223,24 +653,105 @@ class Catalog:
                 frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
                 yield frame
 
-    # -- models -------------------------------------------------------------------------
-    def read_model_text(self, folder: Path) -> str | None:
-        path = folder / "model.txt"
-        return path.read_text() if path.exists() else None
 
-    def read_json(self, path: Path, default: Any = None) -> Any:
-        if not path.exists():
-            return default
-        return json.loads(path.read_text())
+def _read_csv(path: Path, table_schema: Mapping[str, str] | None) -> pd.DataFrame:
+    """A CSV alloop wrote; conformed to its schema when it has one (absent: empty)."""
+    if not path.exists():
+        return schema.empty(dict(table_schema or {}))
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False).replace("", pd.NA)
+    if table_schema is None:
+        return frame
+    # numbers and flags come back from text
+    for column, dtype in table_schema.items():
+        if column in frame and dtype != "string":
+            frame[column] = (
+                pd.to_numeric(frame[column])
+                if dtype != "boolean"
+                else frame[column].map({"True": True, "False": False})
+            )
+    return schema.conform(frame, dict(table_schema))
+
+
+def _inside(folder: Artifact) -> list[Artifact]:
+    """Artifacts declared inside the folder artifact ``folder``."""
+    prefix = folder.path.rstrip("/") + "/"
+    return [a for a in ARTIFACTS.values() if a.path.startswith(prefix)]
+
+
+def _schema_of(artifact: Artifact) -> dict[str, str]:
+    if artifact.table_schema is None:
+        raise TypeError(f"artifact {artifact.name!r} declares no schema")
+    return dict(artifact.table_schema)
+
+
+# -- model folders --------------------------------------------------------------------------
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_model(folder: Path) -> SavedModel:
+    """A model folder; cached test probabilities only if they are this model's."""
+    meta_path = folder / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    model_path = folder / MODEL_FILE
+    text = model_path.read_text() if model_path.exists() else None
+    probs_of = meta.pop("test_probs_of", None)
+    probs_path = folder / PROBS_FILE
+    probs = None
+    if text is not None and probs_path.exists() and probs_of == _digest(text):
+        probs = pd.read_parquet(probs_path)
+    previous = _read_model(folder / PREVIOUS) if (folder / PREVIOUS).is_dir() else None
+    return SavedModel(text=text, meta=meta, test_probs=probs, previous=previous)
+
+
+def _write_model(folder: Path, model: SavedModel) -> None:
+    """``model.txt``, ``meta.json``, the cached test probabilities and ``previous/``."""
+    meta = dict(model.meta)
+    if model.text is not None:
+        write_text(folder / MODEL_FILE, model.text)
+        if model.test_probs is not None:
+            buffer = io.BytesIO()
+            model.test_probs.to_parquet(buffer, index=False)
+            write_bytes(folder / PROBS_FILE, buffer.getvalue())
+            meta["test_probs_of"] = _digest(model.text)
+    if model.previous is not None:
+        _write_model(folder / PREVIOUS, model.previous)
+    write_json(folder / META_FILE, meta)
+
+
+def _write_files(folder: Path, files: Mapping[str, bytes | str]) -> None:
+    for name, content in files.items():
+        write_bytes(folder / name, content.encode("utf-8") if isinstance(content, str) else content)
 
 
 # -- primitives -----------------------------------------------------------------------------
+@cache
+def _umask() -> int:
+    """The process's umask (read once: files are created with the user's permissions)."""
+    try:  # Linux: readable without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_dir(path: Path) -> None:
+    os.chmod(path, 0o777 & ~_umask())
+
+
 def _atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600: give the file the permissions any other write would have, so
+        # teammates and annotators on other accounts can read what the umask lets them
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -255,13 +766,20 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(payload: Any) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def jsonl_text(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
+
+
 def write_json(path: Path, payload: Any) -> None:
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(path, json_text(payload))
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
-    write_text(path, lines)
+    write_text(path, jsonl_text(records))
 
 
 #: A cell starting with one of these is run as a formula by spreadsheet programs.
@@ -283,9 +801,13 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return safe
 
 
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
+def csv_text(frame: pd.DataFrame) -> str:
     """A CSV for people (annotators, auditors): formula-like cells are defused."""
-    write_text(path, csv_safe(frame).to_csv(index=False, lineterminator="\n"))
+    return csv_safe(frame).to_csv(index=False, lineterminator="\n")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_text(path, csv_text(frame))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

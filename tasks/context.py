@@ -1,48 +1,78 @@
-"""What a stage's task wrapper receives, and the declaration of a stage for ``dvc.yaml``."""
+"""A stage's declaration, and what its ``run`` receives: artifacts by name, params, the round.
+
+No orchestrator here: a stage module imports pandas, numpy and its own libraries, nothing of
+Prefect. ``flows/`` wraps each stage's ``run`` in a Prefect task.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+import pandas as pd
 
-from tasks.catalog import Catalog, RoundInfo
+from tasks.catalog import ARTIFACTS, Catalog, RoundInfo, get_artifact
 from tasks.params import Params
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A stage as ``dvc.yaml`` declares it; a test keeps the two in step.
+    """A stage as the catalog and ``dvc.yaml`` know it.
 
-    ``params`` are keys of ``params.yaml``; ``round.yaml`` (the round id and its clock) is a
-    params dependency of every stage. ``persist`` outs carry state from round to round: the
-    stage rewrites only the current round's part of them, so rerunning it is idempotent.
+    ``reads`` are artifacts of this round (what earlier stages wrote, or the round's inputs:
+    the pool, the expectation suite); they become the stage's deps in ``dvc.yaml``. ``writes``
+    are the artifacts it writes; each one's role in the catalog says whether it is an out, a
+    persistent out, a metric or a plot. Reads of what an *earlier round* left behind are
+    declared on the artifact (``read_later_by``), see :attr:`reads_before`. ``code`` lists the
+    source files besides the stage's own module; ``params`` are keys of ``params.yaml``.
     """
 
     name: str
-    deps: tuple[str, ...]
+    module: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
     params: tuple[str, ...]
-    outs: tuple[str, ...] = ()
-    persist: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()
-    #: path -> DVC plot options (x, y, template); written in git, like metrics
-    plots: dict[str, dict[str, str]] = field(default_factory=dict)
+    code: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (*self.reads, *self.writes):
+            get_artifact(name)  # an undeclared name fails when the spec is made
+
+    @property
+    def reads_before(self) -> tuple[str, ...]:
+        """Artifacts this stage reads as earlier rounds left them (declared in the catalog)."""
+        return tuple(a.name for a in ARTIFACTS.values() if self.name in a.read_later_by)
+
+    @property
+    def source_files(self) -> tuple[str, ...]:
+        return (f"{self.module.replace('.', '/')}.py", *self.code)
+
+
+class UndeclaredArtifact(RuntimeError):
+    """A stage read or wrote an artifact its spec does not declare."""
 
 
 @dataclass(frozen=True)
 class StageContext:
+    """What a stage's ``run`` gets: the workspace's artifacts, the params, the round.
+
+    Loads and saves go through :meth:`load`, :meth:`load_before` and :meth:`save`, which refuse
+    any artifact the stage's spec does not declare: the declaration cannot drift from the code.
+    """
+
     catalog: Catalog
     params: Params
     round: RoundInfo
-    stage_seeds: dict[str, int] = field(default_factory=dict, compare=False)
+    spec: StageSpec | None = field(default=None, compare=False)
 
     @property
     def round_id(self) -> int:
         return self.round.round_id
+
+    def for_stage(self, spec: StageSpec) -> StageContext:
+        return StageContext(self.catalog, self.params, self.round, spec)
 
     def random_state(self, stage: str) -> int:
         """A seed for ``stage`` in this round: fixed by the project seed, round and stage.
@@ -52,12 +82,60 @@ class StageContext:
         key = [self.params.project.random_state, self.round.round_id, *stage.encode()]
         return int(np.random.SeedSequence(key).generate_state(1)[0])
 
+    # -- artifacts ------------------------------------------------------------------------
+    def _check(self, name: str, allowed: tuple[str, ...], what: str) -> None:
+        if self.spec is not None and name not in allowed:
+            raise UndeclaredArtifact(
+                f"stage {self.spec.name!r} {what} {name!r}, which its spec does not declare "
+                f"(declared: {list(allowed)})"
+            )
 
-def stage_task(name: str) -> Callable[[Callable[..., Any]], Any]:
-    """The thin Prefect task around a stage's wrapper.
+    def load(self, name: str) -> Any:
+        """This round's ``name`` (per-round artifacts: this round's part)."""
+        allowed = (*self.spec.reads, *self.spec.writes) if self.spec else ()
+        self._check(name, allowed, "reads")
+        return self.catalog.load(name, self._round_of(name))
 
-    No Prefect caching: a stage's real output is files, and after a rollback a cached task
-    would be skipped while its files are stale. DVC's hashes decide what is stale. No retries:
-    a stage only touches local files, and a failure there is a bug to see, not to repeat.
-    """
-    return task(name=name, cache_policy=NO_CACHE, persist_result=False)
+    def load_before(self, name: str) -> Any:
+        """``name`` as earlier rounds left it: the rows of rounds before this one, for a table
+        with a ``round_id`` column; ``{round_id: value}`` of earlier rounds, for a per-round
+        artifact; the whole artifact otherwise (the stage itself tells what
+        "before" means for it, e.g. the champion before this round's promotion)."""
+        self._check(name, self.spec.reads_before if self.spec else (), "reads from earlier rounds")
+        if get_artifact(name).per_round:  # {round_id: value} of every earlier round
+            return self.catalog.load_rounds(name, before_round=self.round_id)
+        value = self.catalog.load(name)
+        if isinstance(value, pd.DataFrame) and "round_id" in value.columns:
+            value = value[value["round_id"] < self.round_id].reset_index(drop=True)
+        return value
+
+    def save(self, name: str, value: Any) -> None:
+        self._check(name, self.spec.writes if self.spec else (), "writes")
+        self.catalog.save(name, value, self._round_of(name))
+
+    def take_incoming(self) -> None:
+        """Move the files waiting in ``incoming`` into this round's archive."""
+        self._check("archive", self.spec.writes if self.spec else (), "writes")
+        self.catalog.take_incoming(self.round_id)
+
+    def _round_of(self, name: str) -> int | None:
+        return self.round_id if get_artifact(name).per_round else None
+
+    # -- the pool (read, never written, by stages) -----------------------------------------
+    def _check_pool(self) -> None:
+        self._check("pool", self.spec.reads if self.spec else (), "reads")
+
+    def pool_ids(self) -> pd.Series:
+        self._check_pool()
+        return self.catalog.read_pool_ids()
+
+    def pool_rows(self, item_ids: pd.Series, *, ordered: bool = True) -> pd.DataFrame:
+        """Pool rows of ``item_ids``: in that order, or in pool order when not ``ordered``."""
+        self._check_pool()
+        if ordered:
+            return self.catalog.read_pool_rows(item_ids)
+        return self.catalog.read_pool(item_ids)
+
+    def iter_pool(self, chunk_size: int) -> Iterator[pd.DataFrame]:
+        self._check_pool()
+        return self.catalog.iter_pool(chunk_size)

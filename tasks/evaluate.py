@@ -2,10 +2,11 @@
 
 The candidate becomes champion only if it passes the gate. The champion folder keeps the
 champion from before this round in ``previous/`` whenever this round promoted, so rerunning
-the stage compares against the same model and gives the same answer.
+the stage compares against the same model and gives the same answer
+(:func:`get_champion_before`).
 
-Beside each champion's ``model.txt`` lies ``test_probs.parquet``: its probabilities for the
-test items it was evaluated on, each with a hash of the item's features. The next round
+Beside each champion's model lie its probabilities for the test items it was evaluated on,
+each with a hash of the item's features (:class:`tasks.catalog.SavedModel`). The next round
 predicts only the test items that are new or changed: the test set grows by a slice per round,
 and predicting the whole of it again with an unchanged champion was a third of a simulated
 round's prediction time.
@@ -14,10 +15,7 @@ round's prediction time.
 from __future__ import annotations
 
 import hashlib
-import io
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -25,21 +23,20 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
 from tasks import schema
-from tasks.catalog import write_bytes, write_csv, write_json, write_text
-from tasks.context import StageContext, StageSpec, stage_task
+from tasks.catalog import SavedModel
+from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.model import encode_labels, get_feature_frame, predict_proba
 from tasks.params import EvaluateParams
+from tasks.summaries import EvaluateSummary
 
 STAGE = StageSpec(
     name="evaluate",
-    deps=("tasks/evaluate.py", "models/candidate", "data/labels/current.parquet", "data/pool"),
+    module=__name__,
+    code=("tasks/model.py",),
+    reads=("candidate", "current", "pool"),
+    writes=("champion", "metrics", "test_predictions"),
     params=("project", "evaluate"),
-    persist=("models/champion",),
-    metrics=("reports/metrics.json",),
-    plots={
-        "reports/test_predictions.csv": {"template": "confusion", "x": "actual", "y": "predicted"}
-    },
 )
 
 
@@ -70,9 +67,6 @@ def get_classification_metrics(
     }
     metrics.update({f"f1_{classes[c]}": float(f) for c, f in zip(present, per_class, strict=True)})
     return metrics
-
-
-PROBS_FILE = "test_probs.parquet"
 
 
 @dataclass(frozen=True)
@@ -179,105 +173,89 @@ def evaluate_models(
     return Evaluation(ours, theirs, promote, reason, predicted, candidate_probs, champion_table)
 
 
-def _load(model_text: str | None) -> lgb.Booster | None:
-    return None if model_text is None else lgb.Booster(model_str=model_text)
-
-
-def _read_cache(folder: Path, model_text: str | None, meta: dict) -> pd.DataFrame | None:
-    """The champion's cached test probabilities, if they are this model's."""
-    path = folder / PROBS_FILE
-    if model_text is None or not path.exists():
+def _booster(model: SavedModel | None) -> lgb.Booster | None:
+    if model is None or model.text is None:
         return None
-    if meta.get("test_probs_of") != _digest(model_text):
-        return None
-    return pd.read_parquet(path)
+    return lgb.Booster(model_str=model.text)
 
 
-def _write_model(folder: Path, model_text: str, meta: dict, probs: pd.DataFrame | None) -> None:
-    """``model.txt``, ``meta.json`` and, when given, the model's cached test probabilities."""
-    write_text(folder / "model.txt", model_text)
-    if probs is not None:
-        buffer = io.BytesIO()
-        probs.to_parquet(buffer, index=False)
-        write_bytes(folder / PROBS_FILE, buffer.getvalue())
-        meta = {**meta, "test_probs_of": _digest(model_text)}
-    write_json(folder / "meta.json", meta)
+def get_champion_before(champion: SavedModel, *, round_id: int) -> SavedModel:
+    """The champion this round's candidate is judged against.
+
+    When this round already promoted its candidate (the round runs again: a rerun, or a
+    resume after a crash), that is the model the promotion replaced, kept in ``previous``;
+    otherwise it is the champion as it stands.
+    """
+    if champion.meta.get("promoted_in_round") == round_id:
+        return champion.previous if champion.previous is not None else SavedModel()
+    return champion
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@stage_task("evaluate")
-def run(ctx: StageContext) -> dict[str, object]:
-    cat = ctx.catalog
-    retired = cat.champion_dir.with_name(".champion.old")
-    if retired.exists() and not cat.champion_dir.exists():
-        retired.rename(cat.champion_dir)  # a crash came mid-swap: the old champion stands
-    champion_meta = cat.read_json(cat.champion_dir / "meta.json", default={})
-    # on a rerun of a round that promoted, the champion from before the round is in previous/
-    before = (
-        cat.champion_dir / "previous"
-        if champion_meta.get("promoted_in_round") == ctx.round_id
-        else cat.champion_dir
-    )
-    before_meta = cat.read_json(before / "meta.json", default={})
-    before_text = cat.read_model_text(before)
-    candidate_text = cat.read_model_text(cat.candidate_dir)
-    current = cat.read_table(cat.current, schema.CURRENT)
-    test = current[current["split"] == "test"].reset_index(drop=True)
-    rows = cat.read_pool(test["item_id"]).set_index("item_id").loc[test["item_id"]].reset_index()
-    result = evaluate_models(
-        rows,
-        test["label"],
-        candidate=_load(candidate_text),
-        champion=_load(before_text),
-        classes=ctx.params.project.classes,
-        params=ctx.params.evaluate,
-        champion_cache=_read_cache(before, before_text, before_meta),
-    )
-    staged = cat.champion_dir.with_name(".champion.tmp")
-    shutil.rmtree(staged, ignore_errors=True)
-    before_meta = {k: v for k, v in before_meta.items() if k != "test_probs_of"}
-    if result.promote and candidate_text is not None:
-        _write_model(
-            staged,
-            candidate_text,
-            {"promoted_in_round": ctx.round_id, **(result.candidate or {})},
-            result.candidate_probs,
+def get_new_champion(
+    result: Evaluation, candidate: SavedModel, before: SavedModel, *, round_id: int
+) -> SavedModel:
+    """The champion after this round's gate: the candidate, with the model it replaced in
+    ``previous``; or the champion from before, unchanged; each with its test probabilities."""
+    if result.promote and candidate.text is not None:
+        previous = (
+            SavedModel(before.text, before.meta, result.champion_probs)
+            if before.text is not None
+            else None
         )
-        if before_text is not None:
-            _write_model(staged / "previous", before_text, before_meta, result.champion_probs)
-    elif before_text is not None:
-        _write_model(staged, before_text, before_meta, result.champion_probs)
-    else:
-        write_json(staged / "meta.json", {"promoted_in_round": None})
-    # swap by renames, so a crash at any point leaves a whole champion folder to resume from
-    shutil.rmtree(retired, ignore_errors=True)
-    if cat.champion_dir.exists():
-        cat.champion_dir.rename(retired)
-    crash_point("during:evaluate")
-    staged.rename(cat.champion_dir)
-    shutil.rmtree(retired, ignore_errors=True)
-    metrics: dict[str, object] = {
-        "round_id": ctx.round_id,
-        "n_test": int(len(test)),
-        "n_train": int((current["split"] == "train").sum()),
-        "candidate": result.candidate,
-        "champion": result.champion,
-        "promoted": result.promote,
-        "gate": result.reason,
-        "champion_round": (
-            ctx.round_id if result.promote else before_meta.get("promoted_in_round")
-        ),
-    }
-    write_json(cat.metrics_file, metrics)
-    predictions = pd.DataFrame(
+        return SavedModel(
+            candidate.text,
+            {"promoted_in_round": round_id, **(result.candidate or {})},
+            result.candidate_probs,
+            previous,
+        )
+    if before.text is not None:
+        return SavedModel(before.text, before.meta, result.champion_probs)
+    return SavedModel(meta={"promoted_in_round": None})
+
+
+def get_evaluate_summary(
+    result: Evaluation, current: pd.DataFrame, before: SavedModel, *, round_id: int
+) -> EvaluateSummary:
+    return EvaluateSummary(
+        round_id=round_id,
+        n_test=int((current["split"] == "test").sum()),
+        n_train=int((current["split"] == "train").sum()),
+        candidate=result.candidate,
+        champion=result.champion,
+        promoted=result.promote,
+        gate=result.reason,
+        champion_round=round_id if result.promote else before.meta.get("promoted_in_round"),
+    )
+
+
+def get_test_predictions(test: pd.DataFrame, result: Evaluation) -> pd.DataFrame:
+    """``item_id, actual, predicted`` of every test item (the confusion plot's data)."""
+    return pd.DataFrame(
         {
             "item_id": test["item_id"],
             "actual": test["label"],
             "predicted": result.predicted if result.predicted is not None else pd.NA,
         }
     )
-    write_csv(cat.reports_dir / "test_predictions.csv", predictions)
-    return metrics
+
+
+def run(ctx: StageContext) -> EvaluateSummary:
+    current = ctx.load("current")
+    test = current[current["split"] == "test"].reset_index(drop=True)
+    candidate = ctx.load("candidate")
+    before = get_champion_before(ctx.load_before("champion"), round_id=ctx.round_id)
+    result = evaluate_models(
+        ctx.pool_rows(test["item_id"]),
+        test["label"],
+        candidate=_booster(candidate),
+        champion=_booster(before),
+        classes=ctx.params.project.classes,
+        params=ctx.params.evaluate,
+        champion_cache=before.test_probs,
+    )
+    ctx.save("champion", get_new_champion(result, candidate, before, round_id=ctx.round_id))
+    crash_point("during:evaluate")
+    summary = get_evaluate_summary(result, current, before, round_id=ctx.round_id)
+    ctx.save("metrics", summary.to_dict())
+    ctx.save("test_predictions", get_test_predictions(test, result))
+    return summary

@@ -15,28 +15,26 @@ import pandas as pd
 
 from tasks import schema
 from tasks.annotation_time import get_batch_seconds
-from tasks.catalog import round_name, write_csv, write_json, write_jsonl, write_text
-from tasks.context import StageContext, StageSpec, stage_task
+from tasks.catalog import csv_text, json_text, jsonl_text, round_name
+from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.params import ExportParams
+from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries
 
 MAX_FILES_LISTED = 20
-REPORTS = ("validate", "merge", "flag", "train", "metrics", "score", "select")
 
 STAGE = StageSpec(
     name="export",
-    deps=(
-        "tasks/export.py",
-        "tasks/annotation_time.py",
-        "data/interim/batch.parquet",
-        "data/pool",
-        "data/archive",
-        *(f"reports/{name}.json" for name in REPORTS),
+    module=__name__,
+    code=("tasks/annotation_time.py", "tasks/summaries.py"),
+    reads=(
+        "batch",
+        "pool",
+        "manifest",
+        *(cls.report for stage, cls in SUMMARIES.items() if stage != "export"),
     ),
+    writes=("outbox", "round_report", "history", "export_report"),
     params=("export", "annotation"),
-    outs=("reports/round.md",),
-    persist=("data/outbox",),
-    metrics=("reports/export.json",),
 )
 
 #: Columns an annotator fills in; the returned CSV is the plain incoming label format.
@@ -75,6 +73,12 @@ def export_batch(
     missing = set(batch["item_id"]) - set(pool_rows["item_id"])
     if missing:
         raise ValueError(f"batch items {sorted(missing)[:5]} are not in the pool")
+    if params.blind_second_opinion:  # no suggestion on a second opinion: see ExportParams
+        blind = (batch["reason"] == "relabel").to_numpy()
+        batch = batch.assign(
+            predicted_label=batch["predicted_label"].mask(blind),
+            confidence=batch["confidence"].mask(blind),
+        )
     ordered = batch.assign(_group=batch["predicted_label"].fillna("")).sort_values(
         ["_group", "item_id"], kind="stable"
     )
@@ -128,7 +132,7 @@ def export_batch(
 
 def get_round_report(
     round_id: int,
-    reports: dict[str, dict[str, Any]],
+    reports: RoundSummaries,
     files: list[dict[str, Any]],
     *,
     batch_seconds: float | None = None,
@@ -137,25 +141,20 @@ def get_round_report(
 
     ``batch_seconds``: the batch's expected annotation time, if known.
     """
-    v, m, f, t = (reports.get(k, {}) for k in ("validate", "merge", "flag", "train"))
-    ev, s = reports.get("metrics", {}), reports.get("select", {})
-    cand = ev.get("candidate") or {}
-    champ = ev.get("champion") or {}
+    v, m, f, t = reports.validate, reports.merge, reports.flag, reports.train
+    ev, s = reports.evaluate, reports.select
 
     def num(x: Any) -> str:
         return f"{x:.4f}" if isinstance(x, int | float) else "n/a"
 
-    lines = [
-        f"# {round_name(round_id)}",
-        "",
-        "## Labels in",
-        f"- files read: {v.get('files', 0)} (skipped as already consumed: "
-        f"{v.get('files_already_consumed', 0)})",
-        f"- rows read: {v.get('rows_read', 0)} = accepted {v.get('rows_accepted', 0)} "
-        f"+ quarantined {v.get('rows_quarantined', 0)}",
-    ]
-    for code, count in sorted((v.get("quarantined_by_reason") or {}).items()):
-        lines.append(f"  - {code}: {count}")
+    lines = [f"# {round_name(round_id)}", "", "## Labels in"]
+    if v is not None:
+        lines += [
+            f"- files read: {v.files} (skipped as already consumed: {v.files_already_consumed})",
+            f"- rows read: {v.rows_read} = accepted {v.rows_accepted} "
+            f"+ quarantined {v.rows_quarantined}",
+        ]
+        lines += [f"  - {code}: {n}" for code, n in sorted(v.quarantined_by_reason.items())]
     shown = files[:MAX_FILES_LISTED]
     for entry in shown:
         detail = {
@@ -170,67 +169,136 @@ def get_round_report(
             f"  - ... and {len(files) - len(shown)} more files: "
             f"data/archive/{round_name(round_id)}/manifest.json lists every one"
         )
-    lines += [
-        f"- ledger: {f.get('ledger_events', 0)} events (+{f.get('ledger_events_added', 0)}: "
-        f"{m.get('events_label', 0)} labels, {m.get('events_relabel', 0)} relabels, "
-        f"{m.get('events_rejected', 0)} rejected, {m.get('events_resolved', 0)} flags resolved, "
-        f"{m.get('events_consensus', 0)} consensus changes)",
-        f"- consensus: {m.get('consensus_method', 'n/a')}; items in disagreement: "
-        f"{m.get('items_in_disagreement', 0)}",
-        f"- labeled items: {m.get('labeled_items', 0)} (train {m.get('train_items', 0)}, "
-        f"test {m.get('test_items', 0)})",
-        "",
-        "## Label issues",
-        f"- flagged: {f.get('flagged', 0)} of {f.get('checked', 0)} checked "
-        f"(handling: {f.get('handling', 'n/a')}) {f.get('skipped_because', '')}".rstrip(),
-        "",
-        "## Model",
-        f"- trained: {t.get('trained', False)} on {t.get('n_used', 0)} labels "
-        f"({t.get('n_excluded', 0)} excluded)",
-        f"- test items: {ev.get('n_test', 0)}; candidate macro-F1 {num(cand.get('macro_f1'))}, "
-        f"accuracy {num(cand.get('accuracy'))}; champion macro-F1 {num(champ.get('macro_f1'))}",
-        f"- promoted: {ev.get('promoted', False)} ({ev.get('gate', '')})",
-        "",
-        "## Next batch",
-        f"- {s.get('batch_size', 0)} items: "
-        + ", ".join(f"{k[2:]} {s[k]}" for k in sorted(s) if k.startswith("n_") and s[k]),
-        f"- files: data/outbox/{round_name(round_id)}/ (batch.csv, batch.jsonl, tasks.json)",
-    ]
+    if m is not None and f is not None:
+        lines += [
+            f"- ledger: {f.ledger_events} events (+{f.ledger_events_added}: "
+            f"{m.events_label} labels, {m.events_relabel} relabels, "
+            f"{m.events_rejected} rejected, {m.events_resolved} flags resolved, "
+            f"{m.events_consensus} consensus changes)",
+        ]
+    if m is not None:
+        lines += [
+            f"- consensus: {m.consensus_method}; items in disagreement: {m.items_in_disagreement}",
+            f"- labeled items: {m.labeled_items} (train {m.train_items}, test {m.test_items})",
+        ]
+    if f is not None:
+        lines += [
+            "",
+            "## Label issues",
+            f"- flagged: {f.flagged} of {f.checked} checked (handling: {f.handling}) "
+            f"{f.skipped_because}".rstrip(),
+        ]
+        if f.confirmed_kept:
+            lines.append(
+                f"- doubted again but kept: {f.confirmed_kept} labels a second opinion had "
+                "confirmed (they stay confirmed until a new vote arrives)"
+            )
+    lines += ["", "## Model"]
+    if t is not None:
+        lines.append(f"- trained: {t.trained} on {t.n_used} labels ({t.n_excluded} excluded)")
+    if ev is not None:
+        cand, champ = ev.candidate or {}, ev.champion or {}
+        lines += [
+            f"- test items: {ev.n_test}; candidate macro-F1 {num(cand.get('macro_f1'))}, "
+            f"accuracy {num(cand.get('accuracy'))}; champion macro-F1 "
+            f"{num(champ.get('macro_f1'))}",
+            f"- promoted: {ev.promoted} ({ev.gate})",
+        ]
+    lines += ["", "## Next batch"]
+    if s is not None:
+        lines.append(
+            f"- {s.batch_size} items: " + ", ".join(f"{k} {n}" for k, n in s.parts.items())
+        )
+    lines.append(
+        f"- files: data/outbox/{round_name(round_id)}/ (batch.csv, batch.jsonl, tasks.json)"
+    )
     if batch_seconds is not None:
         lines.append(
             f"- expected annotation time: {batch_seconds / 60:.1f} min ({batch_seconds:.0f} s; "
             "confirming a right suggestion, assigning by hand, switching class)"
         )
+    if s is not None:
+        lines.append(
+            f"- unlabeled items left in the pool: {s.unlabeled_left}"
+            + (
+                " (the pool is exhausted: every item has been issued; add new items with "
+                "`alloop pool add FILE`)"
+                if s.unlabeled_left == 0
+                else ""
+            )
+        )
     lines.append("")
     return "\n".join(lines)
 
 
-@stage_task("export")
-def run(ctx: StageContext) -> dict[str, object]:
-    cat = ctx.catalog
-    batch = cat.read_table(cat.batch, schema.BATCH)
-    pool_rows = cat.read_pool(batch["item_id"])
-    table, records, tasks = export_batch(
-        batch, pool_rows, round_id=ctx.round_id, params=ctx.params.export
+def get_history_row(round_id: int, reports: RoundSummaries) -> pd.DataFrame:
+    """One row of ``reports/history.csv``: the round's trend figures."""
+    v, m, f, ev, s = (
+        reports.validate,
+        reports.merge,
+        reports.flag,
+        reports.evaluate,
+        reports.select,
     )
-    outbox = cat.outbox(ctx.round_id)
-    write_csv(outbox / "batch.csv", table)
-    crash_point("during:export")
-    write_jsonl(outbox / "batch.jsonl", records)
-    write_json(outbox / "tasks.json", tasks)
-    reports = {
-        name: cat.read_json(cat.reports_dir / f"{name}.json", default={}) for name in REPORTS
+    champion_f1 = (ev.champion or {}).get("macro_f1") if ev is not None else None
+    if ev is not None and ev.promoted:
+        champion_f1 = ev.candidate_macro_f1
+    row = {
+        "round_id": round_id,
+        "labeled_items": m.labeled_items if m else 0,
+        "train_items": m.train_items if m else 0,
+        "test_items": m.test_items if m else 0,
+        "rows_accepted": v.rows_accepted if v else 0,
+        "rows_quarantined": v.rows_quarantined if v else 0,
+        "flagged": f.flagged if f else 0,
+        "test_macro_f1": ev.candidate_macro_f1 if ev else None,
+        "champion_macro_f1": champion_f1,
+        "promoted": ev.promoted if ev else False,
+        "batch_size": s.batch_size if s else 0,
+        "unlabeled_left": s.unlabeled_left if s else 0,
     }
-    files = cat.read_json(cat.archive(ctx.round_id) / "manifest.json", default=[])
+    return schema.conform(pd.DataFrame([row]), schema.HISTORY)
+
+
+def get_outbox_files(
+    table: pd.DataFrame, records: list[dict[str, Any]], tasks: list[dict[str, Any]]
+) -> dict[str, str]:
+    """The outbox's files: the batch as CSV, JSONL and Label Studio tasks."""
+    return {
+        "batch.csv": csv_text(table),
+        "batch.jsonl": jsonl_text(records),
+        "tasks.json": json_text(tasks),
+    }
+
+
+def run(ctx: StageContext) -> ExportSummary:
+    batch = ctx.load("batch")
+    table, records, tasks = export_batch(
+        batch,
+        ctx.pool_rows(batch["item_id"], ordered=False),
+        round_id=ctx.round_id,
+        params=ctx.params.export,
+    )
+    ctx.save("outbox", get_outbox_files(table, records, tasks))
+    crash_point("during:export")
+    saved = {stage: ctx.load(cls.report) for stage, cls in SUMMARIES.items() if stage != "export"}
+    reports = RoundSummaries.of(
+        {stage: SUMMARIES[stage].from_dict(data) for stage, data in saved.items() if data}
+    )
     # in the order the annotators work through the batch: grouped by suggestion
     batch_seconds = get_batch_seconds(
         table["predicted_label"], table["confidence"].to_numpy(), params=ctx.params.annotation
     )
-    report = get_round_report(ctx.round_id, reports, files, batch_seconds=batch_seconds)
-    write_text(cat.reports_dir / "round.md", report)
-    summary: dict[str, object] = {
-        "exported_items": int(len(table)),
-        "expected_annotation_seconds": batch_seconds,
-    }
-    write_json(cat.reports_dir / "export.json", summary)
+    ctx.save(
+        "round_report",
+        get_round_report(
+            ctx.round_id, reports, ctx.load("manifest") or [], batch_seconds=batch_seconds
+        ),
+    )
+    history = ctx.load_before("history")
+    ctx.save("history", pd.concat([history, get_history_row(ctx.round_id, reports)]))
+    summary = ExportSummary(
+        exported_items=int(len(table)), expected_annotation_seconds=batch_seconds
+    )
+    ctx.save("export_report", summary.to_dict())
     return summary

@@ -13,24 +13,20 @@ from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
 from tasks import schema
-from tasks.catalog import write_json
-from tasks.context import StageContext, StageSpec, stage_task
+from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
+from tasks.ledger import get_active_events
 from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
 from tasks.params import FlagParams, TrainParams
+from tasks.summaries import FlagSummary
 
 STAGE = StageSpec(
     name="flag",
-    deps=(
-        "tasks/flag.py",
-        "tasks/model.py",
-        "data/labels/current.parquet",
-        "data/interim/events.parquet",
-        "data/pool",
-    ),
+    module=__name__,
+    code=("tasks/model.py", "tasks/ledger.py"),
+    reads=("current", "events", "pool"),
+    writes=("flags", "ledger", "flag_report"),
     params=("project", "flag", "train"),
-    persist=("data/labels/flags.parquet", "data/labels/ledger.parquet"),
-    metrics=("reports/flag.json",),
 )
 
 
@@ -42,6 +38,7 @@ def find_mislabels(
     params: FlagParams,
     train_params: TrainParams,
     random_state: int,
+    confirmed_ids: pd.Series | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Find training labels that are likely wrong.
 
@@ -51,18 +48,27 @@ def find_mislabels(
         Pool rows (``item_id`` plus features) of the training items, shape (n, 1 + d).
     labels : pd.Series of str, shape (n,)
         The current label of each row, aligned with ``labeled_rows``.
+    confirmed_ids : pd.Series of str, optional
+        Items whose label a second opinion confirmed (see :func:`get_confirmed_ids`): they
+        still train the out-of-fold models, but are not flagged again; the ones cleanlab
+        doubts are returned with ``confirmed`` true, outside the ``max_fraction`` cap.
 
     Returns
     -------
     (pd.DataFrame, str)
-        The flagged items (``item_id``, ``given_label``, ``suggested_label``,
-        ``label_quality`` in [0, 1], lower = more likely wrong), worst first; and a sentence
-        saying why nothing was checked when that is the case (empty otherwise).
+        The items found (``item_id``, ``given_label``, ``suggested_label``,
+        ``label_quality`` in [0, 1], lower = more likely wrong, ``confirmed``), worst first;
+        and a sentence saying why nothing was checked when that is the case (empty
+        otherwise).
     """
-    columns = ["item_id", "given_label", "suggested_label", "label_quality"]
-    none = pd.DataFrame(
-        {c: pd.Series(dtype="float64" if c == "label_quality" else "string") for c in columns}
-    )
+    columns = {
+        "item_id": "string",
+        "given_label": "string",
+        "suggested_label": "string",
+        "label_quality": "float64",
+        "confirmed": "bool",
+    }
+    none = schema.empty(columns)
     if len(labeled_rows) != len(labels):
         raise ValueError(f"labeled_rows has {len(labeled_rows)} rows but labels has {len(labels)}")
     if not params.enabled:
@@ -94,41 +100,96 @@ def find_mislabels(
         labels=compact, pred_probs=pred_probs, filter_by=params.filter_by, n_jobs=1
     )
     quality = get_label_quality_scores(compact, pred_probs)
-    flagged = np.flatnonzero(issues)
+    confirmed = (
+        schema.is_in(labeled_rows["item_id"].reset_index(drop=True), confirmed_ids)
+        if confirmed_ids is not None
+        else np.zeros(len(labels), dtype=bool)
+    )
+    doubted = np.flatnonzero(issues & ~confirmed)
     cap = int(params.max_fraction * labels.size)
     # the most doubtful first; equal qualities in row order, so the cut is deterministic
-    flagged = flagged[np.argsort(quality[flagged], kind="stable")][:cap]
+    doubted = doubted[np.argsort(quality[doubted], kind="stable")][:cap]
+    flagged = np.concatenate([doubted, np.flatnonzero(issues & confirmed)])
     found = pd.DataFrame(
         {
             "item_id": labeled_rows["item_id"].to_numpy()[flagged],
             "given_label": labels.to_numpy()[flagged],
             "suggested_label": [classes[present[k]] for k in pred_probs[flagged].argmax(axis=1)],
             "label_quality": quality[flagged],
+            "confirmed": confirmed[flagged],
         }
-    ).astype({"item_id": "string", "given_label": "string", "suggested_label": "string"})
+    ).astype(columns)
     return found.sort_values(["label_quality", "item_id"]).reset_index(drop=True), ""
 
 
+def get_confirmed_ids(events: pd.DataFrame, current: pd.DataFrame) -> pd.Series:
+    """Items whose current label a second opinion confirmed after a flag, with no vote since.
+
+    Parameters
+    ----------
+    events : pd.DataFrame
+        Active ledger events in order (earlier rounds' and this round's), schema LEDGER.
+    current : pd.DataFrame
+        Schema CURRENT: the resolved labels now.
+
+    Returns
+    -------
+    pd.Series of str
+        Items whose last ``resolved`` event is ``confirmed``, whose label is still the one
+        confirmed, and that got no vote in a round after the confirmation. A new vote (or a
+        changed label) ends the confirmation: the item can be flagged again.
+    """
+    resolved = events[events["event"] == "resolved"].drop_duplicates("item_id", keep="last")
+    confirmed = resolved[resolved["outcome"] == "confirmed"]
+    votes = events[events["event"].isin(["label", "relabel"])]
+    last_vote = votes.groupby("item_id")["round_id"].max()
+    label_now = current.set_index("item_id")["label"]
+    still = (confirmed["item_id"].map(last_vote) <= confirmed["round_id"]).fillna(True) & (
+        confirmed["item_id"].map(label_now) == confirmed["label"]
+    ).fillna(False)
+    return confirmed.loc[still.to_numpy(dtype=bool), "item_id"].reset_index(drop=True)
+
+
 def get_flag_records(found: pd.DataFrame, *, round_id: int, params: FlagParams) -> pd.DataFrame:
-    """Turn found issues into this round's flag records with the weight train applies."""
+    """Turn found issues into this round's flag records with the weight train applies.
+    Confirmed labels (``confirmed`` true) get no record: they keep their full weight."""
+    if "confirmed" in found.columns:
+        found = found[~found["confirmed"].to_numpy(dtype=bool)]
     weight = {"exclude": 0.0, "downweight": params.downweight, "keep": 1.0}[params.handling]
     return schema.conform(
         found.assign(round_id=round_id, handling=params.handling, weight=weight), schema.FLAGS
     )
 
 
-def get_flag_events(records: pd.DataFrame, *, round_id: int) -> pd.DataFrame:
-    """The ledger's ``flagged`` events for this round's flag records."""
+#: the outcome of a ``flagged`` event for a label cleanlab doubted but a second opinion had
+#: confirmed: recorded for the auditor, and nothing else is done
+CONFIRMED_KEPT = "kept_confirmed"
+
+
+def get_flag_events(
+    records: pd.DataFrame, *, round_id: int, kept: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The ledger's ``flagged`` events for this round's flag records, then one per confirmed
+    label that cleanlab doubted again (``kept``: rows of :func:`find_mislabels` with
+    ``confirmed`` true), whose outcome is :data:`CONFIRMED_KEPT`."""
+    kept = kept if kept is not None else records.iloc[:0]
+
+    def detail(frame: pd.DataFrame, suffix: str) -> list[str]:
+        return [
+            f"cleanlab suggests {s!r} (label quality {q:.3f}){suffix}"
+            for s, q in zip(frame["suggested_label"], frame["label_quality"], strict=True)
+        ]
+
     return pd.DataFrame(
         {
             "round_id": round_id,
             "event": "flagged",
-            "item_id": records["item_id"].to_numpy(),
-            "label": records["given_label"].to_numpy(),
-            "outcome": records["handling"].to_numpy(),
+            "item_id": [*records["item_id"], *kept["item_id"]],
+            "label": [*records["given_label"], *kept["given_label"]],
+            "outcome": [*records["handling"], *[CONFIRMED_KEPT] * len(kept)],
             "detail": [
-                f"cleanlab suggests {s!r} (label quality {q:.3f})"
-                for s, q in zip(records["suggested_label"], records["label_quality"], strict=True)
+                *detail(records, ""),
+                *detail(kept, "; kept: a second opinion confirmed it, and no vote came since"),
             ],
         }
     )
@@ -151,40 +212,41 @@ def append_round(
     return schema.conform(pd.concat([prior, mine, flagged], ignore_index=True), schema.LEDGER)
 
 
-@stage_task("flag")
-def run(ctx: StageContext) -> dict[str, object]:
-    cat = ctx.catalog
-    current = cat.read_table(cat.current, schema.CURRENT)
-    train_labels = current[current["split"] == "train"]
-    rows = cat.read_pool(train_labels["item_id"])
-    rows = rows.set_index("item_id").loc[train_labels["item_id"]].reset_index()
+def run(ctx: StageContext) -> FlagSummary:
+    current = ctx.load("current")
+    events = ctx.load("events")
+    earlier = ctx.load_before("ledger")
+    train_labels = current[current["split"] == "train"].reset_index(drop=True)
     found, skipped = find_mislabels(
-        rows,
-        train_labels["label"].reset_index(drop=True),
+        ctx.pool_rows(train_labels["item_id"]),
+        train_labels["label"],
         classes=ctx.params.project.classes,
         params=ctx.params.flag,
         train_params=ctx.params.train,
         random_state=ctx.random_state("flag"),
+        confirmed_ids=get_confirmed_ids(
+            pd.concat([get_active_events(earlier), events], ignore_index=True), current
+        ),
     )
     records = get_flag_records(found, round_id=ctx.round_id, params=ctx.params.flag)
-    history = cat.read_table(cat.flags, schema.FLAGS)
-    history = pd.concat([history[history["round_id"] < ctx.round_id], records])
+    kept = found[found["confirmed"].to_numpy(dtype=bool)]
     ledger = append_round(
-        cat.read_table(cat.ledger, schema.LEDGER),
-        cat.read_table(cat.events, schema.LEDGER),
-        get_flag_events(records, round_id=ctx.round_id),
+        earlier,
+        events,
+        get_flag_events(records, round_id=ctx.round_id, kept=kept),
         round_id=ctx.round_id,
     )
-    cat.write_table(cat.flags, history, schema.FLAGS)
+    ctx.save("flags", pd.concat([ctx.load_before("flags"), records], ignore_index=True))
     crash_point("during:flag")
-    cat.write_table(cat.ledger, ledger, schema.LEDGER)
-    summary: dict[str, object] = {
-        "checked": 0 if skipped else int(len(train_labels)),
-        "flagged": int(len(records)),
-        "handling": ctx.params.flag.handling,
-        "skipped_because": skipped,
-        "ledger_events": int(len(ledger)),
-        "ledger_events_added": int((ledger["round_id"] == ctx.round_id).sum()),
-    }
-    write_json(cat.reports_dir / "flag.json", summary)
+    ctx.save("ledger", ledger)
+    summary = FlagSummary(
+        checked=0 if skipped else int(len(train_labels)),
+        flagged=int(len(records)),
+        handling=ctx.params.flag.handling,
+        skipped_because=skipped,
+        ledger_events=int(len(ledger)),
+        ledger_events_added=int((ledger["round_id"] == ctx.round_id).sum()),
+        confirmed_kept=int(len(kept)),
+    )
+    ctx.save("flag_report", summary.to_dict())
     return summary

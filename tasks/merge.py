@@ -21,27 +21,20 @@ import pandas as pd
 from cleanlab.multiannotator import get_label_quality_multiannotator
 
 from tasks import schema
-from tasks.catalog import write_json
-from tasks.context import StageContext, StageSpec, stage_task
+from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.ledger import get_active_events
 from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
 from tasks.params import MergeParams, TrainParams
+from tasks.summaries import MergeSummary
 
 STAGE = StageSpec(
     name="merge",
-    deps=(
-        "tasks/merge.py",
-        "tasks/ledger.py",
-        "tasks/model.py",
-        "data/interim/accepted.parquet",
-        "data/interim/rejected.parquet",
-        "data/pool",
-    ),
+    module=__name__,
+    code=("tasks/ledger.py", "tasks/model.py"),
+    reads=("accepted", "rejected", "pool"),
+    writes=("current", "events", "annotators", "merge_report"),
     params=("project", "merge", "train"),
-    outs=("data/labels/current.parquet", "data/interim/events.parquet"),
-    persist=("data/labels/annotators.parquet",),
-    metrics=("reports/merge.json",),
 )
 
 
@@ -261,37 +254,85 @@ def get_resolution_events(
     ).assign(round_id=round_id)
 
 
-@stage_task("merge")
-def run(ctx: StageContext) -> dict[str, object]:
-    cat, p = ctx.catalog, ctx.params
-    ledger = cat.read_table(cat.ledger, schema.LEDGER)
-    # events of rounds a rollback undid stay in the ledger but no longer count
-    prior = get_active_events(ledger[ledger["round_id"] < ctx.round_id])
-    accepted = cat.read_table(cat.accepted, schema.ACCEPTED)
-    rejected = cat.read_table(cat.rejected, schema.QUARANTINED)
-    issued = cat.read_table(cat.issued, schema.ISSUED)
-    issued = issued[issued["round_id"] < ctx.round_id]
-    flags = cat.read_table(cat.flags, schema.FLAGS)
+def get_first_split(issued: pd.DataFrame) -> pd.Series:
+    """``train``/``test`` by ``item_id``: the split each item was first issued with (an item
+    keeps it for good, so a test item never becomes a training item)."""
+    first = issued.sort_values("round_id", kind="stable").drop_duplicates("item_id")
+    return first.set_index("item_id")["split"]
 
-    round_events = get_label_events(prior, accepted, rejected, round_id=ctx.round_id)
-    all_votes = pd.concat([prior, round_events.reindex(columns=prior.columns)], ignore_index=True)
-    every_vote = get_votes(all_votes)
-    # votes for a class not (yet) in project.classes wait in the ledger until it is added
-    known = every_vote["label"].isin(p.project.classes)
+
+@dataclass(frozen=True)
+class RoundVotes:
+    """The round's new events and every vote that counts, before consensus."""
+
+    events: pd.DataFrame  # this round's label, relabel and rejected events
+    votes: pd.DataFrame  # each annotator's latest vote per item, for a known class
+    pending: pd.Series  # votes for classes not (yet) in project.classes, by label
+    split: pd.Series  # train/test by item_id
+
+    @property
+    def train_ids(self) -> pd.Series:
+        """Items with a vote that were issued as training items."""
+        votes = self.votes
+        return votes.loc[votes["item_id"].map(self.split) == "train", "item_id"].drop_duplicates()
+
+
+def get_round_votes(
+    prior: pd.DataFrame,
+    accepted: pd.DataFrame,
+    rejected: pd.DataFrame,
+    issued: pd.DataFrame,
+    *,
+    round_id: int,
+    classes: tuple[str, ...],
+) -> RoundVotes:
+    """Votes of earlier rounds (``prior``: their active ledger events) plus this round's.
+
+    Votes for a class not in ``classes`` wait in the ledger (counted in ``pending``) until the
+    class is added to the project: they do not count towards any consensus meanwhile.
+    """
+    events = get_label_events(prior, accepted, rejected, round_id=round_id)
+    every_vote = get_votes(pd.concat([prior, events.reindex(columns=prior.columns)]))
+    known = every_vote["label"].isin(classes)
     pending = every_vote.loc[~known, "label"].value_counts()
-    votes = every_vote[known]
-    split = issued.sort_values("round_id", kind="stable").drop_duplicates("item_id")
-    split = split.set_index("item_id")["split"]
-    train_ids = votes.loc[votes["item_id"].map(split) == "train", "item_id"].drop_duplicates()
-    features = cat.read_pool(train_ids) if p.merge.consensus != "majority" else None
+    return RoundVotes(events, every_vote[known], pending, get_first_split(issued))
+
+
+@dataclass(frozen=True)
+class Merge:
+    current: pd.DataFrame  # schema CURRENT
+    events: pd.DataFrame  # schema LEDGER: the round's events, numbered
+    annotators: pd.DataFrame  # schema ANNOTATORS: this round's statistics
+    summary: MergeSummary
+
+
+def merge_round(
+    round_votes: RoundVotes,
+    features: pd.DataFrame | None,
+    *,
+    prior: pd.DataFrame,
+    flags: pd.DataFrame,
+    round_id: int,
+    classes: tuple[str, ...],
+    params: MergeParams,
+    train_params: TrainParams,
+    random_state: int,
+) -> Merge:
+    """Resolve every item's label from its votes and record the round's events.
+
+    ``features``: pool rows of ``round_votes.train_ids`` for CROWDLAB's model, or None for
+    majority only; ``prior``: the active ledger events of earlier rounds; ``flags``: the
+    flags of earlier rounds.
+    """
+    votes, split = round_votes.votes, round_votes.split
     consensus = resolve_labels(
         votes,
         split,
         features,
-        classes=p.project.classes,
-        params=p.merge,
-        train_params=p.train,
-        random_state=ctx.random_state("merge"),
+        classes=classes,
+        params=params,
+        train_params=train_params,
+        random_state=random_state,
     )
     last_round = votes.groupby("item_id")["round_id"].max()
     current = (
@@ -299,40 +340,69 @@ def run(ctx: StageContext) -> dict[str, object]:
         if len(votes)
         else schema.empty(schema.CURRENT)
     )
+    round_events = round_votes.events
     more = get_resolution_events(
         prior,
         flags,
         round_events[round_events["event"] != "rejected"],
         current,
-        round_id=ctx.round_id,
+        round_id=round_id,
     )
     events = schema.number_events(
-        pd.concat([round_events, more], ignore_index=True), round_id=ctx.round_id
+        pd.concat([round_events, more], ignore_index=True), round_id=round_id
     )
-    cat.write_table(cat.current, current, schema.CURRENT)
-    crash_point("during:merge")
-    cat.write_table(cat.events, events, schema.LEDGER)
-    history = cat.read_table(cat.annotators, schema.ANNOTATORS)
-    stats = consensus.annotators.assign(round_id=ctx.round_id, method=consensus.method)
-    cat.write_table(
-        cat.annotators,
-        pd.concat([history[history["round_id"] < ctx.round_id], stats]),
-        schema.ANNOTATORS,
-    )
+    stats = consensus.annotators.assign(round_id=round_id, method=consensus.method)
     kinds = events["event"].value_counts()
-    summary: dict[str, object] = {
-        **{
-            f"events_{k}": int(kinds.get(k, 0))
-            for k in ("label", "relabel", "rejected", "resolved", "consensus")
-        },
-        "consensus_method": consensus.method,
-        "crowdlab_not_used_because": consensus.why,
-        "labeled_items": int(len(current)),
-        "train_items": int((current["split"] == "train").sum()),
-        "test_items": int((current["split"] == "test").sum()),
-        "items_in_disagreement": int((current["agreement"] < 1.0).sum()),
-        "annotators": int(len(stats)),
-        "votes_for_new_classes": {str(k): int(v) for k, v in pending.items()},
-    }
-    write_json(cat.reports_dir / "merge.json", summary)
-    return summary
+    summary = MergeSummary(
+        events_label=int(kinds.get("label", 0)),
+        events_relabel=int(kinds.get("relabel", 0)),
+        events_rejected=int(kinds.get("rejected", 0)),
+        events_resolved=int(kinds.get("resolved", 0)),
+        events_consensus=int(kinds.get("consensus", 0)),
+        consensus_method=consensus.method,
+        crowdlab_not_used_because=consensus.why,
+        labeled_items=int(len(current)),
+        train_items=int((current["split"] == "train").sum()),
+        test_items=int((current["split"] == "test").sum()),
+        items_in_disagreement=int((current["agreement"] < 1.0).sum()),
+        annotators=int(len(stats)),
+        votes_for_new_classes={str(k): int(v) for k, v in round_votes.pending.items()},
+    )
+    return Merge(current, events, schema.conform(stats, schema.ANNOTATORS), summary)
+
+
+def run(ctx: StageContext) -> MergeSummary:
+    p = ctx.params
+    # events of rounds a rollback undid stay in the ledger but no longer count
+    prior = get_active_events(ctx.load_before("ledger"))
+    round_votes = get_round_votes(
+        prior,
+        ctx.load("accepted"),
+        ctx.load("rejected"),
+        ctx.load_before("issued"),
+        round_id=ctx.round_id,
+        classes=p.project.classes,
+    )
+    features = (
+        ctx.pool_rows(round_votes.train_ids, ordered=False)
+        if p.merge.consensus != "majority"
+        else None
+    )
+    merged = merge_round(
+        round_votes,
+        features,
+        prior=prior,
+        flags=ctx.load_before("flags"),
+        round_id=ctx.round_id,
+        classes=p.project.classes,
+        params=p.merge,
+        train_params=p.train,
+        random_state=ctx.random_state("merge"),
+    )
+    ctx.save("current", merged.current)
+    crash_point("during:merge")
+    ctx.save("events", merged.events)
+    history = ctx.load_before("annotators")
+    ctx.save("annotators", pd.concat([history, merged.annotators], ignore_index=True))
+    ctx.save("merge_report", merged.summary.to_dict())
+    return merged.summary

@@ -116,6 +116,22 @@ BATCH = {
     "confidence": "float64",
 }
 
+#: One row per round: the trend a person wants to see (``dvc plots show reports/history.csv``).
+HISTORY = {
+    "round_id": "int64",
+    "labeled_items": "int64",
+    "train_items": "int64",
+    "test_items": "int64",
+    "rows_accepted": "int64",
+    "rows_quarantined": "int64",
+    "flagged": "int64",
+    "test_macro_f1": "float64",  # the candidate's; empty before there are test labels
+    "champion_macro_f1": "float64",
+    "promoted": "boolean",
+    "batch_size": "int64",
+    "unlabeled_left": "int64",  # pool items never issued, after this round's batch
+}
+
 
 def empty(schema: dict[str, str]) -> pd.DataFrame:
     """An empty frame with the columns and dtypes of ``schema``."""

@@ -32,29 +32,27 @@ import pandas as pd
 
 from tasks import schema
 from tasks.annotation_time import get_item_seconds
-from tasks.catalog import write_json
-from tasks.context import StageContext, StageSpec, stage_task
+from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.model import fit_booster, get_feature_frame, predict_proba
 from tasks.params import AnnotationParams, ScoreParams, SelectParams, TrainParams
 from tasks.selection import get_relabel_candidates
 from tasks.strategies import PoolView, StrategyInfo, get_strategy, get_strategy_info
-from tasks.train import get_training_data, read_training_set
+from tasks.summaries import ScoreSummary
+from tasks.train import get_training_data, load_training_set
 
 STAGE = StageSpec(
     name="score",
-    deps=(
-        "tasks/score.py",
+    module=__name__,
+    code=(
         "tasks/strategies.py",
         "tasks/annotation_time.py",
         "tasks/model.py",
         "tasks/train.py",
         "tasks/selection.py",
-        "models/champion",
-        "data/pool",
-        "data/labels/current.parquet",
-        "data/labels/flags.parquet",
     ),
+    reads=("champion", "pool", "current", "flags"),
+    writes=("scores", "score_report"),
     params=(
         "project",
         "score",
@@ -65,8 +63,6 @@ STAGE = StageSpec(
         "flag.max_votes_for_relabel",
         "merge.relabel_below_agreement",
     ),
-    outs=("data/interim/scores.parquet",),
-    metrics=("reports/score.json",),
 )
 
 
@@ -497,7 +493,7 @@ def _read_scoring_inputs(
     classes = ctx.params.project.classes
     fields: dict[str, object] = {}
     if {"committee_probs", "embedding", "class_counts"} & set(needs):
-        train_labels, rows, weights = read_training_set(ctx.catalog, round_id=ctx.round_id)
+        train_labels, rows, weights = load_training_set(ctx)
         if "committee_probs" in needs:
             committee = get_committee(
                 rows,
@@ -522,30 +518,40 @@ def _read_scoring_inputs(
     return ScoringInputs(**fields)
 
 
-@stage_task("score")
-def run(ctx: StageContext) -> dict[str, object]:
-    cat = ctx.catalog
-    text = cat.read_model_text(cat.champion_dir)
-    booster = None if text is None else lgb.Booster(model_str=text)
+def get_score_summary(
+    scores: pd.DataFrame, n_chunks: int, *, strategy: str, inputs: ScoringInputs, has_model: bool
+) -> ScoreSummary:
+    confidence = scores["confidence"]
+    return ScoreSummary(
+        pool_items=int(len(scores)),
+        selectable_items=int(scores["utility"].notna().sum()),
+        strategy=strategy if has_model else "random (no model yet)",
+        chunks=n_chunks,
+        predicted_items=int(scores["predicted_label"].notna().sum()),
+        mean_confidence=float(np.nanmean(confidence)) if confidence.notna().any() else None,
+        committee_size=len(inputs.committee) if inputs.committee else None,
+    )
+
+
+def run(ctx: StageContext) -> ScoreSummary:
+    champion = ctx.load("champion")
+    booster = None if champion.text is None else lgb.Booster(model_str=champion.text)
     info = get_strategy_info(ctx.params.score.strategy)  # fail before reading the pool
-    predict = needs_predictions(info, ctx.params.select)
     inputs = (
         _read_scoring_inputs(ctx, info.needs, booster) if booster is not None else ScoringInputs()
     )
-    # a cross-round read, like select's: the items issued by earlier rounds
-    issued = cat.read_table(cat.issued, schema.ISSUED)
-    issued = issued[issued["round_id"] < ctx.round_id]
+    issued = ctx.load_before("issued")
     # issued items are predicted only if select may send them back (it exports the prediction)
     relabel_ids = get_relabel_candidates(
-        cat.read_table(cat.flags, schema.FLAGS),
-        cat.read_table(cat.current, schema.CURRENT),
+        ctx.load("flags"),
+        ctx.load("current"),
         issued,
         round_id=ctx.round_id,
         params=ctx.params.flag,
         min_agreement=ctx.params.merge.relabel_below_agreement,
     )
     scores, n_chunks = get_pool_scores(
-        cat.iter_pool(ctx.params.score.chunk_size),
+        ctx.iter_pool(ctx.params.score.chunk_size),
         booster,
         classes=ctx.params.project.classes,
         params=ctx.params.score,
@@ -553,21 +559,16 @@ def run(ctx: StageContext) -> dict[str, object]:
         inputs=inputs,
         exclude_ids=issued["item_id"],
         keep_ids=relabel_ids,
-        predict=predict,
+        predict=needs_predictions(info, ctx.params.select),
     )
     crash_point("during:score")
-    cat.write_table(cat.scores, scores, schema.SCORES)
-    summary: dict[str, object] = {
-        "pool_items": int(len(scores)),
-        "selectable_items": int(scores["utility"].notna().sum()),
-        "strategy": ctx.params.score.strategy if booster is not None else "random (no model yet)",
-        "chunks": n_chunks,
-        "predicted_items": int(scores["predicted_label"].notna().sum()),
-        "mean_confidence": (
-            float(np.nanmean(scores["confidence"])) if scores["confidence"].notna().any() else None
-        ),
-    }
-    if inputs.committee:
-        summary["committee_size"] = len(inputs.committee)
-    write_json(cat.reports_dir / "score.json", summary)
+    ctx.save("scores", scores)
+    summary = get_score_summary(
+        scores,
+        n_chunks,
+        strategy=ctx.params.score.strategy,
+        inputs=inputs,
+        has_model=booster is not None,
+    )
+    ctx.save("score_report", summary.to_dict())
     return summary

@@ -22,32 +22,24 @@ import numpy as np
 import pandas as pd
 
 from tasks import schema
-from tasks.catalog import write_json
-from tasks.context import StageContext, StageSpec, stage_task
+from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.model import get_feature_frame, predict_proba
 from tasks.params import FlagParams, SelectParams
+from tasks.summaries import SelectSummary
 
 STAGE = StageSpec(
     name="select",
-    deps=(
-        "tasks/selection.py",
-        "tasks/model.py",
-        "models/champion",
-        "data/pool",
-        "data/interim/scores.parquet",
-        "data/labels/current.parquet",
-        "data/labels/flags.parquet",
-    ),
+    module=__name__,
+    code=("tasks/model.py",),
+    reads=("champion", "pool", "scores", "current", "flags"),
+    writes=("batch", "issued", "select_report"),
     params=(
         "project.classes",
         "select",
         "flag.max_votes_for_relabel",
         "merge.relabel_below_agreement",
     ),
-    outs=("data/interim/batch.parquet",),
-    persist=("data/labels/issued.parquet",),
-    metrics=("reports/select.json",),
 )
 
 
@@ -204,19 +196,31 @@ def get_relabel_candidates(
     return candidates[~schema.is_in(candidates, sent_before)].reset_index(drop=True)
 
 
-@stage_task("select")
-def run(ctx: StageContext) -> dict[str, object]:
-    cat = ctx.catalog
-    scores = cat.read_table(cat.scores, schema.SCORES)
-    issued = cat.read_table(cat.issued, schema.ISSUED)
-    issued = issued[issued["round_id"] < ctx.round_id]
-    current = cat.read_table(cat.current, schema.CURRENT)
-    flags = cat.read_table(cat.flags, schema.FLAGS)
-    champion = cat.read_model_text(cat.champion_dir)
-    has_model = champion is not None
+def get_select_summary(
+    batch: pd.DataFrame, issued: pd.DataFrame, scores: pd.DataFrame
+) -> SelectSummary:
+    """The batch's parts, and how many pool items were never issued once it is out."""
+    counts = batch["reason"].value_counts()
+    issued_ids = pd.concat([issued["item_id"], batch["item_id"]], ignore_index=True)
+    return SelectSummary(
+        batch_size=int(len(batch)),
+        **{
+            f"n_{reason}": int(counts.get(reason, 0))
+            for reason in ("seed", "active", "qc", "test", "relabel")
+        },
+        issued_total=int(len(issued) + len(batch)),
+        unlabeled_left=int((~schema.is_in(scores["item_id"], issued_ids)).sum()),
+    )
+
+
+def run(ctx: StageContext) -> SelectSummary:
+    scores = ctx.load("scores")
+    issued = ctx.load_before("issued")
+    champion = ctx.load("champion")
+    has_model = champion.text is not None
     candidates = get_relabel_candidates(
-        flags,
-        current,
+        ctx.load("flags"),
+        ctx.load("current"),
         issued,
         round_id=ctx.round_id,
         params=ctx.params.flag,
@@ -234,22 +238,13 @@ def run(ctx: StageContext) -> dict[str, object]:
         unpredicted = batch.loc[batch["predicted_label"].isna(), "item_id"]
         batch = add_predictions(
             batch,
-            cat.read_pool(unpredicted),
-            lgb.Booster(model_str=champion),
+            ctx.pool_rows(unpredicted, ordered=False),
+            lgb.Booster(model_str=champion.text),
             ctx.params.project.classes,
         )
-    new_issues = batch.assign(round_id=ctx.round_id)
-    cat.write_table(cat.issued, pd.concat([issued, new_issues]), schema.ISSUED)
+    ctx.save("issued", pd.concat([issued, batch.assign(round_id=ctx.round_id)]))
     crash_point("during:select")
-    cat.write_table(cat.batch, batch, schema.BATCH)
-    counts = batch["reason"].value_counts()
-    summary: dict[str, object] = {
-        "batch_size": int(len(batch)),
-        **{
-            f"n_{reason}": int(counts.get(reason, 0))
-            for reason in ("seed", "active", "qc", "test", "relabel")
-        },
-        "issued_total": int(len(issued) + len(batch)),
-    }
-    write_json(cat.reports_dir / "select.json", summary)
+    ctx.save("batch", batch)
+    summary = get_select_summary(batch, issued, scores)
+    ctx.save("select_report", summary.to_dict())
     return summary

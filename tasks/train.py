@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
-
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from tasks import schema
-from tasks.catalog import Catalog, write_json, write_text
-from tasks.context import StageContext, StageSpec, stage_task
+from tasks.catalog import SavedModel
+from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.model import encode_labels, fit_booster, get_feature_frame, get_lgb_params
 from tasks.params import TrainParams
+from tasks.summaries import TrainSummary
 
 STAGE = StageSpec(
     name="train",
-    deps=(
-        "tasks/train.py",
-        "tasks/model.py",
-        "data/labels/current.parquet",
-        "data/labels/flags.parquet",
-        "data/pool",
-    ),
+    module=__name__,
+    code=("tasks/model.py",),
+    reads=("current", "flags", "pool"),
+    writes=("candidate", "train_report"),
     params=("project", "train"),
-    outs=("models/candidate",),
-    metrics=("reports/train.json",),
 )
 
 
@@ -77,17 +70,13 @@ def get_training_data(
     return features, codes, np.asarray(weights, dtype=float)[keep]
 
 
-def read_training_set(
-    catalog: Catalog, *, round_id: int
-) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """The training labels (split train of ``current.parquet``), their pool rows in the same
-    order, and their weights after this round's flags. Reads files: for stage wrappers."""
-    current = catalog.read_table(catalog.current, schema.CURRENT)
+def load_training_set(ctx: StageContext) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """The training labels (split train of ``current``), their pool rows in the same order,
+    and their weights after this round's flags: loaded by name, for the stages that train."""
+    current = ctx.load("current")
     train_labels = current[current["split"] == "train"].reset_index(drop=True)
-    flags = catalog.read_table(catalog.flags, schema.FLAGS)
-    rows = catalog.read_pool(train_labels["item_id"]).set_index("item_id")
-    rows = rows.loc[train_labels["item_id"]].reset_index()
-    weights = get_training_weights(train_labels, flags, round_id=round_id)
+    rows = ctx.pool_rows(train_labels["item_id"])
+    weights = get_training_weights(train_labels, ctx.load("flags"), round_id=ctx.round_id)
     return train_labels, rows, weights
 
 
@@ -131,42 +120,52 @@ def train_model(
     return booster, ""
 
 
-@stage_task("train")
-def run(ctx: StageContext) -> dict[str, object]:
-    cat = ctx.catalog
-    train_labels, rows, weights = read_training_set(cat, round_id=ctx.round_id)
-    seed = ctx.random_state("train")
-    booster, skipped = train_model(
-        rows,
-        train_labels["label"],
-        weights,
-        classes=ctx.params.project.classes,
-        params=ctx.params.train,
-        random_state=seed,
-    )
-    # the folder is an out that dvc repro empties: rewrite it whole
-    shutil.rmtree(cat.candidate_dir, ignore_errors=True)
-    crash_point("during:train")
+def get_candidate(
+    booster: lgb.Booster | None,
+    skipped: str,
+    weights: np.ndarray,
+    *,
+    round_id: int,
+    classes: tuple[str, ...],
+    params: TrainParams,
+    random_state: int,
+) -> tuple[SavedModel, TrainSummary]:
+    """The candidate model folder (the booster, if any, and what it was trained with)."""
     n_used = int((weights > 0).sum())
     meta: dict[str, object] = {
-        "round_id": ctx.round_id,
+        "round_id": round_id,
         "trained": booster is not None,
         "skipped_because": skipped,
-        "classes": list(ctx.params.project.classes),
-        "n_train_labels": int(len(train_labels)),
+        "classes": list(classes),
+        "n_train_labels": int(len(weights)),
         "n_used": n_used,
-        "n_excluded": int(len(train_labels) - n_used),
+        "n_excluded": int(len(weights) - n_used),
         "lightgbm_params": get_lgb_params(
-            ctx.params.train,
-            n_labels=n_used,
-            n_classes=len(ctx.params.project.classes),
-            random_state=seed,
+            params, n_labels=n_used, n_classes=len(classes), random_state=random_state
         ),
         "lightgbm_version": lgb.__version__,
     }
-    if booster is not None:
-        write_text(cat.candidate_dir / "model.txt", booster.model_to_string())
-    write_json(cat.candidate_dir / "meta.json", meta)
-    summary = {k: meta[k] for k in ("trained", "n_train_labels", "n_used", "n_excluded")}
-    write_json(cat.reports_dir / "train.json", summary)
+    text = booster.model_to_string() if booster is not None else None
+    summary = TrainSummary(
+        trained=booster is not None,
+        n_train_labels=int(len(weights)),
+        n_used=n_used,
+        n_excluded=int(len(weights) - n_used),
+    )
+    return SavedModel(text=text, meta=meta), summary
+
+
+def run(ctx: StageContext) -> TrainSummary:
+    train_labels, rows, weights = load_training_set(ctx)
+    seed = ctx.random_state("train")
+    settings = {"classes": ctx.params.project.classes, "params": ctx.params.train}
+    booster, skipped = train_model(
+        rows, train_labels["label"], weights, **settings, random_state=seed
+    )
+    candidate, summary = get_candidate(
+        booster, skipped, weights, round_id=ctx.round_id, **settings, random_state=seed
+    )
+    ctx.save("candidate", candidate)
+    crash_point("during:train")
+    ctx.save("train_report", summary.to_dict())
     return summary

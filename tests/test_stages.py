@@ -58,6 +58,7 @@ from tasks.selection import (
 )
 from tasks.simulate import answer_batch
 from tasks.strategies import REGISTRY, get_strategy_info
+from tasks.summaries import RoundSummaries
 from tasks.train import get_training_weights, train_model
 from tasks.validate import validate_labels
 
@@ -898,9 +899,9 @@ def test_export_formats_carry_the_suggestion_and_hide_the_split(satimage):
 
 
 def test_round_report_gives_the_expected_annotation_time():
-    report = get_round_report(3, {}, [], batch_seconds=750.0)
+    report = get_round_report(3, RoundSummaries(), [], batch_seconds=750.0)
     assert "expected annotation time: 12.5 min (750 s" in report
-    assert "annotation time" not in get_round_report(3, {}, [])
+    assert "annotation time" not in get_round_report(3, RoundSummaries(), [])
 
 
 def test_simulated_annotator_makes_the_asked_share_of_mistakes():

@@ -1,0 +1,197 @@
+"""What each stage reports: typed, frozen summaries.
+
+Each stage returns its summary and writes it as its report (``reports/<stage>.json``, a DVC
+metric). The commit message, the round report, ``alloop status``, MLflow and the demo read
+these classes, not dicts: a misspelt field is an error, never a silent 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+S = TypeVar("S", bound="Summary")
+
+
+@dataclass(frozen=True)
+class Summary:
+    #: the stage that writes this summary, and the artifact it is saved as
+    stage: ClassVar[str]
+    report: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[S], data: Mapping[str, Any]) -> S:
+        """The summary from its JSON form. Fields this alloop does not know (a report written
+        by another version) are left out; a missing field without a default is an error."""
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ValueError(f"{cls.report} does not hold a {cls.stage} summary: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ValidateSummary(Summary):
+    stage: ClassVar[str] = "validate"
+    report: ClassVar[str] = "validate_report"
+    files: int
+    files_already_consumed: int
+    files_unreadable: int
+    rows_read: int
+    rows_accepted: int
+    rows_quarantined: int
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MergeSummary(Summary):
+    stage: ClassVar[str] = "merge"
+    report: ClassVar[str] = "merge_report"
+    events_label: int
+    events_relabel: int
+    events_rejected: int
+    events_resolved: int
+    events_consensus: int
+    consensus_method: str
+    crowdlab_not_used_because: str
+    labeled_items: int
+    train_items: int
+    test_items: int
+    items_in_disagreement: int
+    annotators: int
+    votes_for_new_classes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FlagSummary(Summary):
+    stage: ClassVar[str] = "flag"
+    report: ClassVar[str] = "flag_report"
+    checked: int
+    flagged: int
+    handling: str
+    skipped_because: str
+    ledger_events: int
+    ledger_events_added: int
+    #: labels a second opinion confirmed after an earlier flag: not flagged again
+    confirmed_kept: int = 0
+
+
+@dataclass(frozen=True)
+class TrainSummary(Summary):
+    stage: ClassVar[str] = "train"
+    report: ClassVar[str] = "train_report"
+    trained: bool
+    n_train_labels: int
+    n_used: int
+    n_excluded: int
+
+
+@dataclass(frozen=True)
+class EvaluateSummary(Summary):
+    stage: ClassVar[str] = "evaluate"
+    report: ClassVar[str] = "metrics"
+    round_id: int
+    n_test: int
+    n_train: int
+    candidate: dict[str, float] | None
+    champion: dict[str, float] | None
+    promoted: bool
+    gate: str
+    champion_round: int | None
+
+    @property
+    def candidate_macro_f1(self) -> float | None:
+        return None if self.candidate is None else self.candidate.get("macro_f1")
+
+
+@dataclass(frozen=True)
+class ScoreSummary(Summary):
+    stage: ClassVar[str] = "score"
+    report: ClassVar[str] = "score_report"
+    pool_items: int
+    selectable_items: int
+    strategy: str
+    chunks: int
+    predicted_items: int
+    mean_confidence: float | None
+    committee_size: int | None = None
+
+
+@dataclass(frozen=True)
+class SelectSummary(Summary):
+    stage: ClassVar[str] = "select"
+    report: ClassVar[str] = "select_report"
+    batch_size: int
+    n_seed: int
+    n_active: int
+    n_qc: int
+    n_test: int
+    n_relabel: int
+    issued_total: int
+    #: pool items never issued, after this batch; 0 means the pool is exhausted
+    unlabeled_left: int = 0
+
+    @property
+    def parts(self) -> dict[str, int]:
+        """The batch's parts that have items, by reason."""
+        counts = {
+            "seed": self.n_seed,
+            "active": self.n_active,
+            "qc": self.n_qc,
+            "test": self.n_test,
+            "relabel": self.n_relabel,
+        }
+        return {reason: n for reason, n in sorted(counts.items()) if n}
+
+
+@dataclass(frozen=True)
+class ExportSummary(Summary):
+    stage: ClassVar[str] = "export"
+    report: ClassVar[str] = "export_report"
+    exported_items: int
+    expected_annotation_seconds: float | None
+
+
+SUMMARIES: dict[str, type[Summary]] = {
+    cls.stage: cls
+    for cls in (
+        ValidateSummary,
+        MergeSummary,
+        FlagSummary,
+        TrainSummary,
+        EvaluateSummary,
+        ScoreSummary,
+        SelectSummary,
+        ExportSummary,
+    )
+}
+
+
+@dataclass(frozen=True)
+class RoundSummaries:
+    """Every stage's summary of one round; None for a stage that has not run (yet)."""
+
+    validate: ValidateSummary | None = None
+    merge: MergeSummary | None = None
+    flag: FlagSummary | None = None
+    train: TrainSummary | None = None
+    evaluate: EvaluateSummary | None = None
+    score: ScoreSummary | None = None
+    select: SelectSummary | None = None
+    export: ExportSummary | None = None
+
+    @classmethod
+    def of(cls, summaries: Mapping[str, Summary]) -> RoundSummaries:
+        return cls(**dict(summaries))
+
+    def items(self) -> list[tuple[str, Summary]]:
+        """``(stage, summary)`` of the stages that ran, in order."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name)]
+
+    def to_dicts(self) -> dict[str, dict[str, Any]]:
+        """Each stage's summary in its JSON form (what MLflow logs, flattened)."""
+        return {stage: summary.to_dict() for stage, summary in self.items()}
