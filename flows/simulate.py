@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -215,7 +216,13 @@ def get_campaign_params(
         "select.test_fraction=0",
         "select.qc_fraction=0",
         f"flag.enabled={'true' if spec.noise > 0 else 'false'}",
-        *(["train.num_threads=1"] if spec.jobs > 1 else []),
+        # one LightGBM thread per campaign whatever --jobs is: --jobs counts the cores a
+        # simulation may take, and a campaign fits a few thousand labels at most, where a
+        # second thread gains little; but when another process holds the other core (a
+        # benchmark's second arm, a colleague's job) a two-thread fit spins and slowed
+        # 100-1000x on a 2-core machine (../shared/STACK-NOTES.md). It also makes the
+        # curves independent of --jobs. A user's -S train.num_threads=N still wins.
+        "train.num_threads=1",
         *spec.overrides,
     ]
     try:
@@ -322,9 +329,7 @@ def run_campaign(
                 keep_default_na=False,
             )
             if batch.empty:
-                log.warning(
-                    "%s seed %s: the pool is exhausted at %s labels", strategy, seed, n_train
-                )
+                log.info("%s seed %s: the pool is exhausted at %s labels", strategy, seed, n_train)
                 break
             seconds += get_batch_seconds(
                 batch["predicted_label"].replace("", pd.NA),
@@ -376,7 +381,59 @@ def single_threaded_children() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _campaign_job(args: tuple[Any, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Inside this block, this process's numerical libraries use one thread each.
+
+    What :func:`single_threaded_children` does for worker processes, for campaigns run in
+    this process (``--jobs 1``): OpenMP (scikit-learn's k-means, LightGBM) and BLAS (numpy,
+    scipy) limited through threadpoolctl. threadpoolctl reaches only libraries already
+    loaded, so they are imported first.
+    """
+    import lightgbm  # noqa: F401  (loads its OpenMP runtime)
+    import sklearn.cluster  # noqa: F401  (loads scikit-learn's OpenMP runtime and scipy's BLAS)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+CampaignJob = tuple[Any, ...]
+CampaignResult = tuple[pd.DataFrame, pd.DataFrame]
+
+
+def run_campaigns(
+    jobs: Sequence[CampaignJob],
+    *,
+    processes: int,
+    on_done: Callable[[CampaignJob, CampaignResult], None],
+    run_job: Callable[[CampaignJob], CampaignResult] | None = None,
+) -> None:
+    """Run every job, one thread per numerical library, and call ``on_done`` as each ends.
+
+    ``processes == 1`` runs them in this process, one after another; more starts as many
+    worker processes (spawned: a forked child of a process that ran OpenMP code can hang).
+    ``on_done`` runs in this process, in the order the jobs finish.
+    """
+    run_job = run_job or _campaign_job
+    if processes == 1:
+        with single_threaded():
+            for job in jobs:
+                on_done(job, run_job(job))
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with (
+        single_threaded_children(),
+        ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool,
+    ):
+        futures = {pool.submit(run_job, job): job for job in jobs}
+        for future in as_completed(futures):
+            on_done(futures[future], future.result())
+
+
+def _campaign_job(args: CampaignJob) -> CampaignResult:
     data_dir, params_json, strategy, seed, budget, noise = args
     params = load_params(json.loads(params_json))
     return run_campaign(Path(data_dir), params, strategy, seed, budget, noise)
@@ -564,7 +621,12 @@ def simulate(
     *,
     on_campaign: Callable[[str, int, pd.DataFrame], None] = lambda *_: None,
 ) -> SimulationResult:
-    """Run every (strategy, seed) campaign of ``spec`` and write the results to ``out``."""
+    """Run every (strategy, seed) campaign of ``spec`` and write the results to ``out``.
+
+    Progress goes out as each campaign finishes, not at the end: an INFO line on this
+    module's logger, and ``on_campaign(strategy, seed, curve)`` (the CLI prints a line with
+    it). Whatever ``spec.jobs`` is, each campaign's numerical libraries use one thread.
+    """
     spec = spec.resolved()
     spec.check()
     out.mkdir(parents=True, exist_ok=True)
@@ -596,26 +658,36 @@ def simulate(
         for seed in range(spec.seeds)
         for strategy in spec.strategies
     ]
-    results = []
-    if spec.jobs == 1:
-        for job in jobs:
-            curve, issued = _campaign_job(job)
-            on_campaign(job[2], job[3], curve)
-            results.append((curve, issued))
-    else:
-        import multiprocessing
+    log.info(
+        "%s: full-data macro-F1 %.4f; %d campaigns on %d process(es)",
+        spec.dataset.name,
+        reference,
+        len(jobs),
+        spec.jobs,
+    )
+    results: list[CampaignResult] = []
+    started = time.perf_counter()
 
-        context = multiprocessing.get_context("spawn")
-        with (
-            single_threaded_children(),
-            ProcessPoolExecutor(max_workers=spec.jobs, mp_context=context) as pool,
-        ):
-            futures = {pool.submit(_campaign_job, job): job for job in jobs}
-            for future in as_completed(futures):
-                job = futures[future]
-                curve, issued = future.result()
-                on_campaign(job[2], job[3], curve)
-                results.append((curve, issued))
+    def done(job: CampaignJob, result: CampaignResult) -> None:
+        curve = result[0]
+        results.append(result)
+        last = (
+            f"{curve['labels'].iloc[-1]} labels, macro-F1 {curve['macro_f1'].iloc[-1]:.4f}"
+            if len(curve)
+            else "no model"
+        )
+        log.info(
+            "campaign %d/%d done: %s seed %s, %s, %.0f s elapsed",
+            len(results),
+            len(jobs),
+            job[2],
+            job[3],
+            last,
+            time.perf_counter() - started,
+        )
+        on_campaign(job[2], job[3], curve)
+
+    run_campaigns(jobs, processes=spec.jobs, on_done=done)
     curves = (
         pd.concat([curve for curve, _ in results], ignore_index=True)
         .sort_values(["strategy", "seed", "labels"])

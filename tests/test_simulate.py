@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATASETS, run_cli
+from conftest import BIN, DATASETS
 from scipy.stats import wilcoxon
 
 from flows.simulate import (
     CURVE_COLUMNS,
     ISSUED_COLUMNS,
     SimulationSpec,
+    get_campaign_params,
     get_stratified_test_ids,
     load_dataset,
+    run_campaigns,
 )
 from tasks.simulate import get_aulc, get_labels_to_target, get_paired_test
 
@@ -52,13 +57,22 @@ def simulation(tmp_path_factory):
         "--strategies", "margin,random", "--seeds", "2", "--initial", "60", "--batch", "30",
         "--budget", "150", "--out", str(out), "-S", "train.num_boost_round=60",
     ]  # fmt: skip
-    done = run_cli(args, out.parent)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return out, done.stdout
+    # output into a pipe, as when redirected to a file, without PYTHONUNBUFFERED: each line
+    # is stamped with the time it arrived
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("PYTHONUNBUFFERED", None)
+    env["COLUMNS"] = "200"
+    proc = subprocess.Popen(
+        args, cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    lines = [(time.monotonic(), line) for line in proc.stdout]
+    assert proc.wait() == 0, "".join(line for _, line in lines)
+    return out, "".join(line for _, line in lines), lines
 
 
 def test_outputs_have_the_documented_columns(simulation):
-    out, stdout = simulation
+    out, stdout, _ = simulation
     curves = pd.read_csv(out / "curves.csv")
     assert list(curves.columns) == CURVE_COLUMNS
     assert list(pd.read_csv(out / "campaigns.csv").columns) == CAMPAIGN_COLUMNS
@@ -75,8 +89,52 @@ def test_outputs_have_the_documented_columns(simulation):
     assert (first == 1).all()
 
 
+def test_progress_reaches_a_pipe_as_each_campaign_finishes(simulation):
+    _, _, lines = simulation
+    arrived = [t for t, line in lines if " seed " in line and "labels, macro-F1" in line]
+    assert len(arrived) == 4
+    # held in a buffer until exit, the four lines would arrive together; a campaign takes
+    # seconds
+    assert arrived[-1] - arrived[0] > 1.0
+
+
+def test_campaigns_in_this_process_run_single_threaded():
+    from threadpoolctl import threadpool_info
+
+    def threads():
+        return [(lib["filepath"], lib["num_threads"]) for lib in threadpool_info()]
+
+    before, seen, finished = threads(), [], []
+
+    def job(args):
+        seen.append(threads())
+        return args, None
+
+    run_campaigns(
+        [("a",), ("b",)],
+        processes=1,
+        on_done=lambda job, result: finished.append(job),
+        run_job=job,
+    )
+    assert finished == [("a",), ("b",)]
+    # k-means (OpenMP) and numpy (BLAS) held to one thread, as in --jobs 2's workers
+    apis = {lib["internal_api"] for lib in threadpool_info()}
+    assert {"openmp", "openblas"} <= apis and len(seen) == 2
+    assert all(n == 1 for libs in seen for _, n in libs)
+    # and given back afterwards
+    assert [n for path, n in threads() if path in dict(before)] == [n for _, n in before]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_campaigns_fit_one_lightgbm_thread_whatever_jobs(jobs):
+    spec = SimulationSpec(dataset=DATASETS / "satimage.parquet", jobs=jobs)
+    assert get_campaign_params(spec, ["a", "b"], "random", 0).train.num_threads == 1
+    more = SimulationSpec(dataset=spec.dataset, jobs=jobs, overrides=("train.num_threads=2",))
+    assert get_campaign_params(more, ["a", "b"], "random", 0).train.num_threads == 2
+
+
 def test_issued_items_are_written_per_campaign(simulation):
-    out, _ = simulation
+    out, _, _ = simulation
     issued = pd.read_csv(out / "issued.csv", dtype={"item_id": str})
     assert list(issued.columns) == ISSUED_COLUMNS
     truth = pd.read_parquet(out / "data" / "truth.parquet").set_index("item_id")
@@ -98,7 +156,7 @@ def test_issued_items_are_written_per_campaign(simulation):
 
 
 def test_statistics_are_recomputed_from_the_curves(simulation):
-    out, _ = simulation
+    out, _, _ = simulation
     curves = pd.read_csv(out / "curves.csv")
     campaigns = pd.read_csv(out / "campaigns.csv")
     summary = pd.read_csv(out / "summary.csv").set_index("strategy")
@@ -123,7 +181,7 @@ def test_statistics_are_recomputed_from_the_curves(simulation):
 def test_one_mlflow_run_per_campaign_holds_its_curve(simulation):
     from mlflow.tracking import MlflowClient
 
-    out, _ = simulation
+    out, _, _ = simulation
     curves = pd.read_csv(out / "curves.csv")
     campaigns = pd.read_csv(out / "campaigns.csv")
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
