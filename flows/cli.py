@@ -1,10 +1,17 @@
-"""The ``alloop`` command line: a thin, typed layer over the flows."""
+"""The ``alloop`` command line: a thin, typed layer over the flows.
+
+Every user error ends in one line naming what and where, and exit code 1 (a bad argument: 2);
+``--verbose`` adds the traceback. Anything else is a bug and says so, in one line too (exit 2).
+Heavy modules (Prefect, MLflow, DVC, the stages) are imported only by the commands that use
+them, and a workspace is checked (``params.yaml``) before anything is created in it.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +24,10 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="alloop: active learning as an operated, versioned pipeline.",
+    pretty_exceptions_enable=False,
 )
+pool_app = typer.Typer(no_args_is_help=True, help="The pool of unlabeled items.")
+app.add_typer(pool_app, name="pool")
 console = Console()
 log = logging.getLogger("alloop")
 
@@ -31,18 +41,70 @@ TeamApiOpt = Annotated[
     str, typer.Option(help="The team's Prefect API, e.g. http://prefect.internal:4200/api.")
 ]
 
+#: Exceptions that are the user's to fix, by module and name: checked through ``sys.modules``
+#: so that reporting an error never imports a module (an exception of a module that was never
+#: imported cannot have been raised).
+USER_ERRORS = (
+    ("flows.workspace", "WorkspaceError"),
+    ("flows.workspace", "WorkspaceBusy"),
+    ("tasks.params", "ParamsError"),
+    ("flows.audit", "AuditError"),
+    ("flows.versioning", "VersioningError"),
+    ("tasks.parsing", "LabelFileError"),
+    ("yaml", "YAMLError"),
+    # a revision that does not exist (--at): DVC's and scmrepo's own classes
+    ("dvc.scm", "RevError"),
+    ("scmrepo.exceptions", "RevError"),
+)
 
-def _setup(workspace: Path) -> Path:
-    """Settings for this process, before Prefect/MLflow/DVC are imported."""
+_options = {"verbose": False}
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [
+        FileNotFoundError,
+        PermissionError,
+        NotADirectoryError,
+        IsADirectoryError,
+    ]
+    for module, name in USER_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(getattr(loaded, name, None), type):
+            found.append(getattr(loaded, name))
+    return tuple(found)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def describe_error(exc: BaseException) -> str:
+    """A user error as one line: what went wrong and where."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+def _say_error(message: str) -> None:
+    # plain text: rich would read [brackets] in a message as markup and wrap it at 80 columns
+    sys.stdout.flush()
+    sys.stdout.write(f"error: {message}\n")
+    sys.stdout.flush()
+
+
+def _workspace(workspace: Path) -> Path:
+    """The workspace's root, checked before anything is created or imported: environment for
+    Prefect, MLflow and DVC set (their state folders are created when a flow runs)."""
     from flows import runtime
+    from flows.workspace import check_workspace
 
-    root = workspace.resolve()
-    runtime.configure(root)
+    root = check_workspace(workspace)
+    runtime.configure(root, create_state=False)
     return root
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    _say_error(message)
     return typer.Exit(code=1)
 
 
@@ -53,8 +115,47 @@ def _quiet_prefect():  # type: ignore[no-untyped-def]
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
+class _UserErrorFilter(logging.Filter):
+    """Keeps the traceback of a user error that ends a flow off the console (the CLI says it
+    in one line; --verbose shows it): Prefect logs "Encountered exception" with the traceback
+    and "Finished in state Failed(...)". The records still reach Prefect's API."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            return not isinstance(record.exc_info[1], _user_error_types())
+        message = record.getMessage()
+        return not (
+            message.startswith("Finished in state Failed")
+            and any(f"{name}:" in message for _, name in USER_ERRORS)
+        )
+
+
+def _before_flow(root: Path) -> None:
+    """Just before a flow runs: Prefect's state folder, and the workspace's local server if
+    ``alloop serve`` runs one (no temporary API to start then)."""
+    from flows import runtime
+
+    api_url = runtime.prepare_flow_run(root)
+    if api_url:
+        log.info("Prefect API: %s", api_url)
+    if not _options["verbose"]:
+        import prefect  # noqa: F401  (sets up Prefect's console handlers)
+
+        handlers = [*logging.getLogger("prefect").handlers, *logging.getLogger().handlers]
+        for handler in handlers:
+            if not any(isinstance(f, _UserErrorFilter) for f in handler.filters):
+                handler.addFilter(_UserErrorFilter())
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="More log lines; a traceback on errors.")
+    ] = False,
+) -> None:
+    _options["verbose"] = verbose
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
@@ -77,32 +178,44 @@ def init(
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-S", help="Override a param: section.key=value")
     ] = None,
+    drop_column: Annotated[
+        list[str] | None,
+        typer.Option(help="A pool column to leave out (not a feature); repeatable."),
+    ] = None,
 ) -> None:
-    """Create a workspace and import the pool."""
-    from flows.workspace import WorkspaceError, init_workspace, read_table_file
+    """Create a workspace and import the pool.
 
-    _setup(path)
+    A pool column that holds the class names (or predicts --label-column exactly) is refused:
+    as a feature it would give the answers away. Name it with --label-column (simulations) or
+    leave it out with --drop-column.
+    """
+    from flows import runtime
+    from flows.workspace import init_workspace, read_table_file
+
+    runtime.configure(path, create_state=False)  # the workspace does not exist yet
     names = [c.strip() for c in classes.split(",") if c.strip()]
-    try:
-        raw = read_table_file(pool)
-        looks_like_labels = [c for c in raw.columns if str(c).lower() in LABEL_LIKE]
-        if label_column is None and looks_like_labels:
-            log.warning(
-                "the pool has a column %s that looks like labels; it will be used as a "
-                "feature. If it holds true labels (simulation only), pass --label-column.",
-                looks_like_labels,
-            )
-        catalog = init_workspace(
-            path,
-            pool=raw,
-            id_column=id_column,
-            classes=names,
-            label_column=label_column,
-            remote_url=remote,
-            overrides=tuple(set_ or ()),
+    raw = read_table_file(pool)
+    dropped = set(drop_column or ())
+    looks_like_labels = [
+        c for c in raw.columns if str(c).lower() in LABEL_LIKE and c not in dropped
+    ]
+    if label_column is None and looks_like_labels:
+        log.warning(
+            "the pool has a column %s that looks like labels; it will be used as a "
+            "feature. If it holds true labels (simulation only), pass --label-column; "
+            "otherwise --drop-column leaves it out.",
+            looks_like_labels,
         )
-    except WorkspaceError as exc:
-        raise _fail(str(exc)) from None
+    catalog = init_workspace(
+        path,
+        pool=raw,
+        id_column=id_column,
+        classes=names,
+        label_column=label_column,
+        remote_url=remote,
+        overrides=tuple(set_ or ()),
+        drop_columns=tuple(drop_column or ()),
+    )
     console.print(f"workspace ready at [bold]{catalog.root}[/]; next: alloop round -w {path}")
 
 
@@ -117,12 +230,9 @@ def clone(
     from flows.runtime import QUIET
 
     os.environ.update(QUIET)  # no Prefect state to set up: git clone wants an empty folder
-    from flows.workspace import WorkspaceError, clone_workspace
+    from flows.workspace import clone_workspace
 
-    try:
-        catalog = clone_workspace(source, path)
-    except WorkspaceError as exc:
-        raise _fail(str(exc)) from None
+    catalog = clone_workspace(source, path)
     console.print(
         f"workspace recovered at [bold]{catalog.root}[/] (round {catalog.read_round().round_id})"
     )
@@ -144,23 +254,36 @@ def round_(
     A round with nothing new (no file in data/incoming, no new pool items) is skipped and says
     so, unless --force; an interrupted round is resumed.
     """
-    root = _setup(workspace)
-    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+    root = _workspace(workspace)
+    from flows.recovery import check_no_interrupted_rollback, get_idle_reason, repair_after_crash
+    from flows.workspace import check_code, hold_workspace
+    from tasks.catalog import Catalog
 
-    try:
-        # held before Prefect starts (seconds), so a second command fails at once
-        with hold_workspace(root, "round"):
-            from flows.round import al_round
+    # held before Prefect starts, so a second command fails at once; and a round with nothing
+    # to do answers from git and the files, in seconds, without starting Prefect at all
+    with hold_workspace(root, "round"):
+        catalog = Catalog(root)
+        check_code(root)
+        check_no_interrupted_rollback(catalog)
+        catalog.read_params()  # a typo in params.yaml is named now, not after Prefect started
+        if not force:
+            # the git tag a crash may have left missing; the MLflow link, if any, is repaired
+            # by the next round that runs (its flow repairs everything first)
+            repair_after_crash(catalog, mlflow=False)
+            idle = get_idle_reason(catalog)
+            if idle is not None:
+                console.print(idle, soft_wrap=True, markup=False)
+                return
+        _before_flow(root)
+        from flows.round import al_round
 
-            with _quiet_prefect():
-                result = al_round(str(root), started_at=started_at, force=force)
-    except (WorkspaceBusy, WorkspaceError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        with _quiet_prefect():
+            result = al_round(str(root), started_at=started_at, force=force)
     if result.skipped:
         console.print(result.skipped)
         return
     console.print(f"[bold]round-{result.round_id:04d}[/] recorded as {result.commit[:10]}")
-    console.print((root / "reports" / "round.md").read_text())
+    console.print((root / "reports" / "round.md").read_text(), markup=False)
 
 
 @app.command()
@@ -178,21 +301,18 @@ def serve(
     al_round is served as the deployment al_round/alloop-FOLDER with the cron schedule. A night
     with nothing new runs nothing and logs why.
     """
-    root = _setup(workspace)
+    root = _workspace(workspace)
+    from flows import runtime
     from flows.schedule import get_deployment_name, serve_rounds
-    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+    from flows.workspace import hold_workspace
 
-    if not (root / "params.yaml").is_file():
-        raise _fail(f"{root} is not an alloop workspace (no params.yaml); see `alloop init`")
+    runtime.configure(root)
     console.print(
         f"serving [bold]al_round/{get_deployment_name(root)}[/] for {root}: '{cron}' "
         f"({timezone}), Prefect API {api_url or 'local (started now)'}; Ctrl-C stops"
     )
-    try:
-        with hold_workspace(root, "serve", lock_name="serve.lock"):
-            serve_rounds(root, cron=cron, timezone=timezone, api_url=api_url)
-    except (WorkspaceBusy, WorkspaceError) as exc:
-        raise _fail(str(exc)) from None
+    with hold_workspace(root, "serve", lock_name="serve.lock"):
+        serve_rounds(root, cron=cron, timezone=timezone, api_url=api_url)
     console.print("stopped serving")
 
 
@@ -210,18 +330,12 @@ def deploy(
     The deployment is al_round/alloop-FOLDER; its code is this alloop checkout, read in place,
     so the worker runs where these paths exist.
     """
-    root = _setup(workspace)
+    root = _workspace(workspace)
+    from flows import runtime
     from flows.schedule import deploy_rounds
-    from flows.workspace import WorkspaceError
 
-    if not (root / "params.yaml").is_file():
-        raise _fail(f"{root} is not an alloop workspace (no params.yaml); see `alloop init`")
-    try:
-        name, created = deploy_rounds(
-            root, pool=pool, cron=cron, timezone=timezone, api_url=api_url
-        )
-    except WorkspaceError as exc:
-        raise _fail(str(exc)) from None
+    runtime.configure(root)
+    name, created = deploy_rounds(root, pool=pool, cron=cron, timezone=timezone, api_url=api_url)
     if created:
         console.print(f"created work pool [bold]{pool}[/] (type process)")
     console.print(
@@ -241,12 +355,8 @@ def worker(
     """Prefect's process worker for a work pool, with this alloop's Python and nothing sent
     home; runs the rounds `alloop deploy` registered until stopped (Ctrl-C or SIGTERM)."""
     from flows.schedule import exec_worker
-    from flows.workspace import WorkspaceError
 
-    try:
-        exec_worker(pool, api_url=api_url, run_once=run_once)
-    except WorkspaceError as exc:
-        raise _fail(str(exc)) from None
+    exec_worker(pool, api_url=api_url, run_once=run_once)
 
 
 @app.command()
@@ -262,18 +372,16 @@ def rerun(
     Without overrides it must reproduce round N exactly, and says so. With overrides (or
     other code) the result goes on a branch rerun/round-NNNN-K, with what changed.
     """
-    root = _setup(workspace)
-    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+    root = _workspace(workspace)
+    from flows.workspace import hold_workspace
 
     overrides = tuple(set_ or ())
-    try:
-        with hold_workspace(root, "rerun"):
-            from flows.rerun import al_rerun
+    with hold_workspace(root, "rerun"):
+        _before_flow(root)
+        from flows.rerun import al_rerun
 
-            with _quiet_prefect():
-                result = al_rerun(str(root), round_id, overrides)
-    except (WorkspaceBusy, WorkspaceError) as exc:
-        raise _fail(str(exc)) from None
+        with _quiet_prefect():
+            result = al_rerun(str(root), round_id, overrides)
     name = f"round-{round_id:04d}"
     if result.code_changes:
         console.print(f"this alloop's code differs from {name}'s in {result.code_changes}")
@@ -310,17 +418,15 @@ def rollback(
     The pool, labels, flags, models and params of round N come back; the ledger keeps every
     event and records the rollback; files waiting in data/incoming stay for the next round.
     """
-    root = _setup(workspace)
-    from flows.workspace import WorkspaceBusy, WorkspaceError, hold_workspace
+    root = _workspace(workspace)
+    from flows.workspace import hold_workspace
 
-    try:
-        with hold_workspace(root, "rollback"):
-            from flows.rollback import al_rollback
+    with hold_workspace(root, "rollback"):
+        _before_flow(root)
+        from flows.rollback import al_rollback
 
-            with _quiet_prefect():
-                result = al_rollback(str(root), to_round)
-    except (WorkspaceBusy, WorkspaceError) as exc:
-        raise _fail(str(exc)) from None
+        with _quiet_prefect():
+            result = al_rollback(str(root), to_round)
     champion = (
         f"round {result.champion_round} (model version {result.champion_version})"
         if result.champion_version
@@ -336,12 +442,22 @@ def rollback(
 @app.command()
 def status(workspace: WorkspaceOpt = Path(".")) -> None:
     """The current round, labels by class and split, the last metrics, the batch that is out."""
-    root = _setup(workspace)
+    root = _workspace(workspace)
     from flows.status import get_status
     from tasks.catalog import Catalog
 
     st = get_status(Catalog(root))
     console.print(f"[bold]workspace[/] {root}")
+    upgrade = (
+        f" (differs: `alloop upgrade -w {root}` moves it to the running one)"
+        if st.workspace_version.code_hash != st.running_version.rsplit("+", 1)[-1]
+        else ""
+    )
+    console.print(
+        f"alloop: workspace {st.workspace_version}, running {st.running_version}{upgrade}",
+        markup=False,
+        soft_wrap=True,
+    )
     pending = (
         " (started, not recorded: the next `alloop round` resumes it)"
         if (st.round_id > st.committed_round)
@@ -385,6 +501,15 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         )
     if st.incoming_files:
         console.print(f"waiting in data/incoming: {', '.join(st.incoming_files)}")
+    if st.unlabeled_left == 0:
+        console.print(
+            f"pool: [bold]exhausted[/]: all {st.pool_items} items have been issued; "
+            f"`alloop pool add FILE -w {root}` adds new ones"
+        )
+    else:
+        console.print(
+            f"pool: {st.unlabeled_left} of {st.pool_items} items never issued (left to label)"
+        )
 
 
 @app.command()
@@ -405,7 +530,10 @@ def demo(
         if not force:
             raise _fail(f"{path} exists; pass --force to replace it")
         shutil.rmtree(path)
-    root = _setup(path)
+    from flows import runtime
+
+    runtime.configure(path)
+    root = path.resolve()
     from flows.demo import DEFAULT_DATASET, DemoRound, run_demo
 
     console.print(
@@ -428,25 +556,33 @@ def demo(
         )
         progress.advance(bar)
 
-    from flows.workspace import WorkspaceError
+    with progress, _quiet_prefect():
+        bar = progress.add_task("rounds", total=rounds)
+        run_demo(root, rounds=rounds, noise=noise, on_round=report)
+    lines = "\n".join(get_where_to_look(root, rounds))
+    # commands to copy: never wrapped, no markup
+    console.print("\nwhere to look:\n" + lines, soft_wrap=True, markup=False, highlight=False)
 
-    try:
-        with progress, _quiet_prefect():
-            bar = progress.add_task("rounds", total=rounds)
-            run_demo(root, rounds=rounds, noise=noise, on_round=report)
-    except WorkspaceError as exc:
-        raise _fail(str(exc)) from None
-    where = [
-        "where to look:",
-        f"  git -C {path} tag                      # one tag per round",
-        f"  git -C {path} log --stat round-0002    # what a round changed",
-        f"  cat {path}/reports/round.md            # the last round's report",
-        f"  cd {path} && dvc metrics diff round-0002 round-{rounds:04d}",
-        f"  mlflow ui --backend-store-uri sqlite:///{root}/.alloop/mlflow.db",
-        f"  PREFECT_HOME={root}/.alloop/prefect prefect server start   # Prefect UI",
-        "  (the tools are in .venv/bin)",
+
+def get_where_to_look(root: Path, rounds: int) -> list[str]:
+    """The demo's closing commands, runnable exactly as printed from any folder and shell:
+    absolute paths, and the tools of this alloop's own environment (not whatever is on PATH)."""
+    import shlex
+
+    bin_dir = Path(sys.executable).parent
+    ws = shlex.quote(str(root))
+    tool = {name: shlex.quote(str(bin_dir / name)) for name in ("dvc", "mlflow", "prefect")}
+    last = f"round-{rounds:04d}"
+    first = "round-0002" if rounds >= 2 else last
+    state = shlex.quote(str(root / ".alloop"))
+    return [
+        f"  git -C {ws} tag                      # one tag per round",
+        f"  git -C {ws} log --stat {first}    # what a round changed",
+        f"  cat {shlex.quote(str(root / 'reports' / 'round.md'))}   # the last round's report",
+        f"  cd {ws} && {tool['dvc']} metrics diff {first} {last}",
+        f"  {tool['mlflow']} ui --backend-store-uri sqlite:///{root}/.alloop/mlflow.db",
+        f"  PREFECT_HOME={state}/prefect {tool['prefect']} server start   # Prefect UI",
     ]
-    console.print("\n" + "\n".join(where), soft_wrap=True)  # commands to copy: never wrapped
 
 
 @app.command()
@@ -479,10 +615,11 @@ def simulate(
     Learning curves (CSV, PNG), area under the curve, labels and annotator hours to reach 98% of
     the full-data macro-F1, the ratio to random and a paired test over seeds.
     """
-    _setup(out)
+    from flows import runtime
+
+    runtime.configure(out)
     from flows.simulate import SimulationSpec
     from flows.simulate import simulate as run_simulation
-    from flows.workspace import WorkspaceError
 
     spec = SimulationSpec(
         dataset=dataset,
@@ -508,10 +645,7 @@ def simulate(
         )
         console.print(f"  {strategy} seed {seed}: {where}")
 
-    try:
-        result = run_simulation(spec, out, on_campaign=report)
-    except WorkspaceError as exc:
-        raise _fail(str(exc)) from None
+    result = run_simulation(spec, out, on_campaign=report)
     console.print((out / "simulation.md").read_text(), markup=False, soft_wrap=True)
     console.print(f"results in {out}/: " + ", ".join(p.name for p in result.files))
 
@@ -522,11 +656,11 @@ def pipeline(
     workspace: WorkspaceOpt = Path("."),
 ) -> None:
     """Check (or rewrite) that dvc.yaml declares the stages al_round runs."""
+    target = _workspace(workspace) / "dvc.yaml"
     import yaml
 
     from flows.pipeline import dump_dvc_yaml, render_dvc_stages
 
-    target = workspace.resolve() / "dvc.yaml"
     wanted = render_dvc_stages()
     if write:
         target.write_text(dump_dvc_yaml())
@@ -541,36 +675,53 @@ FormatOpt = Annotated[str, typer.Option("--format", help="table, csv or json")]
 AtOpt = Annotated[
     str | None, typer.Option("--at", help="Read a past round (e.g. round-0003) through DVC.")
 ]
+FORMATS = ("table", "csv", "json")
 
 
-def _emit(frames: dict[str, Any], fmt: str) -> None:
-    """Print frames as rich tables, CSV (formula-safe) or JSON."""
+def _emit(frames: dict[str, Any], fmt: str, *, out: Path | None = None) -> None:
+    """Print frames as rich tables, CSV (formula-safe; one table) or JSON; or, with ``out``,
+    write each frame to ``out/NAME.csv`` (or ``.json``), one table per file."""
     import json
 
     import pandas as pd
 
     from tasks.catalog import csv_safe
 
-    if fmt not in {"table", "csv", "json"}:
-        raise _fail(f"--format must be table, csv or json, not {fmt!r}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, frame in frames.items():
+            if fmt == "json":
+                target = out / f"{name}.json"
+                target.write_text(frame.to_json(orient="records", indent=2) + "\n")
+            else:
+                target = out / f"{name}.csv"
+                csv_safe(frame).to_csv(target, index=False, lineterminator="\n")
+            console.print(f"wrote {target} ({len(frame)} rows)", markup=False, soft_wrap=True)
+        return
     if fmt == "json":
         payload = {
             name: json.loads(frame.to_json(orient="records")) for name, frame in frames.items()
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
+    if fmt == "csv":
+        (frame,) = frames.values()  # one table: _pick_tables made sure
+        sys.stdout.write(csv_safe(frame).to_csv(index=False, lineterminator="\n"))
+        return
     for name, frame in frames.items():
-        if fmt == "csv":
-            if len(frames) > 1:
-                sys.stdout.write(f"# {name}\n")
-            sys.stdout.write(csv_safe(frame).to_csv(index=False, lineterminator="\n"))
-            continue
         table = Table(title=name, show_lines=False)
         for column in frame.columns:
             table.add_column(str(column), overflow="fold")
         for row in frame.itertuples(index=False):
             table.add_row(*("" if pd.isna(v) else str(v) for v in row))
         console.print(table)
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(FORMATS)}, not {fmt!r}", param_hint="'--format'"
+        )
 
 
 @app.command()
@@ -581,14 +732,15 @@ def history(
     fmt: FormatOpt = "table",
 ) -> None:
     """Every event of one item across rounds: issued, labeled, rejected, flagged, resolved."""
-    root = _setup(workspace)
-    from flows.audit import AuditError, get_item_history, read_tables
+    _check_format(fmt)
+    root = _workspace(workspace)
+    from flows.audit import get_item_history, read_tables
 
-    try:
-        frame = get_item_history(read_tables(root, at=at), item_id)
-    except AuditError as exc:
-        raise _fail(str(exc)) from None
+    frame = get_item_history(read_tables(root, at=at), item_id)
     _emit({f"history of item {item_id}": frame}, fmt)
+
+
+AUDIT_TABLES = ("annotators", "flags", "events")
 
 
 @app.command()
@@ -598,17 +750,99 @@ def audit(
     workspace: WorkspaceOpt = Path("."),
     at: AtOpt = None,
     fmt: FormatOpt = "table",
+    table: Annotated[
+        str | None, typer.Option(help="Only this table: annotators, flags or events.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write each table to its own file, OUT/annotators.csv etc."),
+    ] = None,
 ) -> None:
-    """Label events, per-annotator counts and quality, and the flags raised and resolved."""
-    root = _setup(workspace)
-    from flows.audit import AuditError, get_audit, read_tables
+    """Label events, per-annotator counts and quality, and the flags raised and resolved.
 
-    try:
-        result = get_audit(read_tables(root, at=at), round_id=round_id, annotator=annotator)
-    except AuditError as exc:
-        raise _fail(str(exc)) from None
-    events = result.events.drop(columns=["source_sha256"])
-    _emit({"annotators": result.annotators, "flags": result.flags, "events": events}, fmt)
+    ``--format csv`` writes one table per file: all three with ``--out DIR``, or one to
+    standard output with ``--table NAME``.
+    """
+    _check_format(fmt)
+    if table is not None and table not in AUDIT_TABLES:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(AUDIT_TABLES)}, not {table!r}", param_hint="'--table'"
+        )
+    if fmt == "csv" and table is None and out is None:
+        raise typer.BadParameter(
+            "CSV holds one table: add --table annotators|flags|events (to standard output) "
+            "or --out DIR (one file per table)",
+            param_hint="'--format csv'",
+        )
+    root = _workspace(workspace)
+    from flows.audit import get_audit, read_tables
+
+    result = get_audit(read_tables(root, at=at), round_id=round_id, annotator=annotator)
+    frames = {
+        "annotators": result.annotators,
+        "flags": result.flags,
+        "events": result.events.drop(columns=["source_sha256"]),
+    }
+    if table is not None:
+        frames = {table: frames[table]}
+    _emit(frames, fmt, out=out)
+
+
+@app.command()
+def upgrade(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Move a workspace to this alloop's code, as one commit of its own.
+
+    Its flows/ and tasks/ become this alloop's and dvc.yaml is regenerated; dvc.lock stays
+    as it is (it records the code that produced the outputs; the next round records the new
+    code). Refused while a round or a rollback is unfinished or with uncommitted changes.
+    """
+    root = _workspace(workspace)
+    from flows.workspace import upgrade_workspace
+
+    result = upgrade_workspace(root)
+    if result.commit is None:
+        console.print(f"{root} already runs this alloop ({result.to_version})", markup=False)
+        return
+    console.print(
+        f"upgraded {root}: alloop {result.from_version} -> {result.to_version}, "
+        f"{len(result.changed)} files, commit {result.commit[:10]}; dvc.lock unchanged",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@pool_app.command("add")
+def pool_add(
+    file: Annotated[Path, typer.Argument(help="New items: parquet or CSV, the pool's columns.")],
+    workspace: WorkspaceOpt = Path("."),
+    id_column: Annotated[str, typer.Option(help="Column with each item's unique id.")] = "item_id",
+    drop_column: Annotated[
+        list[str] | None, typer.Option(help="A column to leave out; repeatable.")
+    ] = None,
+) -> None:
+    """Add unlabeled items to the pool, as a commit of their own; the next round scores them.
+
+    The file needs the pool's columns with compatible types and ids that are new; it becomes
+    data/pool/items-NNNN.parquet (DVC), committed as "pool add: N items from FILE".
+    """
+    root = _workspace(workspace)
+    from flows.workspace import add_to_pool, read_table_file
+
+    raw = read_table_file(file)
+    result = add_to_pool(
+        root,
+        raw,
+        source=file.name,
+        id_column=id_column,
+        drop_columns=tuple(drop_column or ()),
+    )
+    console.print(
+        f"added {result.items} items to the pool ({result.pool_items} now) as "
+        f"{result.file.relative_to(root)}, commit {result.commit[:10]}; the next `alloop round` "
+        "scores them",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -623,7 +857,7 @@ def suite(
     from tasks.expectations import dump_suite, get_check_order
     from tasks.validate import SUITE_FILE, get_default_suite
 
-    target = workspace.resolve() / SUITE_FILE
+    target = _workspace(workspace) / SUITE_FILE
     if write:
         if target.exists() and not force:
             raise _fail(f"{target} exists; pass --force to replace it (your own checks go)")
@@ -637,11 +871,52 @@ def suite(
         console.print(f"{position:2d}. {name}" + (f": {reason}" if reason else ""))
 
 
-def main() -> None:
+def _is(exc: BaseException, name: str) -> bool:
+    # typer vendors its own click: its exceptions are told by class name, not imported
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``alloop`` entry point: runs a command, and turns every error into one line and an
+    exit code (1: the user's to fix; 2: a bad argument, or a bug, with --verbose for the
+    traceback; 130: interrupted)."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app()
+        code = app(args=args, prog_name="alloop", standalone_mode=False)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    except Exception as exc:
+        code = _report(
+            exc, verbose=_options["verbose"] or any(a in ("-v", "--verbose") for a in args)
+        )
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report(exc: Exception, *, verbose: bool) -> int:
+    """Say what went wrong in one line; returns the exit code."""
+    if _is(exc, "NoArgsIsHelpError"):
+        exc.show()  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    if _is(exc, "UsageError"):
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "alloop"
+        _say_error(f"{where}: {_one_line(exc.format_message())} (see `{where} --help`)")  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    if _is(exc, "ClickException"):
+        _say_error(_one_line(exc.format_message()))  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    if _is(exc, "Abort"):
+        return 130
+    if verbose:
+        traceback.print_exc()
+    if isinstance(exc, _user_error_types()):
+        _say_error(describe_error(exc))
+        return 1
+    _say_error(
+        f"internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]}; "
+        "run with --verbose for the traceback"
+    )
+    return 2
 
 
 if __name__ == "__main__":

@@ -18,16 +18,17 @@ from tasks.catalog import Catalog, round_name
 log = logging.getLogger(__name__)
 
 
-def repair_after_crash(catalog: Catalog) -> list[str]:
+def repair_after_crash(catalog: Catalog, *, mlflow: bool = True) -> list[str]:
     """Finish what a crash after the git commit left undone: the round's tag, and the git
-    commit on its MLflow run. Returns what was repaired."""
+    commit on its MLflow run (unless ``mlflow`` is false: the CLI's quick check before a flow
+    leaves that to the flow, which repairs first). Returns what was repaired."""
     repaired = []
     tagged = versioning.repair_unfinished_tag(catalog.root)
     if tagged is not None:
         repaired.append(f"tagged {round_name(tagged)}")
     committed = versioning.committed_round(catalog.root)
     commit = versioning.tag_commit_of(catalog.root, round_name(committed)) if committed else None
-    if commit and tracking.link_recorded_round(catalog.root, committed, commit):
+    if mlflow and commit and tracking.link_recorded_round(catalog.root, committed, commit):
         repaired.append(f"linked the MLflow run of {round_name(committed)} to {commit[:10]}")
     for line in repaired:
         log.warning("after a crash: %s", line)
@@ -55,11 +56,32 @@ def round_pending(catalog: Catalog) -> bool:
     return catalog.read_round().round_id > versioning.committed_round(catalog.root)
 
 
+def pool_added_since_last_round(root: Path) -> bool:
+    """Whether ``data/pool.dvc`` was committed with other content since the last round's (or
+    rollback's) tag: ``alloop pool add`` commits new items between rounds."""
+    last = versioning.git(
+        root,
+        "describe",
+        "--tags",
+        "--abbrev=0",
+        "--match",
+        "round-*",
+        "--match",
+        "rollback-*",
+        "HEAD",
+        check=False,
+    )
+    if not last:
+        return False
+    return bool(versioning.git(root, "diff", "--name-only", last, "HEAD", "--", "data/pool.dvc"))
+
+
 def get_idle_reason(catalog: Catalog) -> str | None:
     """Why a new round would have nothing to do, or None when it has work.
 
     The rule: after the first round, a round needs a label file in ``data/incoming/`` or new
-    pool items (a changed ``data/pool``). Without either it would only issue another batch
+    pool items (``data/pool`` changed since the last round's tag, committed by ``alloop pool
+    add`` or not). Without either it would only issue another batch
     while the last one is still out, so it is skipped (``--force`` runs it anyway). A round
     that started and was never recorded always has work: finishing it.
     """
@@ -67,7 +89,11 @@ def get_idle_reason(catalog: Catalog) -> str | None:
     if committed < 1 or round_pending(catalog):
         return None
     waiting = [p for p in catalog.incoming_dir.glob("*") if p.is_file() and p.name != ".gitkeep"]
-    if waiting or versioning.pool_changed(catalog.root):
+    if (
+        waiting
+        or pool_added_since_last_round(catalog.root)
+        or versioning.pool_changed(catalog.root)
+    ):
         return None
     return (
         f"nothing to do: no label file in data/incoming and no new pool items since "

@@ -6,7 +6,10 @@ settings at import time. Nothing here runs on import.
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 #: Everything the stack would otherwise send home, turned off.
@@ -20,15 +23,24 @@ QUIET = {
 }
 
 
-def configure(workspace: Path, *, api_url: str | None = None) -> dict[str, str]:
+def prefect_home(workspace: Path) -> Path:
+    """Prefect's state for this workspace (its database, the local server's address)."""
+    return (workspace / ".alloop" / "prefect").resolve()
+
+
+def configure(
+    workspace: Path, *, api_url: str | None = None, create_state: bool = True
+) -> dict[str, str]:
     """Point Prefect at the workspace's own state and silence telemetry.
 
-    Returns the environment variables set, so that subprocesses (DVC, git) can inherit them.
+    ``create_state=False`` only sets the environment: the CLI creates the state folder when a
+    command really runs a flow (:func:`prepare_flow_run`), never in a folder that is not a
+    workspace. Returns the environment variables set, so that subprocesses (DVC, git) can
+    inherit them.
     """
-    state = (workspace / ".alloop").resolve()
     settings = {
         **QUIET,
-        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_HOME": str(prefect_home(workspace)),
         # a fresh Prefect database takes 12-20 s to migrate on 2 cores; the default is 20 s
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
@@ -37,8 +49,37 @@ def configure(workspace: Path, *, api_url: str | None = None) -> dict[str, str]:
     if api_url:
         settings["PREFECT_API_URL"] = api_url
     os.environ.update(settings)
-    (state / "prefect").mkdir(parents=True, exist_ok=True)
+    if create_state:
+        prefect_home(workspace).mkdir(parents=True, exist_ok=True)
     return settings
+
+
+def find_local_server(workspace: Path, *, timeout: float = 1.0) -> str | None:
+    """The API of a healthy local Prefect server that ``alloop serve`` runs for this workspace
+    (its address is in ``.alloop/prefect/server.json``), or None."""
+    try:
+        api_url = json.loads((prefect_home(workspace) / "server.json").read_text())["api_url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as answer:
+            return str(api_url) if answer.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def prepare_flow_run(workspace: Path) -> str | None:
+    """Just before a flow runs in this process: create Prefect's state folder, and use the
+    workspace's running local server when there is a healthy one (no temporary API to start:
+    5-20 s saved). An API already set in the environment (a team's server) is kept.
+    Returns the API used, or None for Prefect's temporary one."""
+    prefect_home(workspace).mkdir(parents=True, exist_ok=True)
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    api_url = find_local_server(workspace)
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+    return api_url
 
 
 def mlflow_uri(workspace: Path) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from flows import versioning
+from flows.workspace import WorkspaceVersion, get_alloop_version, get_workspace_version
 from tasks import schema
 from tasks.catalog import Catalog, round_name
 
@@ -24,6 +25,10 @@ class Status:
     batch_out: dict[str, Any]
     incoming_files: list[str]
     rejects: pd.DataFrame  # the last round's quarantined rows
+    pool_items: int
+    unlabeled_left: int  # pool items never issued
+    workspace_version: WorkspaceVersion  # the alloop whose code the workspace holds
+    running_version: str  # the alloop running this command
 
 
 def get_status(catalog: Catalog) -> Status:
@@ -44,9 +49,10 @@ def get_status(catalog: Catalog) -> Status:
         else pd.DataFrame()
     )
     batch: dict[str, Any] = {}
+    issued = catalog.read_table(catalog.issued, schema.ISSUED)
+    pool_ids = catalog.read_pool_ids()
     if info.round_id:
         outbox = catalog.outbox(info.round_id)
-        issued = catalog.read_table(catalog.issued, schema.ISSUED)
         mine = issued[issued["round_id"] == info.round_id]
         answered = set(current.loc[current["last_round"] > info.round_id, "item_id"])
         batch = {
@@ -76,4 +82,8 @@ def get_status(catalog: Catalog) -> Status:
         batch_out=batch,
         incoming_files=incoming,
         rejects=rejects,
+        pool_items=int(len(pool_ids)),
+        unlabeled_left=int((~pool_ids.isin(set(issued["item_id"]))).sum()),
+        workspace_version=get_workspace_version(root),
+        running_version=get_alloop_version(),
     )

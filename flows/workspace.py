@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import socket
+import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +21,6 @@ import yaml
 import flows
 import tasks
 from flows import versioning
-from flows.pipeline import dump_dvc_yaml
 from tasks.catalog import Catalog, RoundInfo, write_text
 from tasks.params import ParamsError, dump_params, load_params
 from tasks.schema import ITEM_ID
@@ -60,15 +62,90 @@ def read_table_file(path: Path) -> pd.DataFrame:
         ) from exc
 
 
+def _text_like(column: pd.Series) -> bool:
+    return bool(
+        pd.api.types.is_object_dtype(column)
+        or pd.api.types.is_string_dtype(column)
+        or isinstance(column.dtype, pd.CategoricalDtype)
+    )
+
+
+def find_class_name_columns(features: pd.DataFrame, classes: Sequence[str]) -> list[str]:
+    """Text columns whose non-empty values are all class names (ignoring case and surrounding
+    space), with at least two different ones: a label column left in the pool. (A column
+    with one value only is constant, not a leak; numeric columns are not checked this way,
+    as class names such as ``0``/``1`` are also ordinary feature values.)"""
+    names = {str(c).strip().casefold() for c in classes}
+    found = []
+    for column in features.columns:
+        values = features[column]
+        if not _text_like(values):
+            continue
+        seen = {str(v).strip().casefold() for v in values.dropna().unique()} - {""}
+        if len(seen) >= 2 and seen <= names:
+            found.append(str(column))
+    return found
+
+
+def find_label_predicting_columns(features: pd.DataFrame, labels: pd.Series) -> list[str]:
+    """Columns that determine the given labels exactly: every value goes with one label only,
+    and values repeat (on average at least 5 rows a value, so that an id-like or continuous
+    column that happens to be unique is not taken for a leak)."""
+    labels = labels.reset_index(drop=True)
+    if labels.nunique() < 2:
+        return []
+    found = []
+    for column in features.columns:
+        values = features[column].reset_index(drop=True)
+        known = values.notna()
+        n_values = values[known].nunique()
+        if n_values < 2 or known.sum() < 5 * n_values:
+            continue
+        per_value = labels[known].groupby(values[known], observed=True).nunique()
+        if int(per_value.max()) == 1:
+            found.append(str(column))
+    return found
+
+
+def _leak_error(column: str, why: str, *, label_column: str | None) -> WorkspaceError:
+    way_out = (
+        f"drop it with --drop-column {column}"
+        if label_column is not None
+        else f"if it holds the true labels (simulations and demos only), pass --label-column "
+        f"{column}; otherwise drop it with --drop-column {column}"
+    )
+    return WorkspaceError(
+        f"pool column {column!r} {why}: as a feature it would give the answers away (and "
+        f"reach the annotators in batch.csv). {way_out[0].upper()}{way_out[1:]}."
+    )
+
+
 def prepare_pool(
     raw: pd.DataFrame,
     *,
     id_column: str,
     classes: Sequence[str],
     label_column: str | None = None,
+    drop_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Split a raw pool into the items (``item_id`` + features) and, for simulations, the
-    true labels. Pure; raises :class:`WorkspaceError` naming the column and the problem."""
+    true labels. Pure; raises :class:`WorkspaceError` naming the column and the problem.
+
+    ``drop_columns`` are removed first. A feature column holding the class names, or one that
+    predicts ``label_column`` exactly, is refused (see :func:`find_class_name_columns` and
+    :func:`find_label_predicting_columns`): it would leak the answers.
+    """
+    if raw.empty:
+        raise WorkspaceError("the pool has no items (0 rows): nothing to label")
+    missing = [c for c in drop_columns if c not in raw.columns]
+    if missing:
+        raise WorkspaceError(
+            f"--drop-column {missing} is not a column of the pool (columns: "
+            f"{list(raw.columns)[:20]})"
+        )
+    if id_column in drop_columns or (label_column is not None and label_column in drop_columns):
+        raise WorkspaceError("--drop-column cannot name the id column or the label column")
+    raw = raw.drop(columns=list(drop_columns))
     if id_column not in raw.columns:
         raise WorkspaceError(
             f"--id-column {id_column!r} is not a column of the pool "
@@ -100,6 +177,18 @@ def prepare_pool(
         truth = pd.DataFrame({ITEM_ID: ids.to_numpy(), "label": labels.to_numpy()})
         truth = truth.astype("string")
         features = features.drop(columns=[label_column])
+    named = find_class_name_columns(features, classes)
+    if named:
+        raise _leak_error(named[0], "holds the class names", label_column=label_column)
+    predicting = (
+        find_label_predicting_columns(features, truth["label"]) if truth is not None else []
+    )
+    if predicting:
+        raise _leak_error(
+            predicting[0],
+            f"predicts --label-column {label_column!r} exactly",
+            label_column=label_column,
+        )
     if features.shape[1] == 0:
         raise WorkspaceError("the pool has no feature columns besides the id (and label)")
     items = pd.concat(
@@ -127,6 +216,98 @@ def code_drift(root: Path) -> list[str]:
     return drift
 
 
+#: The versioned file that says which alloop's code a workspace runs (init and upgrade write it).
+VERSION_FILE = "alloop-version.yaml"
+
+
+def get_code_hash(packages: dict[str, Path]) -> str:
+    """A short hash of the ``*.py`` files of ``flows/`` and ``tasks/`` (paths and bytes): the
+    same files :func:`code_drift` compares, so equal hashes mean no drift."""
+    digest = hashlib.sha256()
+    for name, folder in sorted(packages.items()):
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(f"{name}/{path.relative_to(folder).as_posix()}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:10]
+
+
+def _release() -> str:
+    try:
+        return str(
+            tomllib.loads((TEMPLATE_ROOT / "pyproject.toml").read_text())["project"]["version"]
+        )
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("alloop")
+        except PackageNotFoundError:
+            return "0"
+
+
+def get_alloop_version() -> str:
+    """The running alloop: its release (pyproject.toml) and a hash of its code, e.g.
+    ``0.1.0+3f2a9c1d0e``. Two checkouts with the same version run the same code."""
+    return f"{_release()}+{get_code_hash(CODE_PACKAGES)}"
+
+
+@dataclass(frozen=True)
+class WorkspaceVersion:
+    recorded: str | None  # what init / upgrade wrote (None: a workspace from before versions)
+    code_hash: str  # the hash of the workspace's own flows/ and tasks/ now
+
+    def __str__(self) -> str:
+        if self.recorded is None:
+            return f"unrecorded (code {self.code_hash})"
+        if not self.recorded.endswith(f"+{self.code_hash}"):
+            return f"{self.recorded}, its code edited since (code {self.code_hash})"
+        return self.recorded
+
+
+def get_workspace_version(root: Path) -> WorkspaceVersion:
+    """The alloop version a workspace records, and the hash of the code it holds."""
+    code_hash = get_code_hash({name: root / name for name in CODE_PACKAGES})
+    try:
+        recorded = yaml.safe_load((root / VERSION_FILE).read_text()).get("alloop")
+    except (OSError, AttributeError, yaml.YAMLError):
+        recorded = None
+    return WorkspaceVersion(recorded=str(recorded) if recorded else None, code_hash=code_hash)
+
+
+def _write_version(root: Path, version: str) -> None:
+    write_text(
+        root / VERSION_FILE,
+        "# the alloop whose code (flows/, tasks/) this workspace runs: release+code hash.\n"
+        "# Written by `alloop init` and `alloop upgrade`; do not edit.\n"
+        + yaml.safe_dump({"alloop": version}, sort_keys=False),
+    )
+
+
+def check_workspace(path: Path) -> Path:
+    """The workspace's root, or :class:`WorkspaceError` when ``path`` is not a workspace.
+    Reads only: nothing is created anywhere."""
+    root = path.resolve()
+    if not root.is_dir():
+        raise WorkspaceError(f"{root} is not an alloop workspace (no such folder)")
+    if not (root / "params.yaml").is_file():
+        raise WorkspaceError(
+            f"{root} is not an alloop workspace (no params.yaml); create one with "
+            "`alloop init`, or point at one with --workspace"
+        )
+    return root
+
+
+def check_code(root: Path) -> None:
+    """Refuse when the workspace's code is not the running alloop's (see :func:`code_drift`)."""
+    drift = code_drift(root)
+    if drift:
+        raise WorkspaceError(
+            f"the workspace's code ({get_workspace_version(root)}) differs from this alloop's "
+            f"({get_alloop_version()}) in {drift[:5]}{' ...' if len(drift) > 5 else ''}: run "
+            f"`alloop upgrade -w {root}` to move it to this alloop's code (its own commit)"
+        )
+
+
 def init_workspace(
     path: Path,
     *,
@@ -136,8 +317,11 @@ def init_workspace(
     label_column: str | None = None,
     remote_url: str | None = None,
     overrides: Sequence[str] = (),
+    drop_columns: Sequence[str] = (),
 ) -> Catalog:
     """Create a workspace at ``path``: code, params, pipeline, pool, git + DVC, first commit."""
+    from flows.pipeline import dump_dvc_yaml  # every stage module: imported only when needed
+
     root = path.resolve()
     # .alloop/ (local run state) may already exist: the CLI sets up Prefect's home first
     if root.exists() and any(p.name != ".alloop" for p in root.iterdir()):
@@ -149,7 +333,11 @@ def init_workspace(
     except ParamsError as exc:
         raise WorkspaceError(str(exc)) from exc
     items, truth = prepare_pool(
-        pool, id_column=id_column, classes=params.project.classes, label_column=label_column
+        pool,
+        id_column=id_column,
+        classes=params.project.classes,
+        label_column=label_column,
+        drop_columns=drop_columns,
     )
 
     root.mkdir(parents=True, exist_ok=True)
@@ -159,6 +347,7 @@ def init_workspace(
     shutil.copytree(TEMPLATE_ROOT / "gx", root / "gx")
     write_text(catalog.params_file, yaml.safe_dump(dump_params(params), sort_keys=False))
     write_text(root / "dvc.yaml", dump_dvc_yaml())
+    _write_version(root, get_alloop_version())
     write_text(root / ".gitignore", GITIGNORE)
     catalog.write_round(RoundInfo(round_id=0, started_at=""))
     for folder in (catalog.incoming_dir,):
@@ -276,3 +465,179 @@ def hold_workspace(root: Path, command: str, *, lock_name: str = "lock") -> Iter
             _HELD.pop(key, None)
     finally:
         os.close(fd)  # closing releases the flock
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    from_version: str
+    to_version: str
+    #: the upgrade's commit, or None when the workspace already ran this alloop's code
+    commit: str | None
+    changed: list[str]
+
+
+def _check_committed(root: Path, what: str) -> None:
+    from flows.recovery import check_no_interrupted_rollback, round_pending
+
+    catalog = Catalog(root)
+    check_no_interrupted_rollback(catalog)
+    if round_pending(catalog):
+        raise WorkspaceError(
+            f"round {catalog.read_round().round_id} started and is not recorded: finish it "
+            f"with `alloop round -w {root}` before {what}"
+        )
+    changed = versioning.git(root, "status", "--porcelain").splitlines()
+    if changed:
+        shown = ", ".join(line[3:] for line in changed[:5]) + (" ..." if len(changed) > 5 else "")
+        raise WorkspaceError(
+            f"the workspace {root} has changes that are not committed ({shown}): commit or "
+            f"restore them (`git -C {root} status`) before {what}"
+        )
+
+
+def upgrade_workspace(root: Path) -> UpgradeResult:
+    """Move a workspace to the running alloop's code as one commit of its own.
+
+    ``flows/`` and ``tasks/`` become this alloop's, ``dvc.yaml`` is regenerated from its stage
+    specs and the version file records it; nothing else changes. ``dvc.lock`` is left as it is:
+    it records the code that produced the current outputs, and the next round records the new
+    code. Refused while another command holds the workspace, while a round or a rollback is
+    unfinished, with uncommitted changes, or when ``params.yaml`` is not valid for this alloop.
+    """
+    from flows.pipeline import dump_dvc_yaml  # every stage module: imported only when needed
+
+    with hold_workspace(root, "upgrade"):
+        _check_committed(root, "an upgrade")
+        target = get_alloop_version()
+        try:
+            load_params(yaml.safe_load((root / "params.yaml").read_text()) or {})
+        except ParamsError as exc:
+            raise WorkspaceError(
+                f"{root / 'params.yaml'} is not valid for alloop {target}, so the workspace "
+                f"cannot move to it: {exc}"
+            ) from exc
+        before = get_workspace_version(root)
+        pipeline = dump_dvc_yaml()
+        dvc_yaml = root / "dvc.yaml"
+        if not code_drift(root) and dvc_yaml.read_text() == pipeline and before.recorded == target:
+            return UpgradeResult(str(before), target, None, [])
+        for name in CODE_PACKAGES:
+            shutil.rmtree(root / name, ignore_errors=True)
+        _copy_code(root)
+        write_text(dvc_yaml, pipeline)
+        _write_version(root, target)
+        versioning.git(root, "add", "--all", "--", *CODE_PACKAGES, "dvc.yaml", VERSION_FILE)
+        changed = versioning.git(root, "diff", "--cached", "--name-only").splitlines()
+        message = (
+            f"upgrade: alloop {before} -> {target}\n\n"
+            f"{len(changed)} files changed: {', '.join(changed[:20])}"
+            f"{' ...' if len(changed) > 20 else ''}\n"
+            "dvc.lock is unchanged: it records the code that produced the current outputs; "
+            "the next round records the new code.\n"
+        )
+        versioning.git(root, "commit", "--quiet", "-m", message)
+        return UpgradeResult(str(before), target, versioning.head_commit(root), changed)
+
+
+@dataclass(frozen=True)
+class PoolAddResult:
+    items: int
+    file: Path
+    commit: str
+    pool_items: int  # the pool's size after the addition
+
+
+def add_to_pool(
+    root: Path,
+    raw: pd.DataFrame,
+    *,
+    source: str,
+    id_column: str = ITEM_ID,
+    drop_columns: Sequence[str] = (),
+) -> PoolAddResult:
+    """Add items to the pool as a new partition ``data/pool/items-NNNN.parquet``, committed at
+    once (``pool add: N items from SOURCE``) and pushed; the next round scores them.
+
+    The items must have the pool's columns (``id_column`` becomes ``item_id``; ``drop_columns``
+    are removed first) with values that convert to the pool's types, and ids that are unique
+    and not in the pool already. Refused, with nothing written, otherwise, and while another
+    command holds the workspace or a round or a rollback is unfinished.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    catalog = Catalog(root)
+    with hold_workspace(root, "pool add"):
+        _check_committed(root, "adding items")
+        items, _ = prepare_pool(
+            raw,
+            id_column=id_column,
+            classes=catalog.read_params().project.classes,
+            drop_columns=drop_columns,
+        )
+        files = catalog.pool_files()
+        if not files:
+            raise WorkspaceError(f"no pool files (*.parquet) in {catalog.pool_dir}")
+        pool_schema = pq.read_schema(files[0])
+        wanted = list(pool_schema.names)
+        missing = [c for c in wanted if c not in items.columns]
+        extra = [c for c in items.columns if c not in wanted]
+        if missing or extra:
+            raise WorkspaceError(
+                f"{source} does not have the pool's columns: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"missing {missing}" if missing else "",
+                        f"not in the pool {extra}" if extra else "",
+                    )
+                    if part
+                )
+                + (" (--id-column names the id column)" if ITEM_ID in missing else "")
+            )
+        arrays = []
+        for field in pool_schema:
+            values = items[field.name]
+            try:
+                arrays.append(pa.array(values, from_pandas=True).cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise WorkspaceError(
+                    f"column {field.name!r} of {source} does not convert to the pool's type "
+                    f"{field.type} (it holds {values.dtype}): {first}"
+                ) from exc
+        existing = set(catalog.read_pool_ids())
+        clash = items.loc[items[ITEM_ID].isin(existing), ITEM_ID].tolist()
+        if clash:
+            raise WorkspaceError(
+                f"{len(clash)} item ids of {source} are already in the pool "
+                f"(e.g. {clash[:5]}): ids must be new"
+            )
+        numbers = [
+            int(p.stem.rsplit("-", 1)[-1]) for p in files if p.stem.rsplit("-", 1)[-1].isdigit()
+        ]
+        target = catalog.pool_dir / f"items-{max(numbers, default=0) + 1:04d}.parquet"
+        partial = target.with_name(f".{target.name}.partial")
+        pq.write_table(pa.Table.from_arrays(arrays, schema=pool_schema), partial)
+        os.replace(partial, target)
+        try:
+            versioning.dvc(root, "add", "--quiet", "data/pool")
+            versioning.git(root, "add", "--", "data/pool.dvc")
+            versioning.git(
+                root,
+                "commit",
+                "--quiet",
+                "-m",
+                f"pool add: {len(items)} items from {source}\n\n"
+                f"{target.relative_to(root)}; the pool has {len(existing) + len(items)} items\n",
+                "--",
+                "data/pool.dvc",
+            )
+        except versioning.VersioningError:
+            target.unlink(missing_ok=True)
+            versioning.git(root, "checkout", "--", "data/pool.dvc", check=False)
+            raise
+        versioning.dvc(root, "push", "--quiet")
+        return PoolAddResult(
+            len(items), target, versioning.head_commit(root), len(existing) + len(items)
+        )

@@ -101,10 +101,34 @@ class EvaluateParams(_Section):
     gate_min_delta: float = 0.0
 
 
+#: The names of tasks/strategies.py's registry, kept here so that params are checked without
+#: importing the strategies (numpy, scikit-learn); tests/test_cli_edge.py keeps the two equal.
+STRATEGY_NAMES = (
+    "random",
+    "least_confidence",
+    "margin",
+    "entropy",
+    "qbc_vote_entropy",
+    "qbc_consensus_margin",
+    "diversity",
+    "class_balance",
+    "cost_aware",
+)
+
+
 class ScoreParams(_Section):
     # a name of tasks/strategies.py's registry; see docs/decisions.md for each formula and
     # bench/label_efficiency.md for why diversity (margin, then k-means) is the default
     strategy: str = "diversity"
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGY_NAMES:
+            raise ValueError(
+                f"unknown strategy {value!r}; the strategies are {', '.join(STRATEGY_NAMES)}"
+            )
+        return value
     chunk_size: int = Field(default=50_000, ge=1)
     # query by committee: LightGBM models on the training labels, differing by seed and by
     # the rows each tree sees (bagging_fraction of them, re-drawn every bagging_freq trees)
