@@ -42,6 +42,11 @@ class ValidateParams(_Section):
     max_clock_skew_seconds: int = Field(default=300, ge=0)
     # a batch stays open for labels this many rounds after it was issued; None = forever
     batch_ttl_rounds: int | None = Field(default=None, ge=1)
+    # how a date written a/b/yyyy (30/11/2026, 11/30/2026 4:04 PM) is read: "day_first",
+    # "month_first", or "auto": a part above 12 is the day, and a date whose parts are both
+    # 12 or less takes the order of the other dates of its file, or is quarantined
+    # (bad_timestamp) with a sentence naming it when they do not tell
+    date_order: Literal["auto", "day_first", "month_first"] = "auto"
 
 
 class MergeParams(_Section):

@@ -28,7 +28,14 @@ from tasks.expectations import (
 )
 from tasks.faults import crash_point
 from tasks.params import ValidateParams
-from tasks.parsing import FIELDS, REQUIRED, LabelFileError, parse_label_file
+from tasks.parsing import (
+    FIELDS,
+    REQUIRED,
+    LabelFileError,
+    match_classes,
+    parse_label_times,
+    read_label_file,
+)
 
 STAGE = StageSpec(
     name="validate",
@@ -102,7 +109,11 @@ def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Times
             "has closed)"
         ),
         "unknown_class": f"label {row['label']!r} is not one of the classes {list(classes)}",
-        "bad_timestamp": f"labeled_at {row['labeled_at']!r} is not an ISO 8601 time",
+        "bad_timestamp": (
+            row["_time_problem"]
+            if isinstance(row.get("_time_problem"), str)
+            else f"labeled_at {row['labeled_at']!r} is not a time in a known form"
+        ),
         "future_timestamp": (
             f"labeled_at {row['labeled_at']!r} is after the round started ({as_of.isoformat()})"
         ),
@@ -117,10 +128,13 @@ def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Times
     }.get(code, f"fails the check {code!r} of the expectation suite")
 
 
-def _parse_times(values: pd.Series) -> pd.Series:
-    """ISO 8601 times as UTC; a time without an offset is taken as UTC. NaT if unreadable."""
-    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
-    return parsed
+def _parse_times(frame: pd.DataFrame, date_order: str) -> tuple[pd.Series, pd.Series]:
+    """Label times as UTC (NaT if unreadable or ambiguous) and why each unread one was not
+    read; the forms accepted are :func:`tasks.parsing.parse_label_times`'s. An ambiguous
+    day/month is told by the other dates of the same file."""
+    groups = frame["source_file"] if "source_file" in frame else None
+    times, problems = parse_label_times(frame["labeled_at"], groups=groups, date_order=date_order)
+    return times, problems
 
 
 @dataclass(frozen=True)
@@ -165,7 +179,9 @@ def validate_labels(
     frame = rows.reset_index(drop=True).copy()
     for name in (*FIELDS, "malformed"):
         frame[name] = frame[name].astype("string").str.strip().replace("", pd.NA)
-    times = _parse_times(frame["labeled_at"])
+    # "Benign" is the class benign: the declared spelling is what is checked and stored
+    frame["label"] = match_classes(frame["label"], classes)
+    times, time_problems = _parse_times(frame, params.date_order)
     limit = as_of + pd.Timedelta(seconds=params.max_clock_skew_seconds)
     key = frame["item_id"].fillna("") + "\x1f" + frame["annotator"].fillna("")
     labels_per_key = frame.groupby(key)["label"].transform("nunique")
@@ -180,6 +196,7 @@ def validate_labels(
         _known=schema.is_in(frame["item_id"], pool_ids),
         _issued=schema.is_in(frame["item_id"], issued_ids),
         _time_ok=times.notna() | frame["labeled_at"].isna(),
+        _time_problem=time_problems,
         _past=times.isna() | (times <= limit),  # unreadable times have their own check
         _consistent=labels_per_key <= 1,
         _first=first_position,
@@ -286,13 +303,13 @@ def run(ctx: StageContext) -> dict[str, object]:
             continue
         consumed[digest] = f"{archive.name}/{path.name}"
         try:
-            kind, rows = parse_label_file(content)
+            read_as, rows = read_label_file(content)
         except LabelFileError as exc:
             entry.update(status="unreadable", error=str(exc), rows_read=0)
             file_rejections.append(get_file_rejection(path.name, digest, str(exc)))
             manifest.append(entry)
             continue
-        entry.update(status="read", format=kind, rows_read=int(len(rows)))
+        entry.update(status="read", **read_as.as_manifest(), rows_read=int(len(rows)))
         parsed.append(rows.assign(source_file=path.name, source_sha256=digest))
         manifest.append(entry)
 

@@ -15,7 +15,7 @@ from tasks import schema
 from tasks.flag import append_round
 from tasks.merge import get_label_events, get_majority_labels, get_votes
 from tasks.params import ValidateParams
-from tasks.parsing import LabelFileError, parse_label_file
+from tasks.parsing import LabelFileError, parse_label_file, read_label_file
 from tasks.validate import get_file_rejection, validate_labels
 
 POOL = [str(i) for i in range(6)]
@@ -229,3 +229,34 @@ def _ledger_with_votes():
         pd.DataFrame(columns=["round_id"]),
         round_id=2,
     )
+
+
+# the letters of Western European names that are not ASCII, without any of cp1252's bytes
+# 0x80-0xBF: a cp1252 file of them can never be valid UTF-8 by chance
+accented = "éèàüöçñßøæÉÜ"
+field = st.text(alphabet=st.characters(codec="ascii") | st.sampled_from(accented), max_size=20)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(field, min_size=4, max_size=4), max_size=8),
+    st.sampled_from([";", "\t", "|"]),
+    st.sampled_from(["utf-8-sig", "utf-16", "cp1252"]),
+)
+def test_a_file_reads_the_same_whatever_its_separator_and_encoding(records, sep, encoding):
+    def render(separator: str) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter=separator, lineterminator="\r\n")
+        writer.writerow(["item_id", "label", "annotator", "labeled_at"])
+        writer.writerows(records)
+        return out.getvalue()
+
+    try:
+        plain_as, plain = parse_label_file(render(",").encode("utf-8"))
+    except LabelFileError:
+        return  # e.g. a first field that makes the rest one quoted blob: not this test's case
+    read_as, rows = read_label_file(render(sep).encode(encoding))
+    assert read_as.separator == sep
+    if encoding != "cp1252" or any(ch in accented for r in records for ch in "".join(r)):
+        assert read_as.encoding == encoding
+    pd.testing.assert_frame_equal(rows, plain)
