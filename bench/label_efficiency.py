@@ -3,27 +3,42 @@ alternative today (scikit-activeml's margin sampling around the same LightGBM), 
 tabular sets of ``../shared/data``, with one protocol.
 
     .venv/bin/python bench/label_efficiency.py [--datasets pendigits,satimage] [--seeds 10]
-        [--baseline-seeds 5] [--budget 2000] [--jobs 2] [--out bench/results/label_efficiency]
+        [--baseline-seeds 5] [--budget 2000] [--jobs 2] [-S train.num_boost_round=200]
+        [--out DIR] [--report bench/label_efficiency.md]
 
 Per dataset: ``alloop simulate``'s protocol (fixed stratified 25% test split, 100 random
 labels, batches of 50, target 98% of the full-data macro-F1) for alloop's default strategy
 and random, ``--seeds`` each; then the scikit-activeml arm on the same split, same model and
 params, ``--baseline-seeds`` seeds, each starting from the seed batch of alloop's campaigns of
-the same seed (so the three arms of a seed share their first 100 labels). Writes
-``bench/label_efficiency.md`` (one row per dataset and strategy, and the goals of issue 5
-checked) and, per dataset, the simulation outputs under ``--out``.
+the same seed (so the three arms of a seed share their first 100 labels). ``-S
+section.key=value`` overrides a param of every arm's campaigns, as ``alloop simulate -S`` does.
+
+``--jobs 1`` runs everything in this one process, one campaign after another. ``--jobs N``
+runs alloop's campaigns on N worker processes and, beside them, the scikit-activeml campaigns
+of the previous set on N more (each single-threaded: time-sliced, not spinning), so no core
+waits for a set's last campaign; the timings in bench/ were measured so.
+
+Writes, per dataset, the simulation outputs under ``--out`` (default: a new folder under the
+system's temporary folder, never the checkout) and the report (one row per dataset and
+strategy, and the goals of issue 5 checked) to ``--report`` (default: ``label_efficiency.md``
+in ``--out``; pass ``--report bench/label_efficiency.md`` to update the committed one).
+Progress goes to stderr as each campaign finishes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +56,7 @@ from flows.simulate import (  # noqa: E402
     get_default_strategy,
     get_summary_table,
     simulate,
+    single_threaded,
     single_threaded_children,
 )
 from tasks.model import get_lgb_params  # noqa: E402
@@ -52,6 +68,8 @@ DATASETS = ("letter", "shuttle", "adult", "magic", "satimage", "pendigits")
 SKAL = "skactiveml_margin"
 #: Issue 5's measured labels-to-target of the scikit-activeml arm (5 seeds, budget 2,000).
 GOALS = {"pendigits": 450, "satimage": 800, "magic": 1300, "adult": 1150, "shuttle": 400}
+
+log = logging.getLogger("bench.label_efficiency")
 
 
 def run_skactiveml_campaign(args: tuple) -> pd.DataFrame:
@@ -135,19 +153,53 @@ def get_skactiveml_jobs(
     ]
 
 
-def run_alloop(name: str, args: argparse.Namespace) -> dict:
-    """alloop's default strategy and random through ``alloop simulate``'s own code."""
-    started = time.perf_counter()
-    spec = SimulationSpec(
+@contextmanager
+def skactiveml_runner(
+    jobs: int, run: Callable[[tuple], pd.DataFrame] = run_skactiveml_campaign
+) -> Iterator[Callable[[tuple], Future]]:
+    """``submit(job) -> Future`` for the scikit-activeml campaigns.
+
+    ``jobs == 1``: each runs in this process when submitted, single-threaded, so the whole
+    benchmark is one campaign process. More: ``jobs`` spawned worker processes (not forked: a
+    forked child of a process that ran LightGBM's OpenMP code can hang) that run while
+    alloop's campaigns of the next set do.
+    """
+    if jobs == 1:
+
+        def submit(job: tuple) -> Future:
+            future: Future = Future()
+            with single_threaded():
+                future.set_result(run(job))
+            return future
+
+        yield submit
+        return
+    context = multiprocessing.get_context("spawn")
+    with (
+        single_threaded_children(),
+        ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
+    ):
+        yield lambda job: pool.submit(run, job)
+
+
+def get_spec(name: str, args: argparse.Namespace) -> SimulationSpec:
+    """The ``alloop simulate`` spec of one set: alloop's default strategy and random."""
+    return SimulationSpec(
         dataset=args.data_dir / f"{name}.parquet",
         strategies=(args.strategy, BASELINE),
         seeds=args.seeds,
         initial=args.initial,
         batch=args.batch,
         budget=args.budget,
+        overrides=tuple(args.set),
         jobs=args.jobs,
     )
-    result = simulate(spec, args.out / name)
+
+
+def run_alloop(name: str, args: argparse.Namespace) -> dict:
+    """alloop's default strategy and random through ``alloop simulate``'s own code."""
+    started = time.perf_counter()
+    result = simulate(get_spec(name, args), args.out / name)
     return {"dataset": name, "result": result, "seconds": time.perf_counter() - started}
 
 
@@ -286,8 +338,9 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
         f"macro-F1); alloop's default strategy `{args.strategy}` and random over {args.seeds} "
         f"seeds, scikit-activeml's margin sampling around the same LightGBM over "
         f"{args.baseline_seeds} seeds, on the same split; the arms of a seed start from the "
-        f"same {args.initial} labels. `--jobs {args.jobs}`; whole run "
-        f"{wall / 60:.1f} min wall.",
+        f"same {args.initial} labels. `--jobs {args.jobs}`"
+        + "".join(f" `-S {o}`" for o in args.set)
+        + f"; whole run {wall / 60:.1f} min wall.",
         "",
         "| dataset | strategy | median labels to target | reached | ratio vs random | "
         "mean AULC | AULC - random | p | median hours to target |",
@@ -312,14 +365,18 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
         + ", ".join(f"{r['dataset']} {r['reference']:.4f}" for r in results)
         + ". Wall time of alloop's two arms per set: "
         + ", ".join(f"{r['dataset']} {r['seconds']:.0f} s" for r in results)
-        + " (the scikit-activeml campaigns run alongside, in their own processes).",
+        + (
+            " (the scikit-activeml campaigns run alongside, in their own processes)."
+            if args.jobs > 1
+            else " (the scikit-activeml campaigns after them, in the same process)."
+        ),
         "",
         *get_goal_lines(results, args),
     ]
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -331,46 +388,81 @@ def main() -> None:
     parser.add_argument("--initial", type=int, default=100)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--budget", type=int, default=2000)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "label_efficiency")
-    parser.add_argument("--report", type=Path, default=ROOT / "bench" / "label_efficiency.md")
-    args = parser.parse_args()
+    parser.add_argument("--jobs", type=int, default=2, help="processes (1: this one only)")
+    parser.add_argument(
+        "--set",
+        "-S",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a param of every arm's campaigns (repeatable)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: a new temporary one)"
+    )
+    parser.add_argument("--report", type=Path, default=None, help="the report (default: in --out)")
+    args = parser.parse_args(argv)
     if args.baseline_seeds > args.seeds:
         parser.error(
             "--baseline-seeds must not exceed --seeds: scikit-activeml's campaigns start from "
             "the seed batches of alloop's campaigns of the same seeds"
         )
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="alloop-label-efficiency-"))
+    if args.report is None:
+        args.report = args.out / "label_efficiency.md"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in (log.name, "flows.simulate"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    log.info("results in %s, report to %s", args.out, args.report)
     started = time.perf_counter()
     runs, pending = [], []
-    # the scikit-activeml campaigns of a set run in their own pool while alloop's campaigns of
-    # the next set run: no core waits for the last campaign of a set. spawn, not fork: a
-    # forked child of a process that ran LightGBM (OpenMP) can hang
-    context = multiprocessing.get_context("spawn")
-    with (
-        single_threaded_children(),
-        ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as skal_pool,
-    ):
+    with skactiveml_runner(args.jobs) as submit:
         for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
             run = run_alloop(name, args)
-            print(f"{name}: alloop's arms {run['seconds']:.0f} s", flush=True)
+            log.info("%s: alloop's arms done in %.0f s", name, run["seconds"])
             result = run["result"]
-            params = get_campaign_params(
-                SimulationSpec(dataset=args.data_dir / f"{name}.parquet", jobs=args.jobs),
-                result.classes,
-                BASELINE,
-                0,
-            )
+            params = get_campaign_params(get_spec(name, args), result.classes, BASELINE, 0)
             jobs = get_skactiveml_jobs(
                 args.out / name / "data", json.dumps(dump_params(params)), result.issued, args
             )
+            futures = []
+            for job in jobs:
+                future = submit(job)
+                future.add_done_callback(_log_skactiveml(name, job[2]))
+                futures.append(future)
             runs.append(run)
-            pending.append([skal_pool.submit(run_skactiveml_campaign, job) for job in jobs])
+            pending.append(futures)
         results = []
         for run, futures in zip(runs, pending, strict=True):
             results.append(combine(run, [f.result() for f in futures], args))
-            print(f"{run['dataset']}: scikit-activeml done", flush=True)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(get_markdown(results, args, time.perf_counter() - started))
-    print(args.report.read_text())
+    log.info("wrote %s", args.report)
+    print(args.report.read_text(), flush=True)
+
+
+def _log_skactiveml(name: str, seed: int) -> Callable[[Future], None]:
+    def done(future: Future) -> None:
+        if future.exception() is not None:
+            return  # raised where the result is read
+        curve = future.result()
+        log.info(
+            "%s: scikit-activeml seed %d done: %d labels, macro-F1 %.4f",
+            name,
+            seed,
+            curve["labels"].iloc[-1],
+            curve["macro_f1"].iloc[-1],
+        )
+
+    return done
 
 
 if __name__ == "__main__":

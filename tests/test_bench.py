@@ -1,9 +1,12 @@
-"""The label-efficiency benchmark's own arithmetic: the ratio vs random and its interval."""
+"""The benchmarks' own arithmetic (the ratio vs random and its interval) and their command
+lines: overrides reach the campaigns, ``--jobs 1`` is one process, results go outside the
+checkout unless asked."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +16,55 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "label_efficiency", ROOT / "bench" / "label_efficiency.py"
-    )
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("label_efficiency")
+
+
+def test_results_go_outside_the_checkout_unless_asked(bench, tmp_path):
+    args = bench.parse_args(["--datasets", "satimage"])
+    assert args.out.is_dir() and not args.out.resolve().is_relative_to(ROOT)
+    assert args.report == args.out / "label_efficiency.md"
+    args.out.rmdir()
+    asked = bench.parse_args(["--out", str(tmp_path), "--report", "bench/label_efficiency.md"])
+    assert (asked.out, asked.report) == (tmp_path, Path("bench/label_efficiency.md"))
+    speed = _load("simulate_speed").parse_args([])
+    assert speed.out.is_dir() and not speed.out.resolve().is_relative_to(ROOT)
+    speed.out.rmdir()
+
+
+def test_overrides_reach_every_arm(bench, tmp_path):
+    args = bench.parse_args(
+        ["--out", str(tmp_path), "-S", "train.num_boost_round=7", "--set", "flag.enabled=true"]
+    )
+    spec = bench.get_spec("satimage", args)
+    assert spec.overrides == ("train.num_boost_round=7", "flag.enabled=true")
+    # the scikit-activeml arm's params come from the same spec
+    params = bench.get_campaign_params(spec, ["a", "b"], bench.BASELINE, 0)
+    assert params.train.num_boost_round == 7 and params.flag.enabled
+
+
+def test_one_job_runs_the_baseline_campaigns_in_this_process(bench):
+    from threadpoolctl import threadpool_info
+
+    def campaign(job):
+        threads = [lib["num_threads"] for lib in threadpool_info()]
+        return pd.DataFrame({"pid": [os.getpid()], "threads": [max(threads)], "job": [job]})
+
+    with bench.skactiveml_runner(1, run=campaign) as submit:
+        futures = [submit(job) for job in ("a", "b")]
+        # run when submitted, one after another, in this process, single-threaded
+        assert all(f.done() for f in futures)
+    done = pd.concat([f.result() for f in futures])
+    assert done["job"].tolist() == ["a", "b"]
+    assert (done["pid"] == os.getpid()).all() and (done["threads"] == 1).all()
 
 
 def test_ratio_reads_never_as_a_bound(bench):
