@@ -91,12 +91,12 @@ def run_demo(
         result: RoundResult = al_round(str(catalog.root))
         if len(done) < rounds - 1:
             annotate_outbox(catalog, result.round_id, noise=noise, seed=seed)
-        candidate = result.summaries["evaluate"].get("candidate") or {}
+        s = result.summaries
         row = DemoRound(
             round_id=result.round_id,
-            labels=int(result.summaries["merge"]["labeled_items"]),
-            macro_f1=candidate.get("macro_f1"),
-            flagged=int(result.summaries["flag"]["flagged"]),
+            labels=s.merge.labeled_items,
+            macro_f1=s.evaluate.candidate_macro_f1,
+            flagged=s.flag.flagged,
             seconds=time.perf_counter() - started,
         )
         done.append(row)

@@ -112,3 +112,45 @@ def dump_dvc_yaml() -> str:
         "# Regenerate with: alloop pipeline --write\n"
     )
     return header + yaml.safe_dump(render_dvc_stages(), sort_keys=False)
+
+
+#: The generated part of docs/architecture.md lies between these lines.
+DOC_BEGIN = "<!-- generated from tasks/catalog.py and the stage specs: python -m flows.pipeline -->"
+DOC_END = "<!-- end of generated part -->"
+
+
+def render_architecture_tables() -> str:
+    """Markdown tables of what each stage reads and writes, and of every artifact."""
+    lines = [
+        "| stage | reads (this round) | reads (as earlier rounds left them) | writes |",
+        "|---|---|---|---|",
+    ]
+    for spec in STAGES:
+        lines.append(
+            f"| {spec.name} | {', '.join(spec.reads)} | {', '.join(spec.reads_before) or '-'} "
+            f"| {', '.join(spec.writes)} |"
+        )
+    lines += [
+        "",
+        "| artifact | path | kind | versioned as | append-only | written by | what |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, artifact in ARTIFACTS.items():
+        writer = get_writer(name)
+        lines.append(
+            f"| {name} | `{artifact.path}` | {artifact.kind} | {artifact.role} "
+            f"| {'yes' if artifact.append_only else ''} | {writer.name if writer else '-'} "
+            f"| {artifact.doc} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_architecture_doc(text: str) -> str:
+    """``text`` (docs/architecture.md) with its generated part brought up to date."""
+    head, _, rest = text.partition(DOC_BEGIN + "\n")
+    _, _, tail = rest.partition(DOC_END)
+    return f"{head}{DOC_BEGIN}\n{render_architecture_tables()}{DOC_END}{tail}"
+
+
+if __name__ == "__main__":
+    print(render_architecture_tables(), end="")

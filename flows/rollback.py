@@ -147,7 +147,7 @@ def _finish(catalog: Catalog, from_round: int, to_round: int) -> RollbackResult:
     )
     version = tracking.set_champion(root, champion_round)
     rollback_marker(catalog).unlink(missing_ok=True)
-    log.warning("rolled back to %s; tagged %s", round_name(to_round), tag)
+    log.info("rolled back to %s; tagged %s", round_name(to_round), tag)
     return RollbackResult(
         to_round, from_round, versioning.head_commit(root), tag, champion_round, version
     )

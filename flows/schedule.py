@@ -102,7 +102,7 @@ def local_server(workspace: Path, *, timeout: float = 180.0) -> Iterator[LocalSe
                 )
             time.sleep(0.5)
         server_file(workspace).write_text(json.dumps({"api_url": api_url, "pid": process.pid}))
-        log.warning("local Prefect server at %s (log: %s)", api_url, log_file)
+        log.info("local Prefect server at %s (log: %s)", api_url, log_file)
         yield server
     finally:
         server_file(workspace).unlink(missing_ok=True)
@@ -113,7 +113,7 @@ def local_server(workspace: Path, *, timeout: float = 180.0) -> Iterator[LocalSe
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        log.warning("local Prefect server stopped")
+        log.info("local Prefect server stopped")
 
 
 def get_schedule(cron: str, timezone: str) -> object:
@@ -162,7 +162,7 @@ def _serve(workspace: Path, schedule: object, api_url: str) -> None:
                 print_starting_message=False,
             )
     except KeyboardInterrupt:
-        log.warning("serving stopped")
+        log.info("serving stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -291,7 +291,7 @@ def run_campaign(
         Columns :data:`ISSUED_COLUMNS`: the items the campaign's annotator labeled, by the
         round that issued them (the fixed test split is not among them).
     """
-    from flows.pipeline import STAGE_MODULES
+    from flows.pipeline import STAGES, get_stage_run
 
     truth = pd.read_parquet(data_dir / "truth.parquet")
     known = truth.set_index("item_id")["label"]
@@ -306,9 +306,9 @@ def run_campaign(
             info = RoundInfo(round_id, (CLOCK + timedelta(days=round_id)).isoformat())
             catalog.write_round(info)
             ctx = StageContext(catalog=catalog, params=params, round=info)
-            s = {m.STAGE.name: m.run.fn(ctx) for m in STAGE_MODULES}
-            n_train = int(s["merge"]["train_items"])
-            candidate = s["evaluate"].get("candidate")
+            s = {spec.name: get_stage_run(spec)(ctx) for spec in STAGES}
+            n_train = int(s["merge"].train_items)
+            candidate = s["evaluate"].candidate
             if candidate:
                 rows.append(
                     [

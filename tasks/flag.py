@@ -144,10 +144,12 @@ def get_confirmed_ids(events: pd.DataFrame, current: pd.DataFrame) -> pd.Series:
     votes = events[events["event"].isin(["label", "relabel"])]
     last_vote = votes.groupby("item_id")["round_id"].max()
     label_now = current.set_index("item_id")["label"]
-    still = (confirmed["item_id"].map(last_vote) <= confirmed["round_id"]).fillna(True) & (
-        confirmed["item_id"].map(label_now) == confirmed["label"]
-    ).fillna(False)
-    return confirmed.loc[still.to_numpy(dtype=bool), "item_id"].reset_index(drop=True)
+    ids = confirmed["item_id"].astype("string")
+    voted = ids.map(last_vote).astype("float64").to_numpy()
+    no_vote_since = ~(voted > confirmed["round_id"].to_numpy(dtype="float64"))  # NaN: none
+    same_label = (ids.map(label_now).astype("string") == confirmed["label"]).fillna(False)
+    still = no_vote_since & same_label.to_numpy(dtype=bool)
+    return ids[still].reset_index(drop=True)
 
 
 def get_flag_records(found: pd.DataFrame, *, round_id: int, params: FlagParams) -> pd.DataFrame:

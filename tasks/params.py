@@ -134,6 +134,7 @@ class ScoreParams(_Section):
                 f"unknown strategy {value!r}; the strategies are {', '.join(STRATEGY_NAMES)}"
             )
         return value
+
     chunk_size: int = Field(default=50_000, ge=1)
     # query by committee: LightGBM models on the training labels, differing by seed and by
     # the rows each tree sees (bagging_fraction of them, re-drawn every bagging_freq trees)
@@ -190,6 +191,9 @@ class AnnotationParams(_Section):
 class ExportParams(_Section):
     labelstudio_from_name: str = "label"
     labelstudio_to_name: str = "item"
+    # a second opinion on a flagged label goes out without the model's suggestion: shown the
+    # model's guess, an annotator is invited to flip a label that was right
+    blind_second_opinion: bool = True
 
 
 class Params(_Section):

@@ -8,18 +8,15 @@ given the reason code of the first check it fails, in the order of :func:`get_ch
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from tasks import schema
-from tasks.catalog import sha256_bytes, write_bytes, write_csv, write_json
-from tasks.context import StageContext, StageSpec, stage_task
+from tasks.catalog import get_artifact, round_name, sha256_bytes
+from tasks.context import StageContext, StageSpec
 from tasks.expectations import (
     Check,
     find_failing_rows,
@@ -36,27 +33,21 @@ from tasks.parsing import (
     parse_label_times,
     read_label_file,
 )
+from tasks.summaries import ValidateSummary
 
 STAGE = StageSpec(
     name="validate",
-    deps=(
-        "tasks/validate.py",
-        "tasks/parsing.py",
-        "tasks/expectations.py",
-        "gx/expectations/incoming_labels.json",
-        "data/pool",
-    ),
+    module=__name__,
+    code=("tasks/parsing.py", "tasks/expectations.py"),
+    reads=("suite", "pool"),
+    writes=("archive", "manifest", "quarantine", "accepted", "rejected", "validate_report"),
     params=("project.classes", "project.allow_new_classes", "validate"),
-    outs=("data/interim/accepted.parquet", "data/interim/rejected.parquet"),
-    persist=("data/archive", "data/quarantine"),
-    metrics=("reports/validate.json",),
 )
 
-MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
 
-
-SUITE_FILE = "gx/expectations/incoming_labels.json"
+#: where the suite lives in a workspace (the catalog's declaration)
+SUITE_FILE = get_artifact("suite").path
 
 
 def _holds(name: str, column: str) -> Check:
@@ -243,123 +234,159 @@ def get_file_rejection(name: str, digest: str, message: str) -> pd.DataFrame:
     return schema.conform(pd.DataFrame([row]), schema.QUARANTINED)
 
 
-def _consumed_hashes(archive_dir: Path, before_round: int) -> dict[str, str]:
-    """sha256 -> archived path of every file consumed by an earlier round."""
+def get_consumed_hashes(manifests: Mapping[int, list[dict[str, object]]]) -> dict[str, str]:
+    """sha256 -> ``round-NNNN/file`` of every file consumed by the rounds of ``manifests``
+    (earlier rounds' intake manifests, by round)."""
     seen: dict[str, str] = {}
-    for manifest in sorted(archive_dir.glob(f"round-*/{MANIFEST}")):
-        round_id = int(manifest.parent.name.removeprefix("round-"))
-        if round_id >= before_round:
-            continue
-        for entry in json.loads(manifest.read_text()):
+    for round_id, manifest in sorted(manifests.items()):
+        for entry in manifest:
             if entry.get("status") != "already_consumed":
-                seen.setdefault(entry["sha256"], f"{manifest.parent.name}/{entry['file']}")
+                seen.setdefault(str(entry["sha256"]), f"{round_name(round_id)}/{entry['file']}")
     return seen
 
 
-def _take_incoming(incoming: Path, archive: Path) -> None:
-    """Move every dropped file into this round's archive, exactly as received.
+@dataclass(frozen=True)
+class Intake:
+    """The label files of a round, read: one manifest entry per file, the rows of the files
+    that could be read, and a rejection row for each file that could not."""
 
-    The archive copy is written (atomically) before the incoming file is removed, so a crash
-    in between leaves the file in both places, never in neither.
+    manifest: list[dict[str, object]]
+    rows: pd.DataFrame
+    file_rejections: pd.DataFrame
+
+
+def read_label_files(
+    files: Mapping[str, bytes], *, consumed: Mapping[str, str], archive_name: str
+) -> Intake:
+    """Read every file of a round's archive (name -> bytes, in name order).
+
+    A file with the same bytes as one an earlier round consumed (``consumed``: sha256 -> where)
+    is skipped and recorded as such, never merged twice; so is a second copy within the round.
     """
-    for path in sorted(p for p in incoming.iterdir() if p.is_file() and not p.name.startswith(".")):
-        target = archive / path.name
-        if target.exists() and target.read_bytes() != path.read_bytes():
-            stem, suffix = path.stem, path.suffix
-            n = 2
-            while (archive / f"{stem}.{n}{suffix}").exists():
-                n += 1
-            target = archive / f"{stem}.{n}{suffix}"
-        if not target.exists():
-            write_bytes(target, path.read_bytes())
-        path.unlink()
-
-
-@stage_task("validate")
-def run(ctx: StageContext) -> dict[str, object]:
-    cat = ctx.catalog
-    archive = cat.archive(ctx.round_id)
-    archive.mkdir(parents=True, exist_ok=True)
-    cat.incoming_dir.mkdir(parents=True, exist_ok=True)
-    _take_incoming(cat.incoming_dir, archive)
-    crash_point("during:validate")
-    consumed = _consumed_hashes(cat.archive_dir, ctx.round_id)
-
+    consumed = dict(consumed)
     manifest: list[dict[str, object]] = []
     parsed: list[pd.DataFrame] = []
     file_rejections: list[pd.DataFrame] = []
-    for path in sorted(p for p in archive.iterdir() if p.is_file() and p.name != MANIFEST):
-        content = path.read_bytes()
+    for name, content in sorted(files.items()):
         digest = sha256_bytes(content)
-        entry: dict[str, object] = {"file": path.name, "sha256": digest, "bytes": len(content)}
+        entry: dict[str, object] = {"file": name, "sha256": digest, "bytes": len(content)}
         if digest in consumed:
-            log.warning(
+            log.info(
                 "%s: the same bytes as %s, consumed before; skipped, not merged twice",
-                path.name,
+                name,
                 consumed[digest],
             )
             entry.update(status="already_consumed", same_as=consumed[digest], rows_read=0)
             manifest.append(entry)
             continue
-        consumed[digest] = f"{archive.name}/{path.name}"
+        consumed[digest] = f"{archive_name}/{name}"
         try:
             read_as, rows = read_label_file(content)
         except LabelFileError as exc:
             entry.update(status="unreadable", error=str(exc), rows_read=0)
-            file_rejections.append(get_file_rejection(path.name, digest, str(exc)))
+            file_rejections.append(get_file_rejection(name, digest, str(exc)))
             manifest.append(entry)
             continue
         entry.update(status="read", **read_as.as_manifest(), rows_read=int(len(rows)))
-        parsed.append(rows.assign(source_file=path.name, source_sha256=digest))
+        parsed.append(rows.assign(source_file=name, source_sha256=digest))
         manifest.append(entry)
+    rows = pd.concat(parsed, ignore_index=True) if parsed else pd.DataFrame(columns=ROW_COLUMNS)
+    rows = rows.astype({c: "string" for c in ROW_COLUMNS if c != "source_row"})
+    rejections = (
+        pd.concat(file_rejections, ignore_index=True)
+        if file_rejections
+        else schema.empty(schema.QUARANTINED)
+    )
+    return Intake(manifest, rows, rejections)
 
-    columns = ["source_row", *FIELDS, "malformed", "source_file", "source_sha256"]
-    rows = pd.concat(parsed, ignore_index=True) if parsed else pd.DataFrame(columns=columns)
-    issued = cat.read_table(cat.issued, schema.ISSUED)
-    ttl = ctx.params.validate_.batch_ttl_rounds
-    first_open = ctx.round_id - ttl if ttl is not None else 0
-    open_batches = issued[(issued["round_id"] < ctx.round_id) & (issued["round_id"] >= first_open)]
-    suite_file = cat.root / SUITE_FILE
-    if not suite_file.exists():
+
+ROW_COLUMNS = ("source_row", *FIELDS, "malformed", "source_file", "source_sha256")
+
+
+def get_open_batches(issued: pd.DataFrame, *, round_id: int, ttl: int | None) -> pd.DataFrame:
+    """The issued rows whose batch is still open in ``round_id``: issued by an earlier round,
+    and at most ``ttl`` rounds ago (``None``: batches never close)."""
+    first_open = round_id - ttl if ttl is not None else 0
+    return issued[(issued["round_id"] < round_id) & (issued["round_id"] >= first_open)]
+
+
+def get_manifest(intake: Intake, result: Validation) -> list[dict[str, object]]:
+    """The intake manifest with each read file's accepted and quarantined rows.
+
+    Raises
+    ------
+    RuntimeError
+        If a file's rows read are not its accepted plus its quarantined rows: a bug, never
+        a property of the input.
+    """
+    accepted = result.accepted["source_file"].value_counts()
+    quarantined = result.quarantined["source_file"].value_counts()
+    manifest = []
+    for entry in intake.manifest:
+        entry = dict(entry)
+        if entry["status"] == "read":
+            name = entry["file"]
+            entry.update(
+                accepted=int(accepted.get(name, 0)), quarantined=int(quarantined.get(name, 0))
+            )
+            if entry["accepted"] + entry["quarantined"] != entry["rows_read"]:
+                raise RuntimeError(f"row accounting broken for {entry['file']}: {entry}")
+        manifest.append(entry)
+    return manifest
+
+
+def get_validate_summary(
+    manifest: list[dict[str, object]],
+    rows: pd.DataFrame,
+    result: Validation,
+    quarantined: pd.DataFrame,
+) -> ValidateSummary:
+    by_reason = quarantined["reason_code"].value_counts().sort_index()
+    return ValidateSummary(
+        files=len(manifest),
+        files_already_consumed=sum(e["status"] == "already_consumed" for e in manifest),
+        files_unreadable=sum(e["status"] == "unreadable" for e in manifest),
+        rows_read=int(len(rows)),
+        rows_accepted=int(len(result.accepted)),
+        rows_quarantined=int(len(result.quarantined)),
+        quarantined_by_reason={str(k): int(v) for k, v in by_reason.items()},
+    )
+
+
+def run(ctx: StageContext) -> ValidateSummary:
+    ctx.take_incoming()
+    crash_point("during:validate")
+    suite = ctx.load("suite")
+    if suite is None:
         raise FileNotFoundError(
-            f"{suite_file} is missing: the expectation suite is part of the workspace "
-            "(restore it from git, or write the default with `alloop suite --write`)"
+            f"{ctx.catalog.path('suite')} is missing: the expectation suite is part of the "
+            "workspace (restore it from git, or write the default with `alloop suite --write`)"
         )
+    intake = read_label_files(
+        ctx.load("archive"),
+        consumed=get_consumed_hashes(ctx.load_before("manifest")),
+        archive_name=round_name(ctx.round_id),
+    )
     as_of = pd.Timestamp(ctx.round.started_at)
     result = validate_labels(
-        rows.astype({c: "string" for c in columns if c != "source_row"}),
-        pool_ids=cat.read_pool_ids(),
-        issued_ids=open_batches["item_id"],
+        intake.rows,
+        pool_ids=ctx.pool_ids(),
+        issued_ids=get_open_batches(
+            ctx.load_before("issued"),
+            round_id=ctx.round_id,
+            ttl=ctx.params.validate_.batch_ttl_rounds,
+        )["item_id"],
         classes=ctx.params.project.classes,
         as_of=as_of if as_of.tzinfo else as_of.tz_localize("UTC"),
         params=ctx.params.validate_,
-        suite=json.loads(suite_file.read_text()),
+        suite=suite,
         allow_new_classes=ctx.params.project.allow_new_classes,
     )
-    quarantined = pd.concat([*file_rejections, result.quarantined], ignore_index=True)
-    for entry in manifest:
-        if entry["status"] == "read":
-            mine_acc = result.accepted["source_file"] == entry["file"]
-            mine_q = result.quarantined["source_file"] == entry["file"]
-            entry.update(accepted=int(mine_acc.sum()), quarantined=int(mine_q.sum()))
-            if entry["accepted"] + entry["quarantined"] != entry["rows_read"]:
-                raise RuntimeError(f"row accounting broken for {entry['file']}: {entry}")
-
-    write_json(archive / MANIFEST, manifest)
-    target = cat.quarantine(ctx.round_id)
-    shutil.rmtree(target, ignore_errors=True)
-    write_csv(target / "rejected.csv", schema.conform(quarantined, schema.QUARANTINED))
-    cat.write_table(cat.accepted, result.accepted, schema.ACCEPTED)
-    cat.write_table(cat.rejected, quarantined, schema.QUARANTINED)
-    by_reason = quarantined["reason_code"].value_counts().sort_index()
-    summary: dict[str, object] = {
-        "files": len(manifest),
-        "files_already_consumed": sum(e["status"] == "already_consumed" for e in manifest),
-        "files_unreadable": sum(e["status"] == "unreadable" for e in manifest),
-        "rows_read": int(len(rows)),
-        "rows_accepted": int(len(result.accepted)),
-        "rows_quarantined": int(len(result.quarantined)),
-        "quarantined_by_reason": {str(k): int(v) for k, v in by_reason.items()},
-    }
-    write_json(cat.reports_dir / "validate.json", summary)
+    quarantined = pd.concat([intake.file_rejections, result.quarantined], ignore_index=True)
+    ctx.save("manifest", get_manifest(intake, result))
+    ctx.save("quarantine", quarantined)
+    ctx.save("accepted", result.accepted)
+    ctx.save("rejected", quarantined)
+    summary = get_validate_summary(intake.manifest, intake.rows, result, quarantined)
+    ctx.save("validate_report", summary.to_dict())
     return summary

@@ -46,7 +46,7 @@ def crowd(prefect_api, tmp_path_factory):
     for wave in (votes[votes["order"] == 0], votes[votes["order"] > 0]):
         for annotator, rows in wave.groupby("annotator"):
             rows[["item_id", "label", "annotator", "labeled_at"]].to_csv(
-                catalog.incoming_dir / f"worker-{annotator}.csv", index=False
+                catalog.path("incoming") / f"worker-{annotator}.csv", index=False
             )
         al_round(str(root))
     return {"catalog": catalog, "items": items, "votes": votes}
@@ -54,7 +54,7 @@ def crowd(prefect_api, tmp_path_factory):
 
 def test_consensus_beats_or_matches_majority_vote(crowd):
     items = crowd["items"].set_index("item_id")
-    current = pd.read_parquet(crowd["catalog"].current).set_index("item_id")
+    current = pd.read_parquet(crowd["catalog"].path("current")).set_index("item_id")
     assert len(current) == len(items)
     consensus_acc = (current["label"] == items.loc[current.index, "label"].astype(str)).mean()
     majority_acc = (items["mv_label"] == items["label"]).mean()
@@ -64,11 +64,11 @@ def test_consensus_beats_or_matches_majority_vote(crowd):
 
 
 def test_every_vote_is_in_the_ledger_and_every_annotator_scored(crowd):
-    ledger = pd.read_parquet(crowd["catalog"].ledger)
+    ledger = pd.read_parquet(crowd["catalog"].path("ledger"))
     votes = ledger[ledger["event"].isin(["label", "relabel"])]
     assert len(votes) == len(crowd["votes"])
     assert (ledger["event"] == "rejected").sum() == 0
-    stats = pd.read_parquet(crowd["catalog"].annotators)
+    stats = pd.read_parquet(crowd["catalog"].path("annotators"))
     last = stats[stats["round_id"] == stats["round_id"].max()]
     assert len(last) == crowd["votes"]["annotator"].nunique() == 176
     assert last["quality"].between(0, 1).all()

@@ -127,6 +127,8 @@ def test_a_confirmed_label_stays_confirmed_until_a_new_vote_or_label_change():
     # x's label changed since (e.g. by consensus with other votes): no longer confirmed
     changed = current.assign(label=["dog", "dog", "cat"])
     assert get_confirmed_ids(events, changed).tolist() == []
+    assert get_confirmed_ids(events.iloc[:0], current).tolist() == []
+    assert get_confirmed_ids(events, current.iloc[:0]).tolist() == []
 
 
 def test_a_doubted_confirmed_label_gets_no_flag_record_but_a_ledger_event():

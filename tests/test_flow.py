@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def _write_messy_file(catalog: Catalog, classes: list[str]) -> list[str | None]:
-    issued = pd.read_parquet(catalog.issued)
+    issued = pd.read_parquet(catalog.path("issued"))
     out = issued[issued["round_id"] == 2]["item_id"].tolist()
     ever = set(issued["item_id"])
     never = next(i for i in pd.read_parquet(catalog.pool_files()[0])["item_id"] if i not in ever)
@@ -65,11 +64,11 @@ def _write_messy_file(catalog: Catalog, classes: list[str]) -> list[str | None]:
     lines = ["item_id,label,annotator,labeled_at"]
     for row in MESSY_ROWS:
         lines.append(",".join(field.format(**values) for field in row[:4]))
-    (catalog.incoming_dir / "expert-7 batch (final).csv").write_text("\n".join(lines) + "\n")
-    (catalog.incoming_dir / "broken.json").write_text('[{"item_id": 1,')
+    (catalog.path("incoming") / "expert-7 batch (final).csv").write_text("\n".join(lines) + "\n")
+    (catalog.path("incoming") / "broken.json").write_text('[{"item_id": 1,')
     # an annotator sends last round's file again, under another name
-    consumed = next(p for p in catalog.archive(2).iterdir() if p.suffix == ".csv")
-    (catalog.incoming_dir / "resent.csv").write_bytes(consumed.read_bytes())
+    consumed = next(p for p in catalog.path("archive", 2).iterdir() if p.suffix == ".csv")
+    (catalog.path("incoming") / "resent.csv").write_bytes(consumed.read_bytes())
     return [row[4] for row in MESSY_ROWS]
 
 
@@ -140,20 +139,20 @@ def test_ledger_only_grows_round_over_round(campaign):
 
 def test_labels_keep_the_split_they_were_issued_with(campaign):
     cat = campaign["catalog"]
-    current = pd.read_parquet(cat.current)
-    issued = pd.read_parquet(cat.issued).drop_duplicates("item_id").set_index("item_id")
+    current = pd.read_parquet(cat.path("current"))
+    issued = pd.read_parquet(cat.path("issued")).drop_duplicates("item_id").set_index("item_id")
     assert (current["split"].to_numpy() == issued.loc[current["item_id"], "split"].to_numpy()).all()
     assert {"train", "test"} <= set(current["split"])
     # test items come only from the random test slice, never from active selection
-    tests = pd.read_parquet(cat.issued).query("split == 'test'")
+    tests = pd.read_parquet(cat.path("issued")).query("split == 'test'")
     assert set(tests["reason"]) == {"test"}
 
 
 def test_messy_file_rows_are_accounted_for(campaign):
     cat, expected = campaign["catalog"], campaign["expected_reasons"]
-    report = json.loads((cat.reports_dir / "validate.json").read_text())
+    report = cat.load("validate_report")
     assert report["rows_read"] == report["rows_accepted"] + report["rows_quarantined"]
-    rejected = pd.read_csv(cat.quarantine(ROUNDS) / "rejected.csv", dtype=str)
+    rejected = pd.read_csv(cat.path("quarantine", ROUNDS), dtype=str)
     mine = rejected[rejected["source_file"] == "expert-7 batch (final).csv"]
     got = dict(zip(mine["source_row"].astype(int), mine["reason_code"], strict=True))
     want = {row: code for row, code in enumerate(expected, start=1) if code}
@@ -161,13 +160,13 @@ def test_messy_file_rows_are_accounted_for(campaign):
     assert (mine["reason"].str.len() > 10).all()
     broken = rejected[rejected["source_file"] == "broken.json"]
     assert broken["reason_code"].tolist() == ["unreadable_file"]
-    manifest = json.loads((cat.archive(ROUNDS) / "manifest.json").read_text())
+    manifest = cat.load("manifest", ROUNDS)
     for entry in manifest:
         if entry["status"] == "read":
             assert entry["rows_read"] == entry["accepted"] + entry["quarantined"]
     # consumed files are archived exactly as received, and the incoming folder is empty
-    assert (cat.archive(ROUNDS) / "broken.json").read_text() == '[{"item_id": 1,'
-    assert not [p for p in cat.incoming_dir.iterdir() if p.name != ".gitkeep"]
+    assert (cat.path("archive", ROUNDS) / "broken.json").read_text() == '[{"item_id": 1,'
+    assert not [p for p in cat.path("incoming").iterdir() if p.name != ".gitkeep"]
 
 
 def test_mlflow_has_one_finished_run_per_round(campaign):
@@ -224,25 +223,25 @@ def test_dvc_repro_reproduces_the_last_round_without_prefect(campaign, tmp_path)
 
 
 def test_ledger_records_every_kind_of_event(campaign):
-    ledger = pd.read_parquet(campaign["catalog"].ledger)
+    ledger = pd.read_parquet(campaign["catalog"].path("ledger"))
     kinds = set(ledger["event"])
     assert {"label", "rejected", "consensus"} <= kinds
     rejected = ledger[(ledger["event"] == "rejected") & (ledger["round_id"] == ROUNDS)]
     expected = [code for code in campaign["expected_reasons"] if code] + ["unreadable_file"]
     assert sorted(rejected["outcome"]) == sorted(expected)
-    flags = pd.read_parquet(campaign["catalog"].flags)
+    flags = pd.read_parquet(campaign["catalog"].path("flags"))
     flagged = ledger[ledger["event"] == "flagged"]
     assert len(flagged) == len(flags)
     # every consensus label in the ledger's latest consensus events is the current label
     latest = ledger[ledger["event"] == "consensus"].drop_duplicates("item_id", keep="last")
-    current = pd.read_parquet(campaign["catalog"].current).set_index("item_id")["label"]
+    current = pd.read_parquet(campaign["catalog"].path("current")).set_index("item_id")["label"]
     assert (latest.set_index("item_id")["label"] == current.loc[latest["item_id"]]).all()
 
 
 def test_history_of_an_item_tells_its_whole_story(campaign):
     from flows.audit import get_item_history, read_tables
 
-    ledger = pd.read_parquet(campaign["catalog"].ledger)
+    ledger = pd.read_parquet(campaign["catalog"].path("ledger"))
     dup = ledger[(ledger["event"] == "rejected") & (ledger["outcome"] == "duplicate_row")]
     item = dup["item_id"].iloc[0]
     history = get_item_history(read_tables(campaign["root"]), item)
@@ -296,16 +295,14 @@ def test_history_shows_rejected_rows_of_items_outside_the_pool(campaign):
 
 def test_a_file_dropped_twice_is_recognised_and_not_merged_again(campaign):
     cat = campaign["catalog"]
-    manifest = {
-        e["file"]: e for e in json.loads((cat.archive(ROUNDS) / "manifest.json").read_text())
-    }
+    manifest = {e["file"]: e for e in cat.load("manifest", ROUNDS)}
     entry = manifest["resent.csv"]
     assert entry["status"] == "already_consumed"
     assert entry["same_as"].startswith("round-0002/")
-    ledger = pd.read_parquet(cat.ledger)
+    ledger = pd.read_parquet(cat.path("ledger"))
     assert not (ledger["source_file"] == "resent.csv").any()
-    assert (cat.archive(ROUNDS) / "resent.csv").exists()  # kept as received, all the same
-    assert "skipped: same content as round-0002/" in (cat.reports_dir / "round.md").read_text()
+    assert (cat.path("archive", ROUNDS) / "resent.csv").exists()  # kept as received, all the same
+    assert "skipped: same content as round-0002/" in cat.load("round_report")
 
 
 def test_log_batched_splits_at_mlflow_batch_limits(tmp_path):
@@ -319,3 +316,45 @@ def test_log_batched_splits_at_mlflow_batch_limits(tmp_path):
     run = client.get_run(run_id)
     assert run.data.params == {key: str(value) for key, value in params.items()}
     assert len(client.get_metric_history(run_id, "m")) == MAX_METRICS_PER_BATCH + 1
+
+
+def test_each_prefect_flow_run_is_named_after_its_round(campaign):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def names() -> list[str]:
+        async with get_client() as client:
+            return [run.name for run in await client.read_flow_runs()]
+
+    expected = {f"{campaign['root'].name}-round-{r:04d}" for r in range(1, ROUNDS + 1)}
+    assert expected <= set(asyncio.run(names()))
+
+
+def test_files_for_people_are_readable_by_the_team(campaign):
+    import os
+    import stat
+
+    cat = campaign["catalog"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in (
+        cat.path("outbox", ROUNDS) / "batch.csv",
+        cat.path("outbox", ROUNDS) / "tasks.json",
+        cat.root / "params.yaml",
+        cat.root / "dvc.yaml",
+        cat.path("round_report"),
+        cat.path("ledger"),
+    ):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+def test_the_history_plot_has_one_row_per_round(campaign):
+    cat = campaign["catalog"]
+    history = cat.load("history")
+    assert history["round_id"].tolist() == list(range(1, ROUNDS + 1))
+    labeled = [r.summaries.merge.labeled_items for r in campaign["results"]]
+    assert history["labeled_items"].tolist() == labeled
+    assert history["test_macro_f1"].iloc[1:].notna().all()
+    shown = run_cli(["dvc", "plots", "show", "--json", "reports/history.csv"], cat.root)
+    assert shown.returncode == 0, shown.stderr

@@ -104,9 +104,9 @@ def test_selection_overlap_counts_items_in_both_batches():
 def test_rollback_to_round_2_then_two_more_rounds(five_rounds, tmp_path):
     ws = _copy(five_rounds, tmp_path)
     catalog = Catalog(ws)
-    waiting = sorted(p.name for p in catalog.incoming_dir.iterdir() if p.name != ".gitkeep")
+    waiting = sorted(p.name for p in catalog.path("incoming").iterdir() if p.name != ".gitkeep")
     assert waiting, "the answers to round 5's batch wait in data/incoming"
-    ledger_5 = pd.read_parquet(catalog.ledger)
+    ledger_5 = pd.read_parquet(catalog.path("ledger"))
     commits_5 = _git(ws, "rev-list", "HEAD")
 
     done = run_cli(["alloop", "rollback", "2", "-w", str(ws)], ws)
@@ -122,7 +122,7 @@ def test_rollback_to_round_2_then_two_more_rounds(five_rounds, tmp_path):
         data = dvc.api.read(path, repo=str(ws), rev="round-0002", mode="rb")
         assert (ws / path).read_bytes() == data, path
     # the ledger kept every event and got the rollback
-    ledger = pd.read_parquet(catalog.ledger)
+    ledger = pd.read_parquet(catalog.path("ledger"))
     assert len(ledger) == len(ledger_5) + 1
     pd.testing.assert_frame_equal(ledger.iloc[: len(ledger_5)], ledger_5)
     assert get_inactive_rounds(conform(ledger, LEDGER)) == {3, 4, 5}
@@ -130,7 +130,10 @@ def test_rollback_to_round_2_then_two_more_rounds(five_rounds, tmp_path):
     meta = json.loads((ws / "models/champion/meta.json").read_text())
     assert tracking.get_champion(ws)["round_id"] == str(meta["promoted_in_round"])
     # files waiting in incoming were not touched; the workspace is clean
-    assert sorted(p.name for p in catalog.incoming_dir.iterdir() if p.name != ".gitkeep") == waiting
+    assert (
+        sorted(p.name for p in catalog.path("incoming").iterdir() if p.name != ".gitkeep")
+        == waiting
+    )
     assert run_cli(["dvc", "status", "--quiet"], ws).returncode == 0
     assert not versioning.git(ws, "status", "--porcelain")
 
@@ -140,7 +143,7 @@ def test_rollback_to_round_2_then_two_more_rounds(five_rounds, tmp_path):
         annotate_outbox(catalog, round_id, noise=0.05, seed=0)
     # the waiting files were consumed by round 6, and their rows accepted (round 5's batch is
     # still out: issuing is never undone)
-    manifest = json.loads((catalog.archive(6) / "manifest.json").read_text())
+    manifest = catalog.load("manifest", 6)
     assert sorted(e["file"] for e in manifest) == waiting
     assert all(e["accepted"] == e["rows_read"] > 0 for e in manifest)
     # history intact: every earlier commit is still an ancestor, every round tag still there
@@ -150,8 +153,8 @@ def test_rollback_to_round_2_then_two_more_rounds(five_rounds, tmp_path):
         f"round-{i:04d}" for i in range(1, 8)
     ]
     # labels of the undone rounds no longer count, unless answered again after the rollback
-    current = pd.read_parquet(catalog.current)
-    final = conform(pd.read_parquet(catalog.ledger), LEDGER)
+    current = pd.read_parquet(catalog.path("current"))
+    final = conform(pd.read_parquet(catalog.path("ledger")), LEDGER)
     active = get_active_events(final)
     voted = set(active.loc[active["event"].isin(["label", "relabel"]), "item_id"])
     assert set(current["item_id"]) == voted
@@ -224,7 +227,7 @@ def test_identical_inputs_give_identical_selection_and_model_bytes(prefect_api, 
         al_round(str(root), started_at=clock)
         annotate_outbox(catalog, 1, noise=0.1, seed=3)
         # the annotation clock is the wall clock: make the files identical
-        for path in catalog.incoming_dir.glob("*.csv"):
+        for path in catalog.path("incoming").glob("*.csv"):
             pd.read_csv(path, dtype=str).assign(labeled_at=clock).to_csv(path, index=False)
         # round 2 trains, flags, scores and selects actively
         al_round(str(root), started_at="2026-01-06T02:00:00+00:00")

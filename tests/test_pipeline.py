@@ -192,9 +192,7 @@ def test_importing_any_tasks_module_creates_nothing_and_imports_no_prefect(tmp_p
     )
     home = tmp_path / "home"
     home.mkdir()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "GX_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "GX_"))}
     env["HOME"] = str(home)
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -208,3 +206,10 @@ def test_importing_any_tasks_module_creates_nothing_and_imports_no_prefect(tmp_p
     assert done.stdout.strip() == "[]"
     assert list(home.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+def test_the_architecture_page_shows_the_catalog_as_it_is():
+    from flows.pipeline import render_architecture_doc
+
+    page = (PROJECT / "docs" / "architecture.md").read_text()
+    assert page == render_architecture_doc(page), "regenerate with python -m flows.pipeline"

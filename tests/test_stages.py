@@ -476,6 +476,22 @@ def test_flag_finds_injected_label_errors(satimage):
     hits = set(found["item_id"]) & {rows["item_id"].iloc[i] for i in wrong}
     assert len(hits) / len(found) >= 0.5  # most flags are real errors (4% of labels wrong)
     assert found["label_quality"].is_monotonic_increasing
+    assert not found["confirmed"].any()
+    # the same labels, now confirmed by a second opinion: still doubted, never flagged
+    confirmed = found["item_id"].head(5)
+    again, _ = find_mislabels(
+        rows,
+        noisy,
+        classes=classes,
+        params=FlagParams(max_fraction=0.1),
+        train_params=TrainParams(num_boost_round=50),
+        random_state=0,
+        confirmed_ids=confirmed,
+    )
+    assert set(again.loc[again["confirmed"], "item_id"]) == set(confirmed)
+    records = get_flag_records(again, round_id=4, params=FlagParams())
+    assert not set(records["item_id"]) & set(confirmed)
+    assert len(records) == len(found) - len(confirmed)  # 37 found, under the cap of 60
 
 
 def test_flag_skips_with_a_reason_on_too_few_labels(satimage):
