@@ -488,7 +488,9 @@ def _check_committed(root: Path, what: str) -> None:
         )
     changed = versioning.git(root, "status", "--porcelain").splitlines()
     if changed:
-        shown = ", ".join(line[3:] for line in changed[:5]) + (" ..." if len(changed) > 5 else "")
+        shown = ", ".join(line.split(maxsplit=1)[-1] for line in changed[:5]) + (
+            " ..." if len(changed) > 5 else ""
+        )
         raise WorkspaceError(
             f"the workspace {root} has changes that are not committed ({shown}): commit or "
             f"restore them (`git -C {root} status`) before {what}"
