@@ -4,6 +4,7 @@ do answers without starting Prefect."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pandas as pd
@@ -195,3 +196,35 @@ def test_status_shows_the_versions_and_the_pool_left(recorded_round_ws):
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"running {get_alloop_version()}" in done.stdout
     assert "pool: 200 of 200 items never issued" in done.stdout
+
+
+def test_a_healthy_local_server_of_the_workspace_is_reused(tmp_path, monkeypatch):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from flows import runtime
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert runtime.find_local_server(tmp_path) is None  # no server.json
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        home = runtime.prefect_home(tmp_path)
+        home.mkdir(parents=True)
+        api = f"http://127.0.0.1:{server.server_port}/api"
+        (home / "server.json").write_text(json.dumps({"api_url": api, "pid": 1}))
+        assert runtime.prepare_flow_run(tmp_path) == api
+        assert os.environ["PREFECT_API_URL"] == api
+    finally:
+        server.shutdown()
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert runtime.find_local_server(tmp_path) is None  # not answering: a temporary API instead
