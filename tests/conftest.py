@@ -72,5 +72,64 @@ def prefect_api():
             yield
 
 
+#: Test lanes (STYLE.md, principle 10). ``make test-fast`` runs every lane but flow.
+LANES = ("unit", "contract", "property", "flow")
+#: Modules whose tests are all of a lane, whatever they use.
+CONTRACT_MODULES = {"test_strategies", "test_pipeline"}
+PROPERTY_MODULES = {"test_hostile_files", "test_validate_properties"}
+#: Names whose use in a test or in a fixture it uses makes it a flow test: it builds a
+#: workspace, runs a round, or runs alloop as a command.
+FLOW_NAMES = {
+    "prefect_api",
+    "init_workspace",
+    "make_satimage_workspace",
+    "al_round",
+    "run_cli",
+    "Popen",
+}
+
+
+def _names(code) -> set[str]:
+    """Global and attribute names a code object uses, nested functions included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names(const)
+    return names
+
+
+def get_lane(item: pytest.Item) -> str:
+    """The lane of a test: its own lane marker, else by what it uses, else by its module."""
+    for lane in LANES:
+        if item.get_closest_marker(lane):
+            return lane
+    funcs = [getattr(item, "obj", None)]
+    infos = getattr(item, "_fixtureinfo", None)
+    fixtures = getattr(item, "fixturenames", ())
+    for name in fixtures:
+        funcs += [d.func for d in (infos.name2fixturedefs.get(name, ()) if infos else ())]
+    used = set(fixtures)
+    for func in funcs:
+        code = getattr(getattr(func, "__wrapped__", func), "__code__", None)
+        if code is not None:
+            used |= _names(code)
+    if used & FLOW_NAMES:
+        return "flow"
+    module = getattr(item, "module", None)
+    module = module.__name__.rpartition(".")[2] if module else ""
+    if module in PROPERTY_MODULES or hasattr(getattr(item, "obj", None), "hypothesis"):
+        return "property"
+    if module in CONTRACT_MODULES:
+        return "contract"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+    """Every test gets a lane marker, so a new test needs no marking by hand."""
+    for item in items:
+        if not any(item.get_closest_marker(lane) for lane in LANES):
+            item.add_marker(get_lane(item))
+
+
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(_STATE, ignore_errors=True)
