@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flows.runtime import mlflow_uri
 from tasks.catalog import Catalog, round_name
 from tasks.params import Params, dump_params
+from tasks.schema import ITEM_ID
 
 EXPERIMENT = "alloop"
 #: The registered model: one version per promoted round, the alias on the current champion.
@@ -126,15 +132,76 @@ def log_round(
     candidate = summaries.get("evaluate", {})
     client.set_tag(run_id, "alloop.promoted", str(bool(candidate.get("promoted"))))
     model_file = catalog.candidate_dir / "model.txt"
-    if model_file.exists():
+    champion = bool(candidate.get("promoted")) and model_file.exists() and not rerun_of
+    if champion:
+        _log_model(client, run_id, catalog, params.project.classes)
+    elif model_file.exists():
+        # not registered: the raw files suffice, and skip the pyfunc's cost (docs/decisions.md)
         client.log_artifacts(run_id, str(catalog.candidate_dir), "model")
     report = catalog.reports_dir / "round.md"
     if report.exists():
         client.log_artifact(run_id, str(report))
-    if candidate.get("promoted") and model_file.exists() and not rerun_of:
+    if champion:
         _register_champion(client, run_id, round_id)
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _log_model(
+    client: Any,
+    run_id: str,
+    catalog: Catalog,
+    classes: Sequence[str],
+    *,
+    folder: Path | None = None,
+    artifact_path: str = "model",
+) -> None:
+    """The model in ``folder`` (default: the round's promoted candidate) as the run's
+    ``artifact_path``: an MLflow pyfunc model that takes raw pool rows
+    (flows/mlflow_model.py), so every registered version loads."""
+    import pyarrow.parquet as pq
+
+    from flows.mlflow_model import get_feature_spec, save_pyfunc_model
+
+    # two pool rows as Catalog.read_pool gives them: the columns, dtypes and an input example
+    # (iter_pool would scan the whole pool for them: 0.03-0.1 s)
+    first = pq.ParquetFile(catalog.pool_files()[0])
+    example = next(first.iter_batches(batch_size=2)).to_pandas()
+    example[ITEM_ID] = example[ITEM_ID].astype("string")
+    folder = folder or catalog.candidate_dir
+    meta = folder / "meta.json"
+    with tempfile.TemporaryDirectory(prefix="alloop-model-") as tmp, _quiet_mlflow():
+        path = Path(tmp) / "model"
+        save_pyfunc_model(
+            path,
+            (folder / "model.txt").read_text(),
+            get_feature_spec(example, classes),
+            extra_files=[meta] if meta.exists() else [],
+            input_example=example,
+        )
+        client.log_artifacts(run_id, str(path), artifact_path)
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """No progress bar for each artifact MLflow copies into a model folder (they are local
+    files), and no warning that the model class is pickled: it is pickled by reference."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        pyfunc_log.setLevel(level)
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def _model_versions(client: Any, *, run_id: str | None = None) -> list[Any]:
@@ -177,9 +244,42 @@ def set_champion(workspace: Path, round_id: int | None) -> str | None:
         if _model_versions(client):
             client.delete_registered_model_alias(MODEL, CHAMPION)
         return None
-    version = max(versions, key=lambda v: int(v.version)).version
-    client.set_registered_model_alias(MODEL, CHAMPION, version)
-    return str(version)
+    version = max(versions, key=lambda v: int(v.version))
+    if not _is_pyfunc_model(version):
+        version = _rebuild_version(client, Catalog(workspace), version) or version
+    client.set_registered_model_alias(MODEL, CHAMPION, version.version)
+    return str(version.version)
+
+
+def _is_pyfunc_model(version: Any) -> bool:
+    from mlflow.artifacts import list_artifacts
+
+    return any(Path(a.path).name == "MLmodel" for a in list_artifacts(version.source))
+
+
+def _rebuild_version(client: Any, catalog: Catalog, old: Any) -> Any | None:
+    """A version registered before champions were pyfunc models (raw ``model.txt`` only):
+    log the workspace's champion, which a rollback has just restored to that round's, as a
+    pyfunc model in the same run and register it beside the old version. None if the
+    champion folder holds another round's model."""
+    round_id = old.tags.get("alloop.round_id")
+    meta = catalog.read_json(catalog.champion_dir / "meta.json", default={})
+    if str(meta.get("promoted_in_round")) != round_id:
+        return None
+    if not (catalog.champion_dir / "model.txt").exists():
+        return None
+    path = f"model-v{old.version}"
+    classes = catalog.read_params().project.classes
+    _log_model(
+        client, old.run_id, catalog, classes, folder=catalog.champion_dir, artifact_path=path
+    )
+    run = client.get_run(old.run_id)
+    return client.create_model_version(
+        MODEL,
+        source=f"{run.info.artifact_uri}/{path}",
+        run_id=old.run_id,
+        tags={"alloop.round_id": round_id, "alloop.rebuilt_from": str(old.version)},
+    )
 
 
 def get_champion(workspace: Path) -> dict[str, str] | None:
