@@ -62,24 +62,16 @@ def get_feature_spec(pool_rows: pd.DataFrame, classes: Sequence[str]) -> dict[st
 
 
 def get_signature(spec: dict[str, Any]) -> Any:
-    """The model's MLflow signature: the feature columns (``item_id`` optional) in; one
-    probability per class and the predicted ``label`` out."""
+    """The model's MLflow signature: one probability per class and the predicted ``label``
+    out. No input schema: MLflow's enforcement refuses integers for a ``double`` column (as
+    JSON gives them for 92.0) and an ``item_id`` of another type than declared; the model
+    itself casts rows to the pool's dtypes (:func:`get_pool_rows_as_trained`) and names any
+    missing column. The columns are in ``features.json`` and the input example."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    def mlflow_type(dtype: str) -> str:
-        found = pd.api.types.pandas_dtype(dtype)
-        if pd.api.types.is_bool_dtype(found):
-            return "boolean"
-        if pd.api.types.is_integer_dtype(found):
-            return "long"
-        return "double" if pd.api.types.is_float_dtype(found) else "string"
-
-    inputs = [ColSpec("string", ITEM_ID, required=False)] + [
-        ColSpec(mlflow_type(c["dtype"]), c["name"]) for c in spec["columns"]
-    ]
     outputs = [ColSpec("double", name) for name in spec["classes"]] + [ColSpec("string", LABEL)]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+    return ModelSignature(inputs=None, outputs=Schema(outputs))
 
 
 @cache
