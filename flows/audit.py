@@ -32,6 +32,7 @@ def read_tables(root: Path, *, at: str | None = None) -> dict[str, pd.DataFrame]
         return {name: catalog.load(name) for name in TABLES}
     import dvc.api
     from dvc.exceptions import PathMissingError
+    from dvc.scm import RevError as DvcRevError
     from scmrepo.exceptions import RevError
 
     tables = {}
@@ -42,7 +43,7 @@ def read_tables(root: Path, *, at: str | None = None) -> dict[str, pd.DataFrame]
         except (PathMissingError, FileNotFoundError):
             tables[name] = schema.empty(table_schema)
             continue
-        except RevError as exc:
+        except (RevError, DvcRevError) as exc:
             raise AuditError(f"no revision {at!r} in {root} (try a tag like round-0003)") from exc
         tables[name] = schema.conform(pd.read_parquet(io.BytesIO(data)), table_schema)
     return tables

@@ -161,6 +161,10 @@ def _main(
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    # alloop's own informational lines (a server started, a campaign done, a file already
+    # consumed) are for the operator; the libraries' are only with --verbose
+    for name in ("flows", "tasks"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 @app.command()
@@ -472,18 +476,17 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         for label, row in st.labels.iterrows():
             table.add_row(str(label), *(str(int(v)) for v in row))
         console.print(table)
-    m = st.metrics
-    if m.get("candidate"):
+    e, v, f = st.summaries.evaluate, st.summaries.validate, st.summaries.flag
+    if e is not None and e.candidate:
         console.print(
-            f"last evaluation (round {m['round_id']}, {m['n_test']} test items): macro-F1 "
-            f"{m['candidate']['macro_f1']:.4f}, accuracy {m['candidate']['accuracy']:.4f}; "
-            f"promoted: {m['promoted']} ({m['gate']})"
+            f"last evaluation (round {e.round_id}, {e.n_test} test items): macro-F1 "
+            f"{e.candidate['macro_f1']:.4f}, accuracy {e.candidate['accuracy']:.4f}; "
+            f"promoted: {e.promoted} ({e.gate})"
         )
-    v = st.validation
-    if v:
+    if v is not None:
         console.print(
-            f"last intake: {v.get('rows_read', 0)} rows = {v.get('rows_accepted', 0)} accepted "
-            f"+ {v.get('rows_quarantined', 0)} quarantined {v.get('quarantined_by_reason') or ''}"
+            f"last intake: {v.rows_read} rows = {v.rows_accepted} accepted "
+            f"+ {v.rows_quarantined} quarantined {v.quarantined_by_reason or ''}"
         )
     if not st.rejects.empty:
         shown = st.rejects.head(10)
@@ -491,8 +494,13 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         for row in shown.itertuples(index=False):
             where = f"{row.source_file}:{row.source_row}"
             console.print(f"  {where}  [{row.reason_code}] {row.reason}", soft_wrap=True)
-    if st.flags:
-        console.print(f"flagged last round: {st.flags.get('flagged', 0)}")
+    if f is not None:
+        kept = (
+            f" ({f.confirmed_kept} confirmed labels doubted again, kept)"
+            if f.confirmed_kept
+            else ""
+        )
+        console.print(f"flagged last round: {f.flagged}{kept}")
     if st.batch_out:
         b = st.batch_out
         console.print(

@@ -49,8 +49,8 @@ def annotate_outbox(catalog: Catalog, round_id: int, *, noise: float, seed: int)
     Each round's answers come from one of three simulated annotators in turn, so an item sent
     back for relabeling gets its second opinion from someone else.
     """
-    batch = pd.read_csv(catalog.outbox(round_id) / "batch.csv", dtype={"item_id": str})
-    truth = pd.read_parquet(catalog.truth_file)
+    batch = pd.read_csv(catalog.path("outbox", round_id) / "batch.csv", dtype={"item_id": str})
+    truth = pd.read_parquet(catalog.path("truth"))
     annotator = f"sim-annotator-{round_id % 3 + 1}"
     answers = answer_batch(
         batch["item_id"],
@@ -61,7 +61,7 @@ def annotate_outbox(catalog: Catalog, round_id: int, *, noise: float, seed: int)
         labeled_at=datetime.now(UTC).isoformat(timespec="seconds"),
         random_state=seed + round_id,
     )
-    target = catalog.incoming_dir / f"{annotator}-{round_name(round_id)}.csv"
+    target = catalog.path("incoming") / f"{annotator}-{round_name(round_id)}.csv"
     write_csv(target, answers)
     return target
 

@@ -88,9 +88,8 @@ def get_idle_reason(catalog: Catalog) -> str | None:
     committed = versioning.committed_round(catalog.root)
     if committed < 1 or round_pending(catalog):
         return None
-    waiting = [p for p in catalog.incoming_dir.glob("*") if p.is_file() and p.name != ".gitkeep"]
     if (
-        waiting
+        catalog.list_incoming()
         or pool_added_since_last_round(catalog.root)
         or versioning.pool_changed(catalog.root)
     ):

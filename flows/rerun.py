@@ -154,7 +154,7 @@ def al_rerun(workspace: str, round_id: int, overrides: Sequence[str] = ()) -> Re
             manifest = json.loads(_read_at(root, f"{archive}/manifest.json", tag))
             for entry in manifest:
                 content = _read_at(root, f"{archive}/{entry['file']}", tag)
-                (rerun.incoming_dir / entry["file"]).write_bytes(content)
+                (rerun.path("incoming") / entry["file"]).write_bytes(content)
             started_at = yaml.safe_load(versioning.git(root, "show", f"{tag}:round.yaml"))
             al_round(
                 str(tree),

@@ -33,7 +33,6 @@ from flows.recovery import check_no_interrupted_rollback, repair_after_crash, ro
 from flows.workspace import WorkspaceError, hold_workspace
 from tasks.catalog import Catalog, get_git_state, get_restored_outs, round_name, write_json
 from tasks.ledger import get_rollback_event
-from tasks.schema import LEDGER
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,11 @@ def al_rollback(workspace: str, to_round: int, push: bool = True) -> RollbackRes
                 f"{round_name(catalog.read_round().round_id)} was interrupted and is not "
                 "recorded: run `alloop round` to finish it, then roll back"
             )
+        if committed < 2:
+            raise WorkspaceError(
+                f"nothing to roll back to: {committed} round(s) recorded, and a rollback makes "
+                "an earlier round's state current again"
+            )
         if not 1 <= to_round < committed:
             raise WorkspaceError(
                 f"can only roll back to a recorded round before the last one "
@@ -112,11 +116,7 @@ def al_rollback(workspace: str, to_round: int, push: bool = True) -> RollbackRes
             operator=f"{getpass.getuser()}@{socket.gethostname()}",
             at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        catalog.write_table(
-            catalog.ledger,
-            pd.concat([ledger, event], ignore_index=True),
-            LEDGER,
-        )
+        catalog.save("ledger", pd.concat([ledger, event], ignore_index=True))
         undone = json.loads(event["detail"].iloc[0])["inactive_rounds"]
         message = (
             f"{subject}: its pool, labels, flags and models are current again\n\n"
@@ -142,9 +142,7 @@ def _finish(catalog: Catalog, from_round: int, to_round: int) -> RollbackResult:
         tag = _free_tag(root, base)
         subject = versioning.git(root, "log", "-1", "--format=%s")
         versioning.git(root, "tag", "--annotate", tag, "-m", subject)
-    champion_round = catalog.read_json(catalog.champion_dir / "meta.json", default={}).get(
-        "promoted_in_round"
-    )
+    champion_round = catalog.load("champion").meta.get("promoted_in_round")
     version = tracking.set_champion(root, champion_round)
     rollback_marker(catalog).unlink(missing_ok=True)
     log.info("rolled back to %s; tagged %s", round_name(to_round), tag)

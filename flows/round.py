@@ -163,9 +163,7 @@ def al_round(
         round_summaries = RoundSummaries.of(summaries)
         crash_point("before:mlflow")
         store = Path(rerun_of) if rerun_of else None
-        run_id = tracking.log_round(
-            catalog, info.round_id, params, round_summaries.to_dicts(), rerun_of=store
-        )
+        run_id = tracking.log_round(catalog, info.round_id, params, round_summaries, rerun_of=store)
         crash_point("before:record")
         commit = versioning.record_commit(
             catalog.root,

@@ -41,7 +41,6 @@ import yaml
 
 from flows.tracking import log_batched
 from flows.workspace import TEMPLATE_ROOT, WorkspaceError, prepare_pool, read_table_file
-from tasks import schema
 from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import Catalog, RoundInfo, write_csv, write_text
 from tasks.context import StageContext
@@ -255,11 +254,11 @@ def get_reference_score(data: Dataset, params: Params) -> float:
 
 def _setup_campaign(root: Path, data_dir: Path, params: Params, truth: pd.DataFrame) -> Catalog:
     catalog = Catalog(root)
-    catalog.pool_dir.mkdir(parents=True)
-    os.symlink(data_dir / "items.parquet", catalog.pool_dir / "items-0000.parquet")
+    catalog.path("pool").mkdir(parents=True)
+    os.symlink(data_dir / "items.parquet", catalog.path("pool") / "items-0000.parquet")
     shutil.copytree(TEMPLATE_ROOT / "gx", root / "gx")
     write_text(catalog.params_file, yaml.safe_dump(dump_params(params), sort_keys=False))
-    catalog.incoming_dir.mkdir(parents=True)
+    catalog.path("incoming").mkdir(parents=True)
     test = truth[truth["split"] == "test"]
     issued = pd.DataFrame(
         {
@@ -270,11 +269,11 @@ def _setup_campaign(root: Path, data_dir: Path, params: Params, truth: pd.DataFr
             "utility": np.nan,
         }
     )
-    catalog.write_table(catalog.issued, issued, schema.ISSUED)
+    catalog.save("issued", issued)
     answers = test[["item_id", "label"]].assign(
         annotator="sim-test-labeler", labeled_at=CLOCK.isoformat(timespec="seconds")
     )
-    write_csv(catalog.incoming_dir / "test-labels.csv", answers)
+    write_csv(catalog.path("incoming") / "test-labels.csv", answers)
     return catalog
 
 
@@ -324,7 +323,7 @@ def run_campaign(
             if n_train >= budget:
                 break
             batch = pd.read_csv(
-                catalog.outbox(round_id) / "batch.csv",
+                catalog.path("outbox", round_id) / "batch.csv",
                 dtype={"item_id": str},
                 keep_default_na=False,
             )
@@ -346,8 +345,8 @@ def run_campaign(
                 labeled_at=info.started_at,
                 random_state=seed * 100_003 + round_id,
             )
-            write_csv(catalog.incoming_dir / f"answers-{round_id:04d}.csv", answers)
-        issued = catalog.read_table(catalog.issued, schema.ISSUED)
+            write_csv(catalog.path("incoming") / f"answers-{round_id:04d}.csv", answers)
+        issued = catalog.load("issued")
     # round 0 is the fixed test split; the last round's batch is never answered
     answered = issued["round_id"].between(1, round_id - 1)
     issued = issued[answered].assign(strategy=strategy, seed=seed)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from flows.runtime import mlflow_uri
-from tasks.catalog import Catalog, round_name
+from tasks.catalog import MODEL_FILE, Catalog, round_name
 from tasks.params import Params, dump_params
-from tasks.schema import ITEM_ID
+from tasks.summaries import RoundSummaries
 
 EXPERIMENT = "alloop"
 #: The registered model: one version per promoted round, the alias on the current champion.
@@ -85,7 +85,7 @@ def log_round(
     catalog: Catalog,
     round_id: int,
     params: Params,
-    summaries: dict[str, dict[str, Any]],
+    summaries: RoundSummaries,
     *,
     rerun_of: Path | None = None,
 ) -> str:
@@ -121,7 +121,7 @@ def log_round(
             for key, value in values.items():
                 flat_params[f"{section}.{key}"] = value
     metrics: dict[str, Any] = {}
-    for stage, summary in summaries.items():
+    for stage, summary in summaries.to_dicts().items():
         _flatten(stage, summary, metrics)
     log_batched(
         client,
@@ -129,16 +129,16 @@ def log_round(
         params=flat_params,
         metrics=[(key, value, round_id) for key, value in sorted(metrics.items())],
     )
-    candidate = summaries.get("evaluate", {})
-    client.set_tag(run_id, "alloop.promoted", str(bool(candidate.get("promoted"))))
-    model_file = catalog.candidate_dir / "model.txt"
-    champion = bool(candidate.get("promoted")) and model_file.exists() and not rerun_of
+    promoted = summaries.evaluate is not None and summaries.evaluate.promoted
+    client.set_tag(run_id, "alloop.promoted", str(promoted))
+    model_file = catalog.path("candidate") / MODEL_FILE
+    champion = promoted and model_file.exists() and not rerun_of
     if champion:
         _log_model(client, run_id, catalog, params.project.classes)
     elif model_file.exists():
         # not registered: the raw files suffice, and skip the pyfunc's cost (docs/decisions.md)
-        client.log_artifacts(run_id, str(catalog.candidate_dir), "model")
-    report = catalog.reports_dir / "round.md"
+        client.log_artifacts(run_id, str(catalog.path("candidate")), "model")
+    report = catalog.path("round_report")
     if report.exists():
         client.log_artifact(run_id, str(report))
     if champion:
@@ -159,16 +159,11 @@ def _log_model(
     """The model in ``folder`` (default: the round's promoted candidate) as the run's
     ``artifact_path``: an MLflow pyfunc model that takes raw pool rows
     (flows/mlflow_model.py), so every registered version loads."""
-    import pyarrow.parquet as pq
-
     from flows.mlflow_model import get_feature_spec, save_pyfunc_model
 
-    # two pool rows as Catalog.read_pool gives them: the columns, dtypes and an input example
-    # (iter_pool would scan the whole pool for them: 0.03-0.1 s)
-    first = pq.ParquetFile(catalog.pool_files()[0])
-    example = next(first.iter_batches(batch_size=2)).to_pandas()
-    example[ITEM_ID] = example[ITEM_ID].astype("string")
-    folder = folder or catalog.candidate_dir
+    # two pool rows as the stages see them: the columns, dtypes and an input example
+    example = catalog.read_pool_head(2)
+    folder = folder or catalog.path("candidate")
     meta = folder / "meta.json"
     with tempfile.TemporaryDirectory(prefix="alloop-model-") as tmp, _quiet_mlflow():
         path = Path(tmp) / "model"
@@ -263,15 +258,13 @@ def _rebuild_version(client: Any, catalog: Catalog, old: Any) -> Any | None:
     pyfunc model in the same run and register it beside the old version. None if the
     champion folder holds another round's model."""
     round_id = old.tags.get("alloop.round_id")
-    meta = catalog.read_json(catalog.champion_dir / "meta.json", default={})
-    if str(meta.get("promoted_in_round")) != round_id:
-        return None
-    if not (catalog.champion_dir / "model.txt").exists():
+    champion = catalog.load("champion")
+    if str(champion.meta.get("promoted_in_round")) != round_id or champion.text is None:
         return None
     path = f"model-v{old.version}"
     classes = catalog.read_params().project.classes
     _log_model(
-        client, old.run_id, catalog, classes, folder=catalog.champion_dir, artifact_path=path
+        client, old.run_id, catalog, classes, folder=catalog.path("champion"), artifact_path=path
     )
     run = client.get_run(old.run_id)
     return client.create_model_version(

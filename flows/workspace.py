@@ -350,15 +350,15 @@ def init_workspace(
     _write_version(root, get_alloop_version())
     write_text(root / ".gitignore", GITIGNORE)
     catalog.write_round(RoundInfo(round_id=0, started_at=""))
-    for folder in (catalog.incoming_dir,):
+    for folder in (catalog.path("incoming"),):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ".gitkeep").touch()
-    catalog.pool_dir.mkdir(parents=True)
-    items.to_parquet(catalog.pool_dir / "items-0000.parquet", index=False)
+    catalog.path("pool").mkdir(parents=True)
+    items.to_parquet(catalog.path("pool") / "items-0000.parquet", index=False)
     tracked = ["data/pool"]
     if truth is not None:
-        catalog.simulation_dir.mkdir(parents=True)
-        truth.to_parquet(catalog.truth_file, index=False)
+        catalog.path("truth").parent.mkdir(parents=True)
+        truth.to_parquet(catalog.path("truth"), index=False)
         tracked.append("data/simulation")
 
     # DVC reads a relative local path against the folder it runs in (the workspace) and stores
@@ -579,7 +579,7 @@ def add_to_pool(
         )
         files = catalog.pool_files()
         if not files:
-            raise WorkspaceError(f"no pool files (*.parquet) in {catalog.pool_dir}")
+            raise WorkspaceError(f"no pool files (*.parquet) in {catalog.path('pool')}")
         pool_schema = pq.read_schema(files[0])
         wanted = list(pool_schema.names)
         missing = [c for c in wanted if c not in items.columns]
@@ -618,7 +618,7 @@ def add_to_pool(
         numbers = [
             int(p.stem.rsplit("-", 1)[-1]) for p in files if p.stem.rsplit("-", 1)[-1].isdigit()
         ]
-        target = catalog.pool_dir / f"items-{max(numbers, default=0) + 1:04d}.parquet"
+        target = catalog.path("pool") / f"items-{max(numbers, default=0) + 1:04d}.parquet"
         partial = target.with_name(f".{target.name}.partial")
         pq.write_table(pa.Table.from_arrays(arrays, schema=pool_schema), partial)
         os.replace(partial, target)

@@ -477,67 +477,6 @@ class Catalog:
             return True
         return False
 
-    # -- older names, kept while the flows move to load/save by name ------------------
-    @property
-    def incoming_dir(self) -> Path:
-        return self.path("incoming")
-
-    @property
-    def pool_dir(self) -> Path:
-        return self.path("pool")
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.path("metrics").parent
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path("metrics")
-
-    @property
-    def current(self) -> Path:
-        return self.path("current")
-
-    @property
-    def issued(self) -> Path:
-        return self.path("issued")
-
-    @property
-    def ledger(self) -> Path:
-        return self.path("ledger")
-
-    @property
-    def champion_dir(self) -> Path:
-        return self.path("champion")
-
-    @property
-    def candidate_dir(self) -> Path:
-        return self.path("candidate")
-
-    @property
-    def truth_file(self) -> Path:
-        return self.path("truth")
-
-    @property
-    def simulation_dir(self) -> Path:
-        return self.path("truth").parent
-
-    def outbox(self, round_id: int) -> Path:
-        return self.path("outbox", round_id)
-
-    def quarantine(self, round_id: int) -> Path:
-        return self.path("quarantine", round_id).parent
-
-    def archive(self, round_id: int) -> Path:
-        return self.path("archive", round_id)
-
-    def read_json(self, path: Path, default: Any = None) -> Any:
-        return json.loads(path.read_text()) if path.exists() else default
-
-    def read_model_text(self, folder: Path) -> str | None:
-        path = folder / MODEL_FILE
-        return path.read_text() if path.exists() else None
-
     # -- params and round state ---------------------------------------------------------
     def read_params(self, overrides: tuple[str, ...] = ()) -> Params:
         return load_params(read_yaml(self.params_file), overrides)
@@ -637,6 +576,14 @@ class Catalog:
             wanted = pa.array(item_ids.astype(str).tolist(), type=id_type)
             flt = ds.field(schema.ITEM_ID).isin(wanted)
         frame = dataset.to_table(filter=flt).to_pandas()
+        frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
+        return frame
+
+    def read_pool_head(self, n: int) -> pd.DataFrame:
+        """The first ``n`` pool rows (an example of the pool's columns and types), read
+        without scanning the pool."""
+        first = pq.ParquetFile(self.pool_files()[0])
+        frame = next(first.iter_batches(batch_size=n)).to_pandas()
         frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
         return frame
 

@@ -19,9 +19,11 @@ from tasks.catalog import csv_text, json_text, jsonl_text, round_name
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.params import ExportParams
-from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries
+from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries, read_round_summaries
 
 MAX_FILES_LISTED = 20
+#: the stages whose summaries the report and the history row read (all before export)
+REPORTED = tuple(stage for stage in SUMMARIES if stage != "export")
 
 STAGE = StageSpec(
     name="export",
@@ -31,7 +33,7 @@ STAGE = StageSpec(
         "batch",
         "pool",
         "manifest",
-        *(cls.report for stage, cls in SUMMARIES.items() if stage != "export"),
+        *(SUMMARIES[stage].report for stage in REPORTED),
     ),
     writes=("outbox", "round_report", "history", "export_report"),
     params=("export", "annotation"),
@@ -281,10 +283,7 @@ def run(ctx: StageContext) -> ExportSummary:
     )
     ctx.save("outbox", get_outbox_files(table, records, tasks))
     crash_point("during:export")
-    saved = {stage: ctx.load(cls.report) for stage, cls in SUMMARIES.items() if stage != "export"}
-    reports = RoundSummaries.of(
-        {stage: SUMMARIES[stage].from_dict(data) for stage, data in saved.items() if data}
-    )
+    reports = read_round_summaries(ctx.load, stages=REPORTED)
     # in the order the annotators work through the batch: grouped by suggestion
     batch_seconds = get_batch_seconds(
         table["predicted_label"], table["confidence"].to_numpy(), params=ctx.params.annotation

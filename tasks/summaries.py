@@ -7,7 +7,7 @@ these classes, not dicts: a misspelt field is an error, never a silent 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -195,3 +195,17 @@ class RoundSummaries:
     def to_dicts(self) -> dict[str, dict[str, Any]]:
         """Each stage's summary in its JSON form (what MLflow logs, flattened)."""
         return {stage: summary.to_dict() for stage, summary in self.items()}
+
+
+def read_round_summaries(
+    load: Callable[[str], Any], *, stages: tuple[str, ...] = tuple(SUMMARIES)
+) -> RoundSummaries:
+    """The summaries of ``stages`` as their reports hold them (``load``: a report's artifact
+    name -> its JSON, or None when absent). A stage without a report is None."""
+    found: dict[str, Summary] = {}
+    for stage in stages:
+        cls = SUMMARIES[stage]
+        data = load(cls.report)
+        if data:
+            found[stage] = cls.from_dict(data)
+    return RoundSummaries.of(found)

@@ -231,7 +231,16 @@ def test_ledger_records_every_kind_of_event(campaign):
     assert sorted(rejected["outcome"]) == sorted(expected)
     flags = pd.read_parquet(campaign["catalog"].path("flags"))
     flagged = ledger[ledger["event"] == "flagged"]
-    assert len(flagged) == len(flags)
+    kept = flagged[flagged["outcome"] == "kept_confirmed"]
+    assert len(flagged) - len(kept) == len(flags)
+    # a label a second opinion confirmed is doubted again at most, never flagged again
+    confirmed = ledger[(ledger["event"] == "resolved") & (ledger["outcome"] == "confirmed")]
+    for event in kept.itertuples():
+        assert (
+            (confirmed["item_id"] == event.item_id) & (confirmed["round_id"] <= event.round_id)
+        ).any()
+        again = flags[(flags["item_id"] == event.item_id) & (flags["round_id"] == event.round_id)]
+        assert again.empty
     # every consensus label in the ledger's latest consensus events is the current label
     latest = ledger[ledger["event"] == "consensus"].drop_duplicates("item_id", keep="last")
     current = pd.read_parquet(campaign["catalog"].path("current")).set_index("item_id")["label"]

@@ -202,7 +202,7 @@ def test_rollback_events_keep_the_inactive_set_of_the_target_state():
 
 def test_a_round_with_nothing_new_is_skipped_and_says_so(five_rounds, tmp_path):
     ws = _copy(five_rounds, tmp_path)
-    for path in Catalog(ws).incoming_dir.iterdir():
+    for path in Catalog(ws).path("incoming").iterdir():
         if path.name != ".gitkeep":
             path.unlink()
     tags = _git(ws, "tag")

@@ -42,7 +42,9 @@ def test_the_eight_stages_of_the_design_in_order():
 def test_al_round_runs_every_stage_of_the_pipeline():
     source = inspect.getsource(round_module.al_round)
     assert "for spec in STAGES" in source
-    assert all(spec.module == module.__name__ for spec, module in zip(STAGES, STAGE_MODULES))
+    assert all(
+        spec.module == module.__name__ for spec, module in zip(STAGES, STAGE_MODULES, strict=True)
+    )
 
 
 def test_template_suite_is_the_built_in_suite():

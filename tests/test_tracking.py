@@ -61,7 +61,7 @@ def _raw_pool(root) -> pd.DataFrame:
 
 def _champion_probs(catalog: Catalog, item_ids: pd.Series, classes) -> np.ndarray:
     """The champion booster's own probabilities for these items, through tasks/model.py."""
-    booster = lgb.Booster(model_file=str(catalog.champion_dir / "model.txt"))
+    booster = lgb.Booster(model_file=str(catalog.path("champion") / "model.txt"))
     pool = catalog.read_pool().set_index("item_id")
     rows = pool.loc[item_ids.astype("string")].reset_index()
     return predict_proba(booster, get_feature_frame(rows), len(classes))
@@ -87,7 +87,7 @@ def test_champion_alias_loads_as_a_pyfunc_model_of_raw_pool_rows(rounds):
 def test_champion_predictions_are_the_rounds_own(rounds):
     """The probabilities the round computed for its test items (models/champion/)."""
     root, catalog, classes = rounds["root"], rounds["catalog"], rounds["classes"]
-    cached = pd.read_parquet(catalog.champion_dir / PROBS_FILE)
+    cached = pd.read_parquet(catalog.path("champion") / PROBS_FILE)
     pool = _raw_pool(root).set_index("item_id")
     rows = pool.loc[cached["item_id"].astype(pool.index.dtype)].reset_index()
     out = _load_champion(root).predict(rows)
@@ -97,7 +97,7 @@ def test_champion_predictions_are_the_rounds_own(rounds):
 
 def test_champion_alias_is_on_the_promoting_rounds_version(rounds):
     root, catalog = rounds["root"], rounds["catalog"]
-    meta = catalog.read_json(catalog.champion_dir / "meta.json")
+    meta = dict(catalog.load("champion").meta)
     assert tracking.get_champion(root)["round_id"] == str(meta["promoted_in_round"])
     client = MlflowClient(tracking_uri=mlflow_uri(root))
     version = client.get_model_version_by_alias(tracking.MODEL, tracking.CHAMPION)
@@ -123,10 +123,10 @@ def test_a_version_from_before_pyfunc_models_is_rebuilt_when_the_alias_moves(rou
     ws = tmp_path / "ws"
     shutil.copytree(rounds["root"], ws, symlinks=True)
     catalog, classes = Catalog(ws), rounds["classes"]
-    round_id = str(catalog.read_json(catalog.champion_dir / "meta.json")["promoted_in_round"])
+    round_id = str(dict(catalog.load("champion").meta)["promoted_in_round"])
     client = MlflowClient(tracking_uri=mlflow_uri(ws))
     current = client.get_model_version_by_alias(tracking.MODEL, tracking.CHAMPION)
-    client.log_artifact(current.run_id, str(catalog.champion_dir / "model.txt"), "legacy")
+    client.log_artifact(current.run_id, str(catalog.path("champion") / "model.txt"), "legacy")
     run = client.get_run(current.run_id)
     legacy = client.create_model_version(
         tracking.MODEL,
