@@ -279,15 +279,19 @@ def round_(
                 console.print(idle, soft_wrap=True, markup=False)
                 return
         _before_flow(root)
+        from flows import runtime
+
+        api_ready = runtime.start_temporary_api()  # starts while the stages import
         from flows.round import al_round
 
+        api_ready()
         with _quiet_prefect():
             result = al_round(str(root), started_at=started_at, force=force)
     if result.skipped:
         console.print(result.skipped)
         return
     console.print(f"[bold]round-{result.round_id:04d}[/] recorded as {result.commit[:10]}")
-    console.print((root / "reports" / "round.md").read_text(), markup=False)
+    console.print(catalog.load("round_report") or "", markup=False)
 
 
 @app.command()
