@@ -34,7 +34,7 @@ from prefect import flow
 from flows import versioning
 from flows.pipeline import dump_dvc_yaml
 from flows.workspace import CODE_PACKAGES, WorkspaceError, hold_workspace
-from tasks.catalog import Catalog, round_name, write_text
+from tasks.catalog import Catalog, get_artifact, round_name, write_text
 from tasks.params import ParamsError, dump_params, load_params
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ def al_rerun(workspace: str, round_id: int, overrides: Sequence[str] = ()) -> Re
                 write_text(rerun.params_file, yaml.safe_dump(dump_params(params), sort_keys=False))
             code_changes = _code_changes(tree, tag)
             # the label files round N consumed, back in the incoming folder
-            archive = f"data/archive/{tag}"
-            manifest = json.loads(_read_at(root, f"{archive}/manifest.json", tag))
+            archive = get_artifact("archive").path_of(round_id)
+            manifest = json.loads(_read_at(root, get_artifact("manifest").path_of(round_id), tag))
             for entry in manifest:
                 content = _read_at(root, f"{archive}/{entry['file']}", tag)
                 (rerun.path("incoming") / entry["file"]).write_bytes(content)
@@ -183,10 +183,9 @@ def al_rerun(workspace: str, round_id: int, overrides: Sequence[str] = ()) -> Re
                 except versioning.VersioningError as exc:
                     log.warning("the rerun's data stays in the local cache only: %s", exc)
                 metrics_diff = versioning.dvc(tree, "metrics", "diff", tag, "HEAD", check=False)
-                before = pd.read_parquet(
-                    io.BytesIO(_read_at(root, "data/interim/batch.parquet", tag))
-                )
-                selection = get_selection_overlap(before, pd.read_parquet(rerun.batch))
+                batch = get_artifact("batch").path
+                before = pd.read_parquet(io.BytesIO(_read_at(root, batch, tag)))
+                selection = get_selection_overlap(before, rerun.load("batch"))
         finally:
             versioning.git(root, "worktree", "remove", "--force", str(tree), check=False)
             shutil.rmtree(tree, ignore_errors=True)
