@@ -618,13 +618,15 @@ def simulate(
     spec: SimulationSpec,
     out: Path,
     *,
-    on_campaign: Callable[[str, int, pd.DataFrame], None] = lambda *_: None,
+    on_campaign: Callable[[str, int, pd.DataFrame], None] | None = None,
 ) -> SimulationResult:
     """Run every (strategy, seed) campaign of ``spec`` and write the results to ``out``.
 
-    Progress goes out as each campaign finishes, not at the end: an INFO line on this
-    module's logger, and ``on_campaign(strategy, seed, curve)`` (the CLI prints a line with
-    it). Whatever ``spec.jobs`` is, each campaign's numerical libraries use one thread.
+    Progress goes out as each campaign finishes, not at the end: as an INFO line on this
+    module's logger or, when ``on_campaign(strategy, seed, curve)`` is given, to it (the CLI
+    prints a line with it; the logger then says it at DEBUG, so that a CLI showing INFO lines
+    does not say it twice). Whatever ``spec.jobs`` is, each campaign's numerical libraries use
+    one thread.
     """
     spec = spec.resolved()
     spec.check()
@@ -675,7 +677,8 @@ def simulate(
             if len(curve)
             else "no model"
         )
-        log.info(
+        log.log(
+            logging.INFO if on_campaign is None else logging.DEBUG,
             "campaign %d/%d done: %s seed %s, %s, %.0f s elapsed",
             len(results),
             len(jobs),
@@ -684,7 +687,8 @@ def simulate(
             last,
             time.perf_counter() - started,
         )
-        on_campaign(job[2], job[3], curve)
+        if on_campaign is not None:
+            on_campaign(job[2], job[3], curve)
 
     run_campaigns(jobs, processes=spec.jobs, on_done=done)
     curves = (
