@@ -260,7 +260,7 @@ def test_an_interrupted_rollback_blocks_rounds_until_it_is_finished(five_rounds,
     done = run_cli(["alloop", "rollback", "3", "-w", str(ws)], ws)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [t for t in _git(ws, "tag") if t.startswith("rollback")] == ["rollback-0005-to-0003"]
-    ledger = pd.read_parquet(Catalog(ws).ledger)
+    ledger = Catalog(ws).load("ledger")
     assert (ledger["event"] == ROLLBACK).sum() == 1
     assert len(_git(ws, "rev-list", "HEAD")) == len(_git(five_rounds, "rev-list", "HEAD")) + 1
     assert run_cli(["alloop", "round", "-w", str(ws)], ws).returncode == 0
