@@ -415,7 +415,7 @@ class Catalog:
         if artifact.kind == "folder":
             if not path.is_dir():
                 return {}
-            # files declared as artifacts of their own (an archive's manifest) are not part
+            # a file declared as an artifact of its own (an archive's manifest) is not listed
             inner = {self.path(a.name, round_id) for a in _inside(artifact)}
             return {
                 p.name: p.read_bytes()
@@ -458,8 +458,7 @@ class Catalog:
         staged = target.with_name(f".{target.name}.tmp")
         retired = target.with_name(f".{target.name}.old")
         shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
-        _chmod_dir(staged)
+        staged.mkdir(parents=True)  # mkdir honours the umask; only mkstemp's files need help
         write(staged)
         shutil.rmtree(retired, ignore_errors=True)
         if target.exists():
@@ -684,10 +683,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _chmod_dir(path: Path) -> None:
-    os.chmod(path, 0o777 & ~_umask())
 
 
 def _atomic(path: Path, write: Any) -> None:

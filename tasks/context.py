@@ -65,6 +65,7 @@ class StageContext:
     catalog: Catalog
     params: Params
     round: RoundInfo
+    #: the stage being run (``for_stage``); without one, nothing can be loaded or saved
     spec: StageSpec | None = field(default=None, compare=False)
 
     @property
@@ -83,25 +84,35 @@ class StageContext:
         return int(np.random.SeedSequence(key).generate_state(1)[0])
 
     # -- artifacts ------------------------------------------------------------------------
-    def _check(self, name: str, allowed: tuple[str, ...], what: str) -> None:
-        if self.spec is not None and name not in allowed:
+    def _check(self, name: str, access: str) -> None:
+        """Refuse ``access`` (reads, reads from earlier rounds, writes) to an artifact the
+        stage's spec does not declare for it."""
+        if self.spec is None:
             raise UndeclaredArtifact(
-                f"stage {self.spec.name!r} {what} {name!r}, which its spec does not declare "
+                f"a context of no stage {access} {name!r}: give it the stage (ctx.for_stage)"
+            )
+        allowed = {
+            "reads": (*self.spec.reads, *self.spec.writes),
+            "reads from earlier rounds": self.spec.reads_before,
+            "writes": self.spec.writes,
+        }[access]
+        if name not in allowed:
+            raise UndeclaredArtifact(
+                f"stage {self.spec.name!r} {access} {name!r}, which its spec does not declare "
                 f"(declared: {list(allowed)})"
             )
 
     def load(self, name: str) -> Any:
         """This round's ``name`` (per-round artifacts: this round's part)."""
-        allowed = (*self.spec.reads, *self.spec.writes) if self.spec else ()
-        self._check(name, allowed, "reads")
+        self._check(name, "reads")
         return self.catalog.load(name, self._round_of(name))
 
     def load_before(self, name: str) -> Any:
         """``name`` as earlier rounds left it: the rows of rounds before this one, for a table
         with a ``round_id`` column; ``{round_id: value}`` of earlier rounds, for a per-round
-        artifact; the whole artifact otherwise (the stage itself tells what
-        "before" means for it, e.g. the champion before this round's promotion)."""
-        self._check(name, self.spec.reads_before if self.spec else (), "reads from earlier rounds")
+        artifact; the whole artifact otherwise (the stage itself tells what "before" means
+        for it, e.g. the champion before this round's promotion)."""
+        self._check(name, "reads from earlier rounds")
         if get_artifact(name).per_round:  # {round_id: value} of every earlier round
             return self.catalog.load_rounds(name, before_round=self.round_id)
         value = self.catalog.load(name)
@@ -110,12 +121,12 @@ class StageContext:
         return value
 
     def save(self, name: str, value: Any) -> None:
-        self._check(name, self.spec.writes if self.spec else (), "writes")
+        self._check(name, "writes")
         self.catalog.save(name, value, self._round_of(name))
 
     def take_incoming(self) -> None:
         """Move the files waiting in ``incoming`` into this round's archive."""
-        self._check("archive", self.spec.writes if self.spec else (), "writes")
+        self._check("archive", "writes")
         self.catalog.take_incoming(self.round_id)
 
     def _round_of(self, name: str) -> int | None:
@@ -123,7 +134,7 @@ class StageContext:
 
     # -- the pool (read, never written, by stages) -----------------------------------------
     def _check_pool(self) -> None:
-        self._check("pool", self.spec.reads if self.spec else (), "reads")
+        self._check("pool", "reads")
 
     def pool_ids(self) -> pd.Series:
         self._check_pool()

@@ -145,3 +145,8 @@ def test_load_before_gives_the_rows_of_earlier_rounds(tmp_path):
     catalog.save("issued", issued)
     spec = StageSpec("select", "tasks.selection", reads=(), writes=(), params=())
     assert _ctx(tmp_path, spec).load_before("issued")["item_id"].tolist() == ["a", "c"]
+
+
+def test_a_context_of_no_stage_loads_nothing(tmp_path):
+    with pytest.raises(UndeclaredArtifact, match="no stage"):
+        _ctx(tmp_path).load("current")
