@@ -226,5 +226,7 @@ def test_a_healthy_local_server_of_the_workspace_is_reused(tmp_path, monkeypatch
         assert os.environ["PREFECT_API_URL"] == api
     finally:
         server.shutdown()
-        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        # not monkeypatch.delenv: a second call would record this address as the value to
+        # put back after the test, and every later test would talk to a server that is gone
+        os.environ.pop("PREFECT_API_URL", None)
     assert runtime.find_local_server(tmp_path) is None  # not answering: a temporary API instead
