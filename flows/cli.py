@@ -279,12 +279,8 @@ def round_(
                 console.print(idle, soft_wrap=True, markup=False)
                 return
         _before_flow(root)
-        from flows import runtime
-
-        api_ready = runtime.start_temporary_api()  # starts while the stages import
         from flows.round import al_round
 
-        api_ready()
         with _quiet_prefect():
             result = al_round(str(root), started_at=started_at, force=force)
     if result.skipped:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 #: Everything the stack would otherwise send home, turned off.
@@ -82,37 +80,6 @@ def prepare_flow_run(workspace: Path) -> str | None:
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
     return api_url
-
-
-def start_temporary_api() -> Callable[[], None]:
-    """Start Prefect's temporary API now, in the background, when no API is set; returns a
-    function that waits until it answers (and raises what its start raised).
-
-    Called before the flow's modules are imported: the server's process starts on the other
-    core while this one imports the stages, instead of after. Prefect's client finds the same
-    server (one per process) when the flow runs.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return lambda: None
-    failure: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            from prefect.server.api.server import SubprocessASGIServer
-
-            SubprocessASGIServer().start()
-        except BaseException as exc:  # handed to the caller by ready()
-            failure.append(exc)
-
-    thread = threading.Thread(target=start, name="prefect-temporary-api", daemon=True)
-    thread.start()
-
-    def ready() -> None:
-        thread.join()
-        if failure:
-            raise failure[0]
-
-    return ready
 
 
 def mlflow_uri(workspace: Path) -> str:
