@@ -39,6 +39,9 @@ GITIGNORE = """\
 /data/incoming/*
 !/data/incoming/.gitkeep
 __pycache__/
+# what `dvc plots show` renders (reports/history.csv, the confusion matrix): never part of a
+# round's commit
+/dvc_plots/
 """
 
 
