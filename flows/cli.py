@@ -86,10 +86,11 @@ def describe_error(exc: BaseException) -> str:
 
 
 def _say_error(message: str) -> None:
-    # plain text: rich would read [brackets] in a message as markup and wrap it at 80 columns
+    # plain text: rich would read [brackets] in a message as markup and wrap it at 80 columns;
+    # on stderr, so that an error never lands in output redirected to a file (audit --format)
     sys.stdout.flush()
-    sys.stdout.write(f"error: {message}\n")
-    sys.stdout.flush()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
 
 
 def _workspace(workspace: Path) -> Path:

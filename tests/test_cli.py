@@ -36,7 +36,7 @@ def test_init_names_a_missing_id_column(tmp_path, pool_csv):
         tmp_path,
     )
     assert done.returncode == 1
-    assert "'nope' is not a column of the pool" in done.stdout
+    assert "'nope' is not a column of the pool" in done.stderr
     assert not (tmp_path / "ws" / ".git").exists()
 
 

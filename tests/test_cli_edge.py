@@ -69,7 +69,7 @@ def test_verbose_shows_the_traceback(tmp_path):
     done = run_cli(["alloop", "--verbose", "status"], tmp_path)
     assert done.returncode == 1
     assert "Traceback" in done.stdout + done.stderr
-    assert "error: " in done.stdout
+    assert "error: " in done.stderr and "error: " not in done.stdout
 
 
 def test_the_light_strategy_names_are_the_registry():

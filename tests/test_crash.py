@@ -151,7 +151,7 @@ def test_two_rounds_at_once_one_runs_the_other_exits_naming_the_holder(before_ro
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, out + err
     assert second.returncode == 1
-    assert "is busy" in second.stdout and f'"pid": {first.pid}' in second.stdout
+    assert "is busy" in second.stderr and f'"pid": {first.pid}' in second.stderr
     assert _tags(ws) == ["round-0001", "round-0002", "round-0003"]
 
 

@@ -291,7 +291,7 @@ def test_audit_and_history_commands(campaign):
     assert set(payload) == {"annotators", "flags", "events"}
     assert {e["round_id"] for e in payload["events"]} == {2}
     missing = run_cli(["alloop", "history", "never-seen-anywhere", "-w", str(root)], root)
-    assert missing.returncode == 1 and "no events" in missing.stdout
+    assert missing.returncode == 1 and "no events" in missing.stderr
 
 
 def test_history_shows_rejected_rows_of_items_outside_the_pool(campaign):

@@ -172,7 +172,7 @@ def test_rollback_refuses_a_round_that_is_not_before_the_last(five_rounds, tmp_p
     ws = _copy(five_rounds, tmp_path)
     for bad in ("5", "0", "9"):
         done = run_cli(["alloop", "rollback", bad, "-w", str(ws)], ws)
-        assert done.returncode == 1 and "1 to 4" in done.stdout, done.stdout
+        assert done.returncode == 1 and "1 to 4" in done.stderr, done.stdout + done.stderr
 
 
 def test_rollback_events_keep_the_inactive_set_of_the_target_state():
@@ -256,7 +256,7 @@ def test_an_interrupted_rollback_blocks_rounds_until_it_is_finished(five_rounds,
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
     blocked = run_cli(["alloop", "round", "--force", "-w", str(ws)], ws)
-    assert blocked.returncode == 1 and "rollback to round-0003 was interrupted" in blocked.stdout
+    assert blocked.returncode == 1 and "rollback to round-0003 was interrupted" in blocked.stderr
     done = run_cli(["alloop", "rollback", "3", "-w", str(ws)], ws)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [t for t in _git(ws, "tag") if t.startswith("rollback")] == ["rollback-0005-to-0003"]

@@ -130,8 +130,8 @@ def test_deploy_and_worker_name_an_api_that_does_not_answer(workspace):
         ["worker", "--pool", "alloop", "--api-url", silent, "--run-once"],
     ):
         done = run_cli([str(BIN / "alloop"), *args], workspace)
-        assert done.returncode == 1, done.stdout
-        assert f"no Prefect API answers at {silent}" in done.stdout
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"no Prefect API answers at {silent}" in done.stderr
     bad_cron = run_cli(
         [
             str(BIN / "alloop"),
@@ -147,7 +147,7 @@ def test_deploy_and_worker_name_an_api_that_does_not_answer(workspace):
         ],
         workspace,
     )
-    assert bad_cron.returncode == 1 and "--cron '61 2 * * *' is not valid" in bad_cron.stdout
+    assert bad_cron.returncode == 1 and "--cron '61 2 * * *' is not valid" in bad_cron.stderr
 
 
 @pytest.mark.slow

@@ -190,7 +190,7 @@ def test_pool_add_refuses_a_missing_column_in_one_line(ws, tmp_path):
     path = _new_items(tmp_path, slice(60, 70))
     pd.read_csv(path).drop(columns=["A1"]).to_csv(path, index=False)
     done = run_cli(["alloop", "pool", "add", str(path), "-w", str(ws)], ws)
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
     assert "missing ['A1']" in lines[0]
 
@@ -205,12 +205,12 @@ def test_upgrade_moves_an_older_workspace_forward_in_one_commit(ws):
     lock_before = (ws / "dvc.lock").read_bytes()
 
     refused = run_cli(["alloop", "round", "-w", str(ws)], ws)
-    assert refused.returncode == 1 and "alloop upgrade" in refused.stdout, refused.stdout
+    assert refused.returncode == 1 and "alloop upgrade" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stdout + refused.stderr
 
     (ws / "params.yaml").write_text((ws / "params.yaml").read_text() + "\n")
     dirty = run_cli(["alloop", "upgrade", "-w", str(ws)], ws)
-    assert dirty.returncode == 1 and "not committed (params.yaml)" in dirty.stdout, dirty.stdout
+    assert dirty.returncode == 1 and "not committed (params.yaml)" in dirty.stderr, dirty.stderr
     run_cli(["git", "checkout", "--", "params.yaml"], ws)
 
     done = run_cli(["alloop", "upgrade", "-w", str(ws)], ws)
@@ -244,4 +244,4 @@ def test_audit_csv_writes_one_table_per_file(ws, tmp_path):
     assert one.returncode == 0, one.stdout + one.stderr
     assert len(pd.read_csv(io.StringIO(one.stdout))) == len(events)
     mixed = run_cli(["alloop", "audit", "--format", "csv", "-w", str(ws)], ws)
-    assert mixed.returncode == 2 and "--out DIR" in mixed.stdout
+    assert mixed.returncode == 2 and "--out DIR" in mixed.stderr
