@@ -45,6 +45,17 @@ __pycache__/
 """
 
 
+def get_gitignore(current: str) -> str:
+    """A workspace's ``.gitignore``: its own lines, then any rule of :data:`GITIGNORE` it lacks
+    (an upgrade adds what a newer alloop ignores, and keeps what the team added)."""
+    have = {line.strip() for line in current.splitlines()}
+    missing = [line for line in GITIGNORE.splitlines() if line.strip() and line.strip() not in have]
+    if not current:
+        return GITIGNORE
+    text = current if current.endswith("\n") else current + "\n"
+    return text + "".join(line + "\n" for line in missing)
+
+
 class WorkspaceError(RuntimeError):
     """The workspace or its inputs are not what alloop needs."""
 
@@ -524,14 +535,25 @@ def upgrade_workspace(root: Path) -> UpgradeResult:
         before = get_workspace_version(root)
         pipeline = dump_dvc_yaml()
         dvc_yaml = root / "dvc.yaml"
-        if not code_drift(root) and dvc_yaml.read_text() == pipeline and before.recorded == target:
+        ignore = root / ".gitignore"
+        ignored = get_gitignore(ignore.read_text() if ignore.exists() else "")
+        if (
+            not code_drift(root)
+            and dvc_yaml.read_text() == pipeline
+            and before.recorded == target
+            and ignore.exists()
+            and ignore.read_text() == ignored
+        ):
             return UpgradeResult(str(before), target, None, [])
         for name in CODE_PACKAGES:
             shutil.rmtree(root / name, ignore_errors=True)
         _copy_code(root)
         write_text(dvc_yaml, pipeline)
+        write_text(ignore, ignored)
         _write_version(root, target)
-        versioning.git(root, "add", "--all", "--", *CODE_PACKAGES, "dvc.yaml", VERSION_FILE)
+        versioning.git(
+            root, "add", "--all", "--", *CODE_PACKAGES, "dvc.yaml", ".gitignore", VERSION_FILE
+        )
         changed = versioning.git(root, "diff", "--cached", "--name-only").splitlines()
         message = (
             f"upgrade: alloop {before} -> {target}\n\n"

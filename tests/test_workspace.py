@@ -245,3 +245,12 @@ def test_audit_csv_writes_one_table_per_file(ws, tmp_path):
     assert len(pd.read_csv(io.StringIO(one.stdout))) == len(events)
     mixed = run_cli(["alloop", "audit", "--format", "csv", "-w", str(ws)], ws)
     assert mixed.returncode == 2 and "--out DIR" in mixed.stderr
+
+
+def test_upgrade_adds_the_ignore_rules_a_newer_alloop_has_and_keeps_the_teams():
+    from flows.workspace import GITIGNORE, get_gitignore
+
+    older = "/.alloop/\n# ours\n/scratch/\n"
+    updated = get_gitignore(older)
+    assert updated.startswith(older) and "/dvc_plots/" in updated and "/scratch/" in updated
+    assert get_gitignore(updated) == updated and get_gitignore(GITIGNORE) == GITIGNORE
