@@ -153,4 +153,10 @@ def render_architecture_doc(text: str) -> str:
 
 
 if __name__ == "__main__":
-    print(render_architecture_tables(), end="")
+    # python -m flows.pipeline: bring docs/architecture.md's generated part up to date
+    import sys
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+    doc.write_text(render_architecture_doc(doc.read_text()))
+    sys.stdout.write(f"wrote the generated part of {doc}\n")

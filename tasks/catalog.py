@@ -402,7 +402,7 @@ class Catalog:
         artifact = get_artifact(name)
         path = self.path(name, round_id)
         if artifact.kind == "table":
-            return self.read_table(path, _schema_of(artifact))
+            return self._read_table(path, _schema_of(artifact))
         if artifact.kind == "csv":
             return _read_csv(path, artifact.table_schema)
         if artifact.kind == "json":
@@ -433,7 +433,7 @@ class Catalog:
         artifact = get_artifact(name)
         path = self.path(name, round_id)
         if artifact.kind == "table":
-            self.write_table(path, value, _schema_of(artifact))
+            self._write_table(path, value, _schema_of(artifact))
         elif artifact.kind == "csv":
             frame = (
                 value
@@ -493,13 +493,15 @@ class Catalog:
         write_text(self.round_file, text)
 
     # -- tables -------------------------------------------------------------------------
-    def read_table(self, path: Path, table_schema: Mapping[str, str]) -> pd.DataFrame:
+    def _read_table(self, path: Path, table_schema: Mapping[str, str]) -> pd.DataFrame:
         """Read a parquet table; an absent file is an empty table."""
         if not path.exists():
             return schema.empty(dict(table_schema))
         return schema.conform(pd.read_parquet(path), dict(table_schema))
 
-    def write_table(self, path: Path, frame: pd.DataFrame, table_schema: Mapping[str, str]) -> None:
+    def _write_table(
+        self, path: Path, frame: pd.DataFrame, table_schema: Mapping[str, str]
+    ) -> None:
         table = pa.Table.from_pandas(
             schema.conform(frame, dict(table_schema)), preserve_index=False
         )
@@ -718,10 +720,6 @@ def jsonl_text(records: list[dict[str, Any]]) -> str:
 
 def write_json(path: Path, payload: Any) -> None:
     write_text(path, json_text(payload))
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    write_text(path, jsonl_text(records))
 
 
 #: A cell starting with one of these is run as a formula by spreadsheet programs.

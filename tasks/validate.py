@@ -255,6 +255,10 @@ class Intake:
     file_rejections: pd.DataFrame
 
 
+#: the columns of the parsed rows of a round's files
+ROW_COLUMNS = ("source_row", *FIELDS, "malformed", "source_file", "source_sha256")
+
+
 def read_label_files(
     files: Mapping[str, bytes], *, consumed: Mapping[str, str], archive_name: str
 ) -> Intake:
@@ -298,9 +302,6 @@ def read_label_files(
         else schema.empty(schema.QUARANTINED)
     )
     return Intake(manifest, rows, rejections)
-
-
-ROW_COLUMNS = ("source_row", *FIELDS, "malformed", "source_file", "source_sha256")
 
 
 def get_open_batches(issued: pd.DataFrame, *, round_id: int, ttl: int | None) -> pd.DataFrame:

@@ -462,14 +462,19 @@ def test_flag_finds_injected_label_errors(satimage):
     for i in wrong:
         noisy.iloc[i] = next(c for c in classes if c != labels.iloc[i])
     before = frozen_copy(rows, noisy)
-    found, why = find_mislabels(
-        rows,
-        noisy,
-        classes=classes,
-        params=FlagParams(max_fraction=0.1),
-        train_params=TrainParams(num_boost_round=50),
-        random_state=0,
-    )
+
+    def find(**kw):
+        return find_mislabels(
+            rows,
+            noisy,
+            classes=classes,
+            params=FlagParams(max_fraction=0.1),
+            train_params=TrainParams(num_boost_round=50),
+            random_state=0,
+            **kw,
+        )
+
+    found, why = find()
     assert_unchanged(before, (rows, noisy))
     assert why == ""
     assert 0 < len(found) <= 60
@@ -479,15 +484,7 @@ def test_flag_finds_injected_label_errors(satimage):
     assert not found["confirmed"].any()
     # the same labels, now confirmed by a second opinion: still doubted, never flagged
     confirmed = found["item_id"].head(5)
-    again, _ = find_mislabels(
-        rows,
-        noisy,
-        classes=classes,
-        params=FlagParams(max_fraction=0.1),
-        train_params=TrainParams(num_boost_round=50),
-        random_state=0,
-        confirmed_ids=confirmed,
-    )
+    again, _ = find(confirmed_ids=confirmed)
     assert set(again.loc[again["confirmed"], "item_id"]) == set(confirmed)
     records = get_flag_records(again, round_id=4, params=FlagParams())
     assert not set(records["item_id"]) & set(confirmed)
