@@ -175,6 +175,61 @@ class SelectParams(_Section):
         return self
 
 
+class StopParams(_Section):
+    """The stop signal: stabilizing predictions (Bloodgood and Vijay-Shanker, 2009)."""
+
+    # items of the pool drawn at random once (all, if the pool has fewer) on which each
+    # round's model predicts; their agreement from round to round is the signal
+    set_size: int = Field(default=2000, ge=10)
+    # the advice "stop" comes when Cohen's kappa between successive models, averaged over the
+    # last ``window`` rounds, reaches ``kappa``; 0.99 is the published criterion's threshold
+    kappa: float = Field(default=0.99, gt=0.0, le=1.0)
+    window: int = Field(default=3, ge=1)
+    # advise: rounds go on and the advice is shown; pause: nightly rounds skip with the
+    # reason until a person resumes (``alloop resume``)
+    action: Literal["advise", "pause"] = "advise"
+
+
+class HealthParams(_Section):
+    """The model rating, the explore and rebalance rules, and drift on arriving items."""
+
+    enabled: bool = True
+    # coverage: the share of the pool whose top probability clears the lowest threshold
+    # that gives this precision on the test items
+    coverage_precision: float = Field(default=0.95, gt=0.0, le=1.0)
+    # a class is rated (worst labels) and checked for being missed only with this many
+    # test items; below it its F1 is too noisy to name it
+    min_class_test_items: int = Field(default=5, ge=1)
+    # the worst labels factor: the mean F1 of this share of the rated classes (at least one)
+    worst_share: float = Field(default=0.1, gt=0.0, le=1.0)
+    # the balance classifier: labeled items against at most this many random pool items
+    balance_pool_sample: int = Field(default=5000, ge=100)
+    balance_cv_folds: int = Field(default=5, ge=2)
+    # below this many training labels the balance classifier is not fitted
+    min_labels: int = Field(default=50, ge=10)
+    # a rebalance slice of this share of the batch when the balance factor is under
+    # ``rebalance_below``
+    rebalance_below: float = Field(default=70.0, ge=0.0, le=100.0)
+    rebalance_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    # an explore slice of this share of the batch when the random items show the actively
+    # chosen labels are not paying (a class missed, or a curve behind random's)
+    explore_fraction: float = Field(default=0.3, ge=0.0, lt=1.0)
+    # a class is missed when the model's recall on its random (test, QC, seed) items is
+    # under this
+    missed_recall_below: float = Field(default=0.5, ge=0.0, le=1.0)
+    # the curve is behind random's when a model on the random training labels alone scores
+    # at least the candidate's macro-F1 minus this on the test items
+    behind_random_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    # drift: a feature is shifted when its KS test rejects at this level after Bonferroni's
+    # correction, or its PSI exceeds psi_alert; the classifier's AUC is tested at the level
+    drift_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    drift_psi_alert: float = Field(default=0.2, gt=0.0)
+    # arrivals smaller than this are not compared (too few for any test to mean anything)
+    drift_min_items: int = Field(default=50, ge=10)
+    # the pool side of the comparison: at most this many random items of the pool joined
+    drift_reference_sample: int = Field(default=20_000, ge=100)
+
+
 class AnnotationParams(_Section):
     """The annotation-time model (tasks/annotation_time.py).
 
@@ -203,6 +258,8 @@ class Params(_Section):
     flag: FlagParams = Field(default_factory=FlagParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    health: HealthParams = Field(default_factory=HealthParams)
+    stop: StopParams = Field(default_factory=StopParams)
     score: ScoreParams = Field(default_factory=ScoreParams)
     select: SelectParams = Field(default_factory=SelectParams)
     export: ExportParams = Field(default_factory=ExportParams)

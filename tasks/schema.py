@@ -133,6 +133,53 @@ HISTORY = {
 }
 
 
+#: The stop set: pool items drawn at random once, on which every round's model predicts.
+STOP_SET = {
+    "item_id": "string",
+    "round_id": "int64",  # the round that drew it
+}
+
+#: Each round's model's predictions on the stop set (the stop signal compares rounds).
+STOP_PREDICTIONS = {
+    "round_id": "int64",
+    "item_id": "string",
+    "predicted_label": "string",
+    "confidence": "float64",
+    "entropy": "float64",  # normalized to [0, 1] by log(n_classes)
+}
+
+#: One row per pool partition, from the round that first saw it: its size and its drift.
+ARRIVALS = {
+    "partition": "string",
+    "round_id": "int64",
+    "items": "int64",
+    "checked": "boolean",  # compared with the pool it joined (false: the first, or too few)
+    "drift_warning": "boolean",
+    "auc": "float64",
+    "p_value": "float64",
+    "shifted_features": "string",  # comma-separated
+}
+
+#: One row per round: the rating, its factors and the stop signal over rounds.
+HEALTH_HISTORY = {
+    "round_id": "int64",
+    "train_items": "int64",
+    "rating": "float64",
+    "balance": "float64",
+    "coverage": "float64",
+    "all_labels": "float64",
+    "worst_labels": "float64",
+    "balance_auc": "float64",
+    "kappa": "float64",
+    "kappa_mean": "float64",
+    "changed_share": "float64",
+    "mean_entropy": "float64",
+    "stop_advised": "boolean",
+    "explore_fraction": "float64",
+    "rebalance_fraction": "float64",
+    "drift_warning": "boolean",
+}
+
 def empty(schema: dict[str, str]) -> pd.DataFrame:
     """An empty frame with the columns and dtypes of ``schema``."""
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in schema.items()})

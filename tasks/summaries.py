@@ -109,6 +109,67 @@ class EvaluateSummary(Summary):
 
 
 @dataclass(frozen=True)
+class HealthSummary(Summary):
+    """The loop looking at itself: the model rating, the stop signal, drift, and the plan the
+    select stage follows. Factors are 0-100 (higher is better), None when not computed, with
+    the reason in ``not_rated_because``."""
+
+    stage: ClassVar[str] = "health"
+    report: ClassVar[str] = "health_report"
+    round_id: int
+    #: the model the round's signals are computed on (the candidate trained this round)
+    model_round: int | None = None
+    not_rated_because: str = ""
+    # -- the rating --------------------------------------------------------------------
+    rating: float | None = None
+    balance: float | None = None
+    coverage: float | None = None
+    all_labels: float | None = None
+    worst_labels: float | None = None
+    #: the balance classifier's out-of-fold AUC, labeled items against the pool
+    balance_auc: float | None = None
+    #: the share of training labels on items chosen at random (seed, QC)
+    random_share: float | None = None
+    #: the top-probability threshold that gives ``health.coverage_precision`` on test items
+    coverage_threshold: float | None = None
+    #: the classes of the worst labels factor, worst first, with their test F1
+    worst_classes: dict[str, float] = field(default_factory=dict)
+    #: factor -> the action that would raise it
+    actions: dict[str, str] = field(default_factory=dict)
+    # -- the stop signal ---------------------------------------------------------------
+    stop_set_size: int = 0
+    kappa: float | None = None
+    kappa_mean: float | None = None
+    changed_share: float | None = None
+    mean_entropy: float | None = None
+    stop_advised: bool = False
+    stop_reason: str = ""
+    # -- what select does next ---------------------------------------------------------
+    explore_fraction: float = 0.0
+    explore_classes: tuple[str, ...] = ()
+    rebalance_fraction: float = 0.0
+    #: each rule that fired, as a sentence (the report quotes them)
+    plan_reasons: tuple[str, ...] = ()
+    # -- drift on items that arrived since the last round ------------------------------
+    drift_new_items: int = 0
+    drift_checked: bool = False
+    drift_warning: bool = False
+    drift_auc: float | None = None
+    drift_p_value: float | None = None
+    drift_features: tuple[str, ...] = ()
+    drift_prediction_shift: bool | None = None
+
+    @property
+    def factors(self) -> dict[str, float | None]:
+        return {
+            "balance": self.balance,
+            "coverage": self.coverage,
+            "all_labels": self.all_labels,
+            "worst_labels": self.worst_labels,
+        }
+
+
+@dataclass(frozen=True)
 class ScoreSummary(Summary):
     stage: ClassVar[str] = "score"
     report: ClassVar[str] = "score_report"
@@ -164,6 +225,7 @@ SUMMARIES: dict[str, type[Summary]] = {
         FlagSummary,
         TrainSummary,
         EvaluateSummary,
+        HealthSummary,
         ScoreSummary,
         SelectSummary,
         ExportSummary,
@@ -180,6 +242,7 @@ class RoundSummaries:
     flag: FlagSummary | None = None
     train: TrainSummary | None = None
     evaluate: EvaluateSummary | None = None
+    health: HealthSummary | None = None
     score: ScoreSummary | None = None
     select: SelectSummary | None = None
     export: ExportSummary | None = None
