@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tasks import evaluate, export, flag, merge, score, selection, train, validate
+from tasks import evaluate, export, flag, health, merge, score, selection, train, validate
 from tasks.catalog import ARTIFACTS, ROUND_FILE
 from tasks.context import StageContext, StageSpec
 from tasks.summaries import Summary
@@ -22,6 +22,7 @@ STAGE_MODULES: tuple[ModuleType, ...] = (
     flag,
     train,
     evaluate,
+    health,
     score,
     selection,
     export,

@@ -338,7 +338,7 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         "every item ever handed to annotators, with its split and why",
         table_schema=schema.ISSUED,
         append_only=True,
-        read_later_by=("validate", "merge", "score", "select"),
+        read_later_by=("validate", "merge", "health", "score", "select"),
         audited=True,
     ),
     Artifact("select_report", "reports/select.json", "json", "metric", "select's summary"),

@@ -1,0 +1,712 @@
+"""Stage 6, health: the loop looks at itself before it chooses the next batch.
+
+From what the workspace already records, each round computes:
+
+- **the stop signal** (stabilizing predictions, Bloodgood and Vijay-Shanker 2009): a stop set of
+  pool items drawn at random once; each round's model predicts it; Cohen's kappa between this
+  round's predictions and the previous round's, its mean over the last ``stop.window`` rounds,
+  the share of changed predictions and the mean normalized entropy. The advice "stop" comes
+  when the mean reaches ``stop.kappa``.
+- **the model rating**, four factors from 0 to 100, each with the action that would raise it:
+  *balance* (a classifier telling the training items from the pool: 100 at AUC 0.5, 0 at
+  1.0), *coverage* (the share of the pool whose top probability clears the threshold that
+  gives ``health.coverage_precision`` on the test items), *all labels* (macro-F1 on the test
+  items) and *worst labels* (the mean F1 of the worst ``health.worst_share`` of the classes
+  with enough test items); the rating is their mean.
+- **the plan** select follows: an explore slice when the random items (test, QC, seed) show
+  the actively chosen labels are not paying (a class they keep finding that the model misses,
+  or a model on the random labels alone as good as the one on every label), a rebalance
+  slice when the balance factor is low. Each rule that fires is a sentence in the report.
+- **drift** on the pool partitions that arrived since the last round (see
+  :mod:`tasks.drift`).
+
+Every signal is computed on the *candidate*, the model trained on every label this round: the
+champion kept by a failed gate would agree with itself (kappa 1) whatever the labels said. The
+stop set stands for the pool wherever a pool-wide share is estimated (coverage, entropy, the
+predicted class balance): 2,000 random items estimate a share within about 0.02.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+from tasks import schema
+from tasks.context import StageContext, StageSpec
+from tasks.faults import crash_point
+from tasks.model import (
+    encode_labels,
+    fit_booster,
+    get_feature_frame,
+    get_out_of_fold_pred_probs,
+    predict_proba,
+)
+from tasks.params import HealthParams, Params, StopParams, TrainParams
+from tasks.summaries import HealthSummary
+
+STAGE = StageSpec(
+    name="health",
+    module=__name__,
+    code=("tasks/model.py", "tasks/drift.py"),
+    reads=("candidate", "current", "pool"),
+    writes=(
+        "stop_set",
+        "stop_predictions",
+        "arrivals",
+        "health_models",
+        "health_detail",
+        "health_history",
+        "health_report",
+    ),
+    params=("project", "health", "stop", "train"),
+)
+
+#: Reasons of ``issued`` whose items were drawn at random, free of the strategy's bias.
+RANDOM_REASONS = ("seed", "qc", "test")
+BALANCE_MODEL = "balance.txt"
+
+
+# -- the stop signal --------------------------------------------------------------------------
+def draw_stop_set(
+    pool_ids: pd.Series, *, size: int, round_id: int, random_state: int
+) -> pd.DataFrame:
+    """``size`` pool items drawn uniformly at random (all of them, if the pool has fewer).
+
+    Returns
+    -------
+    pd.DataFrame
+        Schema :data:`tasks.schema.STOP_SET`, in pool order.
+    """
+    rng = np.random.default_rng(random_state)
+    ids = pool_ids.to_numpy()
+    picked = np.sort(rng.permutation(ids.size)[: min(size, ids.size)])
+    return schema.conform(
+        pd.DataFrame({"item_id": ids[picked], "round_id": round_id}), schema.STOP_SET
+    )
+
+
+def get_normalized_entropy(pred_probs: np.ndarray) -> np.ndarray:
+    """Entropy of each row divided by ``log(n_classes)``.
+
+    Parameters
+    ----------
+    pred_probs : np.ndarray of float, shape (n, k), k >= 2
+
+    Returns
+    -------
+    np.ndarray of float, shape (n,)
+        In [0, 1]; 0 = certain, 1 = uniform.
+    """
+    probs = np.clip(np.asarray(pred_probs, dtype=float), 1e-12, 1.0)
+    return -(probs * np.log(probs)).sum(axis=1) / math.log(probs.shape[1])
+
+
+def get_cohen_kappa(first: np.ndarray, second: np.ndarray) -> float:
+    """Cohen's kappa of two label arrays of the same items.
+
+    Two identical arrays give 1, also when both hold one class only (where the textbook
+    formula divides by zero: the predictions did not change, which is what the stop signal
+    asks).
+    """
+    first, second = np.asarray(first, dtype=object), np.asarray(second, dtype=object)
+    if first.shape != second.shape:
+        raise ValueError(f"kappa needs arrays of one shape, got {first.shape} and {second.shape}")
+    if first.size == 0:
+        raise ValueError("kappa needs at least one item")
+    observed = float(np.mean(first == second))
+    labels = np.union1d(first.astype(str), second.astype(str))
+    share_first = np.array([np.mean(first.astype(str) == c) for c in labels])
+    share_second = np.array([np.mean(second.astype(str) == c) for c in labels])
+    expected = float(share_first @ share_second)
+    if expected >= 1.0:
+        return 1.0 if observed == 1.0 else 0.0
+    return (observed - expected) / (1.0 - expected)
+
+
+@dataclass(frozen=True)
+class StopSignal:
+    kappa: float | None
+    kappa_mean: float | None
+    changed_share: float | None
+    advised: bool
+    reason: str
+
+
+def get_stop_signal(
+    current: pd.Series,
+    previous: pd.Series | None,
+    earlier_kappas: list[float],
+    *,
+    params: StopParams,
+) -> StopSignal:
+    """The stop signal from this round's and the previous round's predictions on the stop set.
+
+    Parameters
+    ----------
+    current, previous : pd.Series of str
+        Predicted class per stop-set item, indexed by item_id; ``previous`` None in the first
+        round with a model.
+    earlier_kappas : list of float
+        The kappas of the rounds before, oldest first (rounds without one left out).
+    """
+    if previous is None or previous.empty:
+        return StopSignal(None, None, None, False, "no earlier model to compare with yet")
+    common = current.index.intersection(previous.index)
+    now, before = current.loc[common].to_numpy(), previous.loc[common].to_numpy()
+    kappa = get_cohen_kappa(now, before)
+    recent = [*earlier_kappas, kappa][-params.window :]
+    changed = float(np.mean(now != before))
+    if len(recent) < params.window:
+        return StopSignal(
+            kappa,
+            None,
+            changed,
+            False,
+            f"{len(recent)} of the {params.window} rounds the signal averages so far",
+        )
+    mean = float(np.mean(recent))
+    if mean >= params.kappa:
+        reason = (
+            f"predictions have stabilized: kappa averaged {mean:.4f} over the last "
+            f"{params.window} rounds (>= {params.kappa}); more labels are unlikely to change "
+            "the model"
+        )
+        return StopSignal(kappa, mean, changed, True, reason)
+    reason = f"kappa averaged {mean:.4f} over the last {params.window} rounds (< {params.kappa})"
+    return StopSignal(kappa, mean, changed, False, reason)
+
+
+# -- the rating -------------------------------------------------------------------------------
+def get_balance_auc(
+    labeled: pd.DataFrame,
+    pool_sample: pd.DataFrame,
+    *,
+    params: HealthParams,
+    train_params: TrainParams,
+    random_state: int,
+) -> float:
+    """Out-of-fold AUC of a classifier telling ``labeled`` rows from ``pool_sample`` rows.
+
+    0.5: the labeled items look like a random sample of the pool; 1.0: they are told apart
+    perfectly (a strategy's bias toward the boundary, or a region never labeled).
+
+    Parameters
+    ----------
+    labeled, pool_sample : pd.DataFrame
+        Feature frames (:func:`tasks.model.get_feature_frame`) with the same columns.
+    """
+    features, target = _balance_data(labeled, pool_sample)
+    probs = get_out_of_fold_pred_probs(
+        features,
+        target,
+        n_classes=2,
+        n_folds=params.balance_cv_folds,
+        train_params=train_params,
+        random_state=random_state,
+    )
+    return float(roc_auc_score(target, probs[:, 1]))
+
+
+def fit_balance_model(
+    labeled: pd.DataFrame,
+    pool_sample: pd.DataFrame,
+    *,
+    train_params: TrainParams,
+    random_state: int,
+) -> lgb.Booster:
+    """The balance classifier on every row: the probability that an item looks labeled.
+    Select's rebalance slice takes the items it finds least like the labeled set."""
+    features, target = _balance_data(labeled, pool_sample)
+    return fit_booster(
+        features, target, params=train_params, n_classes=2, random_state=random_state
+    )
+
+
+def _balance_data(
+    labeled: pd.DataFrame, pool_sample: pd.DataFrame
+) -> tuple[pd.DataFrame, np.ndarray]:
+    if list(labeled.columns) != list(pool_sample.columns):
+        raise ValueError(
+            f"labeled and pool_sample need the same columns, got {list(labeled.columns)} and "
+            f"{list(pool_sample.columns)}"
+        )
+    features = pd.concat([labeled, pool_sample], ignore_index=True)
+    target = np.r_[np.ones(len(labeled), dtype=int), np.zeros(len(pool_sample), dtype=int)]
+    return features, target
+
+
+def get_balance_rating(auc: float) -> float:
+    """100 at AUC 0.5 (or below: no better than chance), 0 at AUC 1.0, linear between."""
+    return float(np.clip(200.0 * (1.0 - auc), 0.0, 100.0))
+
+
+def get_coverage(
+    test_probs: np.ndarray, test_codes: np.ndarray, pool_probs: np.ndarray, *, precision: float
+) -> tuple[float, float | None]:
+    """The share of the pool predicted confidently enough to be trusted.
+
+    The threshold is the lowest top probability ``t`` at which the test items with a top
+    probability of at least ``t`` are predicted with at least ``precision``.
+
+    Parameters
+    ----------
+    test_probs : np.ndarray of float, shape (n_test, k)
+    test_codes : np.ndarray of int, shape (n_test,)
+        True class codes of the test items.
+    pool_probs : np.ndarray of float, shape (n_pool, k)
+        Probabilities on the pool (or a random sample of it).
+
+    Returns
+    -------
+    (float, float or None)
+        Coverage in [0, 1] and the threshold; (0, None) when no threshold reaches the
+        precision.
+    """
+    if len(test_codes) == 0 or len(pool_probs) == 0:
+        return 0.0, None
+    confidence = test_probs.max(axis=1)
+    correct = test_probs.argmax(axis=1) == test_codes
+    order = np.argsort(-confidence, kind="stable")
+    hits = np.cumsum(correct[order])
+    running = hits / np.arange(1, order.size + 1)
+    # a threshold is only as fine as the confidences: the top-k set is cut after a run of ties
+    distinct = np.r_[confidence[order][1:] != confidence[order][:-1], True]
+    good = np.flatnonzero((running >= precision) & distinct)
+    if good.size == 0:
+        return 0.0, None
+    threshold = float(confidence[order][good[-1]])
+    return float(np.mean(pool_probs.max(axis=1) >= threshold)), threshold
+
+
+def get_per_class(
+    test_codes: np.ndarray,
+    test_probs: np.ndarray,
+    *,
+    classes: tuple[str, ...],
+    label_counts: pd.Series,
+    pool_predicted: np.ndarray,
+) -> pd.DataFrame:
+    """Per class: test items, F1, precision, recall, its share of the training labels and of
+    the model's predictions on the pool sample (``pool_predicted``: class codes)."""
+    codes = np.arange(len(classes))
+    predicted = test_probs.argmax(axis=1) if len(test_codes) else np.array([], dtype=int)
+    kwargs = {"labels": codes, "average": None, "zero_division": 0.0}
+    has_test = len(test_codes) > 0
+    f1 = f1_score(test_codes, predicted, **kwargs) if has_test else np.full(len(classes), np.nan)
+    prec = (
+        precision_score(test_codes, predicted, **kwargs)
+        if has_test
+        else np.full(len(classes), np.nan)
+    )
+    rec = (
+        recall_score(test_codes, predicted, **kwargs) if has_test else np.full(len(classes), np.nan)
+    )
+    total_labels = max(int(label_counts.sum()), 1)
+    return pd.DataFrame(
+        {
+            "class": list(classes),
+            "test_items": np.bincount(test_codes, minlength=len(classes)) if has_test else 0,
+            "f1": f1,
+            "precision": prec,
+            "recall": rec,
+            "label_share": [float(label_counts.get(c, 0)) / total_labels for c in classes],
+            "predicted_share": (
+                np.bincount(pool_predicted, minlength=len(classes)) / max(pool_predicted.size, 1)
+            ),
+        }
+    )
+
+
+def get_worst_labels(per_class: pd.DataFrame, *, params: HealthParams) -> dict[str, float]:
+    """The worst ``params.worst_share`` of the classes with enough test items (at least one
+    class), worst first: ``{class: test F1}``."""
+    rated = per_class[per_class["test_items"] >= params.min_class_test_items]
+    if rated.empty:
+        return {}
+    n_worst = max(1, math.ceil(params.worst_share * len(rated)))
+    worst = rated.sort_values(["f1", "class"]).head(n_worst)
+    return {str(c): float(f) for c, f in zip(worst["class"], worst["f1"], strict=True)}
+
+
+# -- the plan ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    explore_fraction: float
+    explore_classes: tuple[str, ...]
+    rebalance_fraction: float
+    reasons: tuple[str, ...]
+
+
+def get_missed_classes(
+    per_class: pd.DataFrame, random_counts: pd.Series, *, params: HealthParams
+) -> dict[str, str]:
+    """Classes the random items keep finding that the model misses: ``{class: why}``.
+
+    A class is missed when it has at least ``params.min_class_test_items`` random items (test,
+    QC, seed) and the model's recall on its test items is under ``params.missed_recall_below``,
+    or it never predicts it on the pool sample.
+    """
+    missed: dict[str, str] = {}
+    for row in per_class.itertuples(index=False):
+        found = int(random_counts.get(row[0], 0))
+        if found < params.min_class_test_items:
+            continue
+        name = str(row[0])
+        if (
+            row.test_items >= params.min_class_test_items
+            and row.recall < params.missed_recall_below
+        ):
+            missed[name] = (
+                f"class {name!r}: recall {row.recall:.2f} on its {row.test_items} test items "
+                f"(< {params.missed_recall_below})"
+            )
+        elif row.predicted_share == 0:
+            missed[name] = (
+                f"class {name!r}: {found} random items have it, the model predicts it for none "
+                "of the pool sample"
+            )
+    return missed
+
+
+def get_plan(
+    *,
+    missed: dict[str, str],
+    random_only_f1: float | None,
+    candidate_f1: float | None,
+    n_random_labels: int,
+    balance: float | None,
+    params: HealthParams,
+) -> Plan:
+    """What select adds to its next batch, by the stated rules:
+
+    - a class missed (:func:`get_missed_classes`): an explore slice of
+      ``params.explore_fraction`` of the batch, items the model finds most likely of it;
+    - a model on the random training labels alone scores at least the candidate's macro-F1
+      minus ``params.behind_random_tolerance``: the actively chosen labels add nothing, an
+      explore slice of uniformly random items;
+    - balance under ``params.rebalance_below``: a rebalance slice of
+      ``params.rebalance_fraction``, the items least like the labeled set.
+    """
+    reasons: list[str] = []
+    explore = 0.0
+    if missed:
+        explore = params.explore_fraction
+        reasons.append(
+            f"explore {params.explore_fraction:.0%} of the batch, the items most likely of the "
+            "missed classes: " + "; ".join(missed.values())
+        )
+    elif (
+        random_only_f1 is not None
+        and candidate_f1 is not None
+        and random_only_f1 >= candidate_f1 - params.behind_random_tolerance
+    ):
+        explore = params.explore_fraction
+        reasons.append(
+            f"explore {params.explore_fraction:.0%} of the batch at random: a model on the "
+            f"{n_random_labels} randomly chosen labels alone scores macro-F1 "
+            f"{random_only_f1:.4f}, the model on every label {candidate_f1:.4f}; the actively "
+            "chosen labels are not paying"
+        )
+    rebalance = 0.0
+    if balance is not None and balance < params.rebalance_below and params.rebalance_fraction:
+        rebalance = params.rebalance_fraction
+        reasons.append(
+            f"rebalance {params.rebalance_fraction:.0%} of the batch: balance {balance:.0f} < "
+            f"{params.rebalance_below:.0f}, the labeled items are told apart from the pool"
+        )
+    return Plan(explore, tuple(missed), rebalance, tuple(reasons))
+
+
+ACTIONS = {
+    "balance": "add a rebalance slice: items the balance classifier finds least like the "
+    "labeled set (select does when balance is under health.rebalance_below)",
+    "coverage": "label the items the model is least sure of (the active slice)",
+    "all_labels": "label more items, and settle the flagged labels",
+}
+
+
+def get_actions(worst: dict[str, float]) -> dict[str, str]:
+    actions = dict(ACTIONS)
+    if worst:
+        names = ", ".join(repr(c) for c in worst)
+        actions["worst_labels"] = f"explore {names}: label items the model predicts as them"
+    return actions
+
+
+# -- the stage --------------------------------------------------------------------------------
+def _random_training_ids(current: pd.DataFrame, issued: pd.DataFrame) -> pd.Series:
+    train = current[current["split"] == "train"]
+    first_reason = issued.drop_duplicates("item_id").set_index("item_id")["reason"]
+    reason = train["item_id"].map(first_reason)
+    return train.loc[reason.isin(RANDOM_REASONS).to_numpy(), "item_id"]
+
+
+def _random_class_counts(current: pd.DataFrame, issued: pd.DataFrame) -> pd.Series:
+    first_reason = issued.drop_duplicates("item_id").set_index("item_id")["reason"]
+    reason = current["item_id"].map(first_reason)
+    return current.loc[reason.isin(RANDOM_REASONS).to_numpy(), "label"].value_counts()
+
+
+def get_random_only_f1(
+    rows: pd.DataFrame,
+    labels: pd.Series,
+    test_features: pd.DataFrame,
+    test_codes: np.ndarray,
+    *,
+    params: Params,
+    random_state: int,
+) -> float | None:
+    """Test macro-F1 of a model fitted on the randomly chosen training labels alone."""
+    classes = params.project.classes
+    codes = encode_labels(labels.reset_index(drop=True), classes)
+    if len(codes) < params.health.min_labels or np.unique(codes).size < 2 or not len(test_codes):
+        return None
+    booster = fit_booster(
+        get_feature_frame(rows),
+        codes,
+        params=params.train,
+        n_classes=len(classes),
+        random_state=random_state,
+    )
+    probs = predict_proba(booster, test_features, len(classes))
+    return float(
+        f1_score(
+            test_codes,
+            probs.argmax(axis=1),
+            labels=np.arange(len(classes)),
+            average="macro",
+            zero_division=0.0,
+        )
+    )
+
+
+def _stop_series(predictions: pd.DataFrame, round_id: int) -> pd.Series:
+    rows = predictions[predictions["round_id"] == round_id]
+    return rows.set_index("item_id")["predicted_label"]
+
+
+def run(ctx: StageContext) -> HealthSummary:
+    params, round_id = ctx.params, ctx.round_id
+    classes = params.project.classes
+    history = ctx.load_before("health_history")
+    stop_predictions = ctx.load_before("stop_predictions")
+    stop_set = ctx.load_before("stop_set")
+    if stop_set.empty:
+        stop_set = draw_stop_set(
+            ctx.pool_ids(),
+            size=params.stop.set_size,
+            round_id=round_id,
+            random_state=ctx.random_state("health-stop-set"),
+        )
+    ctx.save("stop_set", stop_set)
+    arrivals = ctx.load_before("arrivals")
+    ctx.save("arrivals", arrivals)  # drift: see below
+
+    candidate = ctx.load("candidate")
+    summary_args: dict[str, object] = {"round_id": round_id, "stop_set_size": len(stop_set)}
+    detail: dict[str, object] = {}
+    if not params.health.enabled:
+        summary = HealthSummary(**summary_args, not_rated_because="health.enabled is false")
+        return _save(ctx, summary, stop_predictions, None, detail, history)
+    if candidate.text is None:
+        summary = HealthSummary(**summary_args, not_rated_because="no model trained this round")
+        return _save(ctx, summary, stop_predictions, None, detail, history)
+
+    booster = lgb.Booster(model_str=candidate.text)
+    stop_rows = ctx.pool_rows(stop_set["item_id"])
+    stop_probs = predict_proba(booster, get_feature_frame(stop_rows), len(classes))
+    names = np.asarray(classes, dtype=object)
+    this_round = schema.conform(
+        pd.DataFrame(
+            {
+                "round_id": round_id,
+                "item_id": stop_set["item_id"].to_numpy(),
+                "predicted_label": names[stop_probs.argmax(axis=1)],
+                "confidence": stop_probs.max(axis=1),
+                "entropy": get_normalized_entropy(stop_probs),
+            }
+        ),
+        schema.STOP_PREDICTIONS,
+    )
+    # the previous round is the last one the history (git: restored by a rollback) knows
+    earlier = history[history["kappa"].notna()] if not history.empty else history
+    previous_round = int(history["round_id"].max()) if not history.empty else None
+    previous = (
+        _stop_series(stop_predictions, previous_round) if previous_round is not None else None
+    )
+    signal = get_stop_signal(
+        _stop_series(this_round, round_id),
+        previous,
+        [float(k) for k in earlier["kappa"]] if not earlier.empty else [],
+        params=params.stop,
+    )
+
+    current = ctx.load("current")
+    issued = ctx.load_before("issued")
+    test = current[current["split"] == "test"].reset_index(drop=True)
+    train = current[current["split"] == "train"].reset_index(drop=True)
+    test_features = get_feature_frame(ctx.pool_rows(test["item_id"])) if len(test) else None
+    test_codes = encode_labels(test["label"], classes) if len(test) else np.array([], dtype=int)
+    test_probs = (
+        predict_proba(booster, test_features, len(classes))
+        if test_features is not None
+        else np.zeros((0, len(classes)))
+    )
+    per_class = get_per_class(
+        test_codes,
+        test_probs,
+        classes=classes,
+        label_counts=train["label"].value_counts(),
+        pool_predicted=stop_probs.argmax(axis=1),
+    )
+    coverage, threshold = get_coverage(
+        test_probs, test_codes, stop_probs, precision=params.health.coverage_precision
+    )
+    macro_f1 = float(per_class["f1"].mean()) if len(test) else None
+    worst = get_worst_labels(per_class, params=params.health)
+
+    random_ids = _random_training_ids(current, issued)
+    balance_auc = balance = None
+    models: dict[str, str] = {}
+    if len(train) >= params.health.min_labels:
+        pool_ids = ctx.pool_ids()
+        rng = np.random.default_rng(ctx.random_state("health-balance"))
+        take = min(params.health.balance_pool_sample, len(pool_ids))
+        sample_ids = pool_ids.iloc[np.sort(rng.permutation(len(pool_ids))[:take])]
+        labeled = get_feature_frame(ctx.pool_rows(train["item_id"]))
+        pool_sample = get_feature_frame(ctx.pool_rows(sample_ids, ordered=False))
+        balance_auc = get_balance_auc(
+            labeled,
+            pool_sample,
+            params=params.health,
+            train_params=params.train,
+            random_state=ctx.random_state("health-balance-cv"),
+        )
+        balance = get_balance_rating(balance_auc)
+        if balance < params.health.rebalance_below:
+            models[BALANCE_MODEL] = fit_balance_model(
+                labeled,
+                pool_sample,
+                train_params=params.train,
+                random_state=ctx.random_state("health-balance-fit"),
+            ).model_to_string()
+
+    random_train = train[schema.is_in(train["item_id"], random_ids)]
+    random_only_f1 = (
+        get_random_only_f1(
+            ctx.pool_rows(random_train["item_id"]),
+            random_train["label"],
+            test_features,
+            test_codes,
+            params=params,
+            random_state=ctx.random_state("health-random-only"),
+        )
+        if test_features is not None and len(random_train) < len(train)
+        else None
+    )
+    missed = get_missed_classes(
+        per_class, _random_class_counts(current, issued), params=params.health
+    )
+    plan = get_plan(
+        missed=missed,
+        random_only_f1=random_only_f1,
+        candidate_f1=macro_f1,
+        n_random_labels=len(random_train),
+        balance=balance,
+        params=params.health,
+    )
+    factors = {
+        "balance": balance,
+        "coverage": 100.0 * coverage if len(test) else None,
+        "all_labels": 100.0 * macro_f1 if macro_f1 is not None else None,
+        "worst_labels": 100.0 * float(np.mean(list(worst.values()))) if worst else None,
+    }
+    known = [v for v in factors.values() if v is not None]
+    summary = HealthSummary(
+        **summary_args,
+        model_round=round_id,
+        rating=float(np.mean(known)) if known else None,
+        **factors,
+        balance_auc=balance_auc,
+        random_share=len(random_ids) / len(train) if len(train) else None,
+        coverage_threshold=threshold,
+        worst_classes=worst,
+        actions=get_actions(worst),
+        kappa=signal.kappa,
+        kappa_mean=signal.kappa_mean,
+        changed_share=signal.changed_share,
+        mean_entropy=float(this_round["entropy"].mean()),
+        stop_advised=signal.advised,
+        stop_reason=signal.reason,
+        explore_fraction=plan.explore_fraction,
+        explore_classes=plan.explore_classes,
+        rebalance_fraction=plan.rebalance_fraction,
+        plan_reasons=plan.reasons,
+    )
+    detail = {
+        "per_class": per_class.replace({np.nan: None}).to_dict(orient="records"),
+        "class_balance": {
+            "labels": {str(k): int(v) for k, v in train["label"].value_counts().items()},
+            "predicted": dict(
+                zip(classes, per_class["predicted_share"].astype(float), strict=True)
+            ),
+        },
+        "random_only_macro_f1": random_only_f1,
+        "random_training_labels": len(random_train),
+    }
+    stop_predictions = pd.concat([stop_predictions, this_round], ignore_index=True)
+    return _save(ctx, summary, stop_predictions, models, detail, history)
+
+
+def _save(
+    ctx: StageContext,
+    summary: HealthSummary,
+    stop_predictions: pd.DataFrame,
+    models: dict[str, str] | None,
+    detail: dict[str, object],
+    history: pd.DataFrame,
+) -> HealthSummary:
+    ctx.save("stop_predictions", stop_predictions)
+    ctx.save("health_models", models or {})
+    crash_point("during:health")
+    rounds = [*history.to_dict(orient="records"), _history_row(ctx, summary)]
+    ctx.save("health_history", pd.DataFrame(rounds, columns=list(schema.HEALTH_HISTORY)))
+    ctx.save(
+        "health_detail",
+        {
+            **detail,
+            "stop_rounds": [
+                {
+                    k: _plain(r[k])
+                    for k in ("round_id", "kappa", "kappa_mean", "changed_share", "mean_entropy")
+                }
+                for r in rounds
+            ],
+        },
+    )
+    ctx.save("health_report", summary.to_dict())
+    return summary
+
+
+def _history_row(ctx: StageContext, summary: HealthSummary) -> dict[str, object]:
+    current = ctx.load("current")
+    return {
+        "round_id": summary.round_id,
+        "train_items": int((current["split"] == "train").sum()),
+        **{
+            k: getattr(summary, k)
+            for k in schema.HEALTH_HISTORY
+            if k not in ("round_id", "train_items")
+        },
+    }
+
+
+def _plain(value: object) -> object:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return value.item() if hasattr(value, "item") else value
