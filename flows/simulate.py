@@ -66,6 +66,9 @@ SPLIT_SEED = 0
 CLOCK = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 
 CURVE_COLUMNS = ["strategy", "seed", "round_id", "labels", "macro_f1", "accuracy", "seconds"]
+#: What the health stage said each round (tasks/health.py): the rating, the stop signal's mean
+#: kappa and its advice. A baseline run outside alloop (a benchmark's) leaves them empty.
+HEALTH_COLUMNS = ["rating", "kappa_mean", "stop_advised"]
 #: ``issued.csv``: every item a campaign's simulated annotator labeled, by the round that
 #: issued it (``reason``: seed, active, or relabel when flagging is on).
 ISSUED_COLUMNS = ["strategy", "seed", "round_id", "item_id", "reason"]
@@ -285,7 +288,7 @@ def run_campaign(
     Returns
     -------
     curve : pd.DataFrame
-        Columns :data:`CURVE_COLUMNS`, one row per trained round.
+        Columns :data:`CURVE_COLUMNS` and :data:`HEALTH_COLUMNS`, one row per trained round.
     issued : pd.DataFrame
         Columns :data:`ISSUED_COLUMNS`: the items the campaign's annotator labeled, by the
         round that issued them (the fixed test split is not among them).
@@ -309,6 +312,7 @@ def run_campaign(
             n_train = int(s["merge"].train_items)
             candidate = s["evaluate"].candidate
             if candidate:
+                health = s["health"]
                 rows.append(
                     [
                         strategy,
@@ -318,6 +322,9 @@ def run_campaign(
                         candidate["macro_f1"],
                         candidate["accuracy"],
                         seconds,
+                        health.rating,
+                        health.kappa_mean,
+                        health.stop_advised,
                     ]
                 )
             if n_train >= budget:
@@ -350,7 +357,7 @@ def run_campaign(
     # round 0 is the fixed test split; the last round's batch is never answered
     answered = issued["round_id"].between(1, round_id - 1)
     issued = issued[answered].assign(strategy=strategy, seed=seed)
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS), issued[ISSUED_COLUMNS]
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS + HEALTH_COLUMNS), issued[ISSUED_COLUMNS]
 
 
 #: Thread pools of numerical libraries that a process sizes from these variables when it loads
@@ -441,11 +448,47 @@ def _campaign_job(args: CampaignJob) -> CampaignResult:
 # -- statistics and outputs ---------------------------------------------------------------------
 
 
+def get_stop_point(curve: pd.DataFrame, reference: float | None) -> dict[str, float]:
+    """Where one campaign's stop advice first came (:data:`HEALTH_COLUMNS`): its labels
+    (``inf`` when it never came), the macro-F1 there and the F1 lost against ``reference``
+    (the full-data model), and the rating then and at the end."""
+    advised = (
+        curve["stop_advised"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        if "stop_advised" in curve
+        else np.zeros(len(curve), dtype=bool)
+    )
+    ratings = curve["rating"] if "rating" in curve else pd.Series(np.nan, index=curve.index)
+    final_rating = float(ratings.iloc[-1]) if len(curve) else float("nan")
+    if not advised.any():
+        return {
+            "labels_at_stop": float("inf"),
+            "macro_f1_at_stop": float("nan"),
+            "f1_lost_at_stop": float("nan"),
+            "rating_at_stop": float("nan"),
+            "final_rating": final_rating,
+        }
+    at = int(np.argmax(advised))
+    f1 = float(curve["macro_f1"].iloc[at])
+    return {
+        "labels_at_stop": float(curve["labels"].iloc[at]),
+        "macro_f1_at_stop": f1,
+        "f1_lost_at_stop": reference - f1 if reference is not None else float("nan"),
+        "rating_at_stop": float(ratings.iloc[at]),
+        "final_rating": final_rating,
+    }
+
+
 def get_campaign_table(
-    curves: pd.DataFrame, *, target: float, start: int, stop: int
+    curves: pd.DataFrame,
+    *,
+    target: float,
+    start: int,
+    stop: int,
+    reference: float | None = None,
 ) -> pd.DataFrame:
     """One row per campaign: AULC over ``[start, stop]`` labels, labels and annotator hours to
-    reach ``target`` (``inf`` / NaN when never reached), final macro-F1."""
+    reach ``target`` (``inf`` / NaN when never reached), final macro-F1, and where the stop
+    advice came (:func:`get_stop_point`; the F1 lost is against ``reference``)."""
     out = []
     for (strategy, seed), c in curves.groupby(["strategy", "seed"], sort=True):
         c = c.sort_values("labels")
@@ -465,6 +508,7 @@ def get_campaign_table(
                 "hours_to_target": hours,
                 "final_labels": int(labels[-1]),
                 "final_macro_f1": float(f1[-1]),
+                **get_stop_point(c, reference),
             }
         )
     return pd.DataFrame(out)
@@ -488,6 +532,21 @@ def get_summary_table(campaigns: pd.DataFrame, *, baseline: str = BASELINE) -> p
             if np.isfinite(c["hours_to_target"]).any()
             else float("nan"),
         }
+        fired = np.isfinite(c["labels_at_stop"])
+        row["stop_fired"] = int(fired.sum())
+        row["median_labels_at_stop"] = (
+            float(np.median(c.loc[fired, "labels_at_stop"])) if fired.any() else float("nan")
+        )
+        lost = c.loc[fired, "f1_lost_at_stop"].dropna()
+        row["median_f1_lost_at_stop"] = float(lost.median()) if len(lost) else float("nan")
+        row["max_f1_lost_at_stop"] = float(lost.max()) if len(lost) else float("nan")
+        both = fired & np.isfinite(c["labels_to_target"])
+        row["median_stop_over_target"] = (
+            float(np.median(c.loc[both, "labels_at_stop"] / c.loc[both, "labels_to_target"]))
+            if both.any()
+            else float("nan")
+        )
+        row["mean_final_rating"] = float(c["final_rating"].mean())
         if not base.empty:
             base_median = float(np.median(base["labels_to_target"]))
             row["labels_ratio_vs_random"] = (
@@ -515,9 +574,18 @@ def plot_learning_curves(curves: pd.DataFrame, target: float, path: Path, title:
         per_seed = [np.interp(grid, s["labels"], s["macro_f1"]) for _, s in c.groupby("seed")]
         stack = np.vstack(per_seed)
         mean, sd = stack.mean(axis=0), stack.std(axis=0)
-        ax.plot(grid, mean, label=f"{strategy} ({len(per_seed)} seeds)")
+        (line,) = ax.plot(grid, mean, label=f"{strategy} ({len(per_seed)} seeds)")
         ax.fill_between(grid, mean - 2 * sd, mean + 2 * sd, alpha=0.2)
+        stops = [
+            point["labels_at_stop"]
+            for _, seed_curve in c.groupby("seed")
+            if math.isfinite((point := get_stop_point(seed_curve, None))["labels_at_stop"])
+        ]
+        if stops:  # where the stop advice came, median over the seeds where it came
+            at = float(np.median(stops))
+            ax.plot([at], [np.interp(at, grid, mean)], marker="v", color=line.get_color(), ms=9)
     ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target (98% of full)")
+    ax.plot([], [], marker="v", linestyle="", color="grey", label="stop advice (median)")
     ax.set_xlabel("training labels")
     ax.set_ylabel("test macro-F1")
     ax.set_title(title)
@@ -595,11 +663,28 @@ def get_report(spec: SimulationSpec, reference: float, target: float, summary: p
         )
     lines += [
         "",
+        "| strategy | stop advice came | median labels at stop | labels at stop / to target "
+        "| F1 lost at stop: median | worst | final rating |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary.to_dict("records"):
+        lines.append(
+            f"| {r['strategy']} | {r['stop_fired']}/{r['seeds']} | "
+            f"{_fmt_labels(r['median_labels_at_stop'])} | "
+            f"{_fmt(r['median_stop_over_target'], 2)} | "
+            f"{_fmt(r['median_f1_lost_at_stop'], 4)} | {_fmt(r['max_f1_lost_at_stop'], 4)} | "
+            f"{_fmt(r['mean_final_rating'], 0)} |"
+        )
+    lines += [
+        "",
         "Labels to target: the first label count whose test macro-F1 reaches the target "
         "(never = not within the budget). Ratio: random's median labels to target divided by the "
         "strategy's. AULC: mean macro-F1 over the label range, trapezoidal. p: Wilcoxon "
         "signed-rank test of the paired AULC differences over seeds. Hours: the annotation-time "
-        "model (tasks/annotation_time.py) summed over the batches.",
+        "model (tasks/annotation_time.py) summed over the batches. Stop advice: the first round "
+        "whose stop signal (stop.kappa over stop.window rounds) advised stopping; F1 lost: the "
+        "full-data macro-F1 minus the macro-F1 there. Rating: the model rating (0-100) of the "
+        "last round, mean over seeds.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -701,7 +786,9 @@ def simulate(
         .sort_values(["strategy", "seed", "round_id"], kind="stable")
         .reset_index(drop=True)
     )
-    campaigns = get_campaign_table(curves, target=target, start=spec.initial, stop=spec.budget)
+    campaigns = get_campaign_table(
+        curves, target=target, start=spec.initial, stop=spec.budget, reference=reference
+    )
     summary = get_summary_table(campaigns)
     files = [out / "curves.csv", out / "campaigns.csv", out / "summary.csv", out / "issued.csv"]
     curves.to_csv(files[0], index=False)

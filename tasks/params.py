@@ -163,6 +163,10 @@ class SelectParams(_Section):
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     qc_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     relabel_max_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    # the explore and rebalance slices the health stage plans are drawn from a uniform
+    # sample of this many selectable items: a 2.5% class still has ~500 items in it, and the
+    # slices' cost does not grow with the pool
+    slice_candidates: int = Field(default=20_000, ge=100)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> SelectParams:

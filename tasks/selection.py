@@ -8,6 +8,11 @@ A batch has four parts, drawn in this order from items never issued before:
 - ``relabel``: flagged training items sent back for another opinion (not new items).
 - ``qc``: a uniform random slice of training items, a quality-control sample that is free of
   the strategy's bias.
+- ``explore`` and ``rebalance``: the slices the health stage's plan asks for (see
+  :mod:`tasks.health`): items the model finds most likely of a class it misses (uniformly
+  random items when the plan names no class), and items the balance classifier finds least
+  like the labeled set. Both are drawn from a random sample of the selectable items
+  (:func:`get_slice_candidates`), so their cost does not grow with the pool.
 - ``active``: the highest utilities (``seed`` before there is a model: uniform random).
 
 Each batch item carries the champion's prediction, the annotators' pre-annotation. Score
@@ -17,6 +22,8 @@ when it did not, select predicts the batch's items itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -24,15 +31,25 @@ import pandas as pd
 from tasks import schema
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
+from tasks.health import BALANCE_MODEL
 from tasks.model import get_feature_frame, predict_proba
 from tasks.params import FlagParams, SelectParams
-from tasks.summaries import SelectSummary
+from tasks.summaries import HealthSummary, SelectSummary
 
 STAGE = StageSpec(
     name="select",
     module=__name__,
     code=("tasks/model.py",),
-    reads=("champion", "pool", "scores", "current", "flags"),
+    reads=(
+        "champion",
+        "pool",
+        "scores",
+        "current",
+        "flags",
+        "candidate",
+        "health_report",
+        "health_models",
+    ),
     writes=("batch", "issued", "select_report"),
     params=(
         "project.classes",
@@ -43,16 +60,35 @@ STAGE = StageSpec(
 )
 
 
+#: The slices the health stage's plan may add, in the order select draws them.
+PLAN_SLICES = ("explore", "rebalance")
+
+
 def get_batch_sizes(
-    params: SelectParams, *, has_model: bool, n_relabel_candidates: int
+    params: SelectParams,
+    *,
+    has_model: bool,
+    n_relabel_candidates: int,
+    plan: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
-    """How many items each part of the batch gets."""
+    """How many items each part of the batch gets.
+
+    ``plan`` maps a slice of :data:`PLAN_SLICES` to its share of the places left after the
+    relabels (the health stage's plan); the test and QC slices keep theirs, the active slice
+    gets the rest.
+    """
     total = params.batch_size if has_model else params.seed_size
     relabel = min(n_relabel_candidates, int(params.relabel_max_fraction * total))
     rest = total - relabel
     test = int(round(params.test_fraction * rest))
     qc = int(round(params.qc_fraction * rest)) if has_model else 0
-    return {"test": test, "relabel": relabel, "qc": qc, "active": rest - test - qc}
+    sizes = {"test": test, "relabel": relabel, "qc": qc}
+    left = rest - test - qc
+    for name in PLAN_SLICES:
+        share = (plan or {}).get(name, 0.0) if has_model else 0.0
+        sizes[name] = min(left, int(round(share * rest)))
+        left -= sizes[name]
+    return {**sizes, "active": left}
 
 
 def _stratified_sample(candidates: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.Index:
@@ -84,6 +120,8 @@ def select_batch(
     has_model: bool,
     params: SelectParams,
     random_state: int,
+    plan: Mapping[str, float] | None = None,
+    ranked: Mapping[str, pd.Series] | None = None,
 ) -> pd.DataFrame:
     """Choose the next batch.
 
@@ -96,6 +134,12 @@ def select_batch(
         except through ``relabel_candidates``.
     relabel_candidates : pd.Series of str
         Training items to send back for relabeling, most doubtful first.
+    plan : mapping of str to float, optional
+        Share of the batch for each slice of :data:`PLAN_SLICES` (the health stage's plan).
+    ranked : mapping of str to pd.Series of str, optional
+        For each planned slice, candidate items best first (:func:`get_slice_candidates`);
+        items the test or QC slice took, or not selectable, are skipped. A slice short of
+        candidates leaves its places to the active slice.
 
     Returns
     -------
@@ -106,7 +150,7 @@ def select_batch(
     relabel_candidates = relabel_candidates[schema.is_in(relabel_candidates, scores["item_id"])]
     relabel_candidates = relabel_candidates.drop_duplicates()
     sizes = get_batch_sizes(
-        params, has_model=has_model, n_relabel_candidates=int(relabel_candidates.size)
+        params, has_model=has_model, n_relabel_candidates=int(relabel_candidates.size), plan=plan
     )
     fresh = scores[~schema.is_in(scores["item_id"], issued["item_id"])]
     fresh = fresh[fresh["utility"].notna()]
@@ -127,6 +171,15 @@ def select_batch(
     parts.append(fresh.loc[qc_idx].assign(split="train", reason="qc"))
     fresh = fresh.drop(index=qc_idx)
 
+    for name in PLAN_SLICES:
+        wanted = (ranked or {}).get(name, pd.Series([], dtype="string"))
+        taken = fresh[schema.is_in(fresh["item_id"], wanted)].set_index("item_id")
+        order = [i for i in pd.unique(wanted.astype(str)) if i in taken.index][: sizes[name]]
+        picked = taken.loc[order].reset_index()
+        parts.append(picked.assign(split="train", reason=name))
+        fresh = fresh[~schema.is_in(fresh["item_id"], picked["item_id"])]
+        sizes["active"] += sizes[name] - len(picked)
+
     # highest utility first; equal utilities are ordered by a seeded draw, not by position
     order = np.lexsort((rng.random(len(fresh)), -fresh["utility"].to_numpy()))
     active = fresh.iloc[order[: sizes["active"]]]
@@ -134,6 +187,91 @@ def select_batch(
 
     batch = pd.concat(parts, ignore_index=True)
     return schema.conform(batch, schema.BATCH)
+
+
+def get_slice_candidates(selectable: pd.Series, *, n: int, random_state: int) -> pd.Series:
+    """A uniform random sample of at most ``n`` of the ``selectable`` item ids, in random
+    order: the candidates of the planned slices."""
+    rng = np.random.default_rng(random_state)
+    order = rng.permutation(len(selectable))[:n]
+    return selectable.iloc[order].reset_index(drop=True)
+
+
+def rank_for_explore(
+    rows: pd.DataFrame,
+    booster: lgb.Booster,
+    *,
+    classes: tuple[str, ...],
+    explore_classes: tuple[str, ...],
+) -> pd.Series:
+    """Candidate ids, the most likely of ``explore_classes`` first (by the model's highest
+    probability of any of them); in the given (random) order when no class is named.
+
+    Parameters
+    ----------
+    rows : pd.DataFrame
+        Pool rows (``item_id`` plus features) of the candidates, in random order.
+    """
+    if not explore_classes or rows.empty:
+        return rows["item_id"].reset_index(drop=True)
+    probs = predict_proba(booster, get_feature_frame(rows), len(classes))
+    codes = [classes.index(c) for c in explore_classes if c in classes]
+    likelihood = probs[:, codes].max(axis=1)
+    order = np.argsort(-likelihood, kind="stable")
+    return rows["item_id"].iloc[order].reset_index(drop=True)
+
+
+def rank_for_rebalance(rows: pd.DataFrame, balance_model: lgb.Booster) -> pd.Series:
+    """Candidate ids, the least like the labeled set first (lowest probability of the
+    balance classifier, :func:`tasks.health.fit_balance_model`, that an item is labeled)."""
+    if rows.empty:
+        return rows["item_id"].reset_index(drop=True)
+    looks_labeled = predict_proba(balance_model, get_feature_frame(rows), 2)[:, 1]
+    order = np.argsort(looks_labeled, kind="stable")
+    return rows["item_id"].iloc[order].reset_index(drop=True)
+
+
+def get_plan(health: HealthSummary | None) -> dict[str, float]:
+    """The shares the health stage's plan gives the slices of :data:`PLAN_SLICES`."""
+    if health is None:
+        return {}
+    return {"explore": health.explore_fraction, "rebalance": health.rebalance_fraction}
+
+
+def get_ranked_slices(
+    ctx: StageContext,
+    scores: pd.DataFrame,
+    issued: pd.DataFrame,
+    health: HealthSummary,
+    plan: Mapping[str, float],
+) -> dict[str, pd.Series]:
+    """The candidates of each planned slice, best first (reads the pool rows of a sample)."""
+    selectable = scores.loc[
+        ~schema.is_in(scores["item_id"], issued["item_id"]) & scores["utility"].notna(),
+        "item_id",
+    ]
+    sample = get_slice_candidates(
+        selectable,
+        n=ctx.params.select.slice_candidates,
+        random_state=ctx.random_state("select-slices"),
+    )
+    rows = ctx.pool_rows(sample)
+    ranked: dict[str, pd.Series] = {}
+    if plan.get("explore"):
+        model = ctx.load("candidate")
+        if model.text is None:
+            model = ctx.load("champion")
+        ranked["explore"] = rank_for_explore(
+            rows,
+            lgb.Booster(model_str=model.text),
+            classes=ctx.params.project.classes,
+            explore_classes=tuple(health.explore_classes),
+        )
+    models = ctx.load("health_models")
+    if plan.get("rebalance") and BALANCE_MODEL in models:
+        booster = lgb.Booster(model_str=models[BALANCE_MODEL].decode("utf-8"))
+        ranked["rebalance"] = rank_for_rebalance(rows, booster)
+    return ranked
 
 
 def add_predictions(
@@ -206,7 +344,7 @@ def get_select_summary(
         batch_size=int(len(batch)),
         **{
             f"n_{reason}": int(counts.get(reason, 0))
-            for reason in ("seed", "active", "qc", "test", "relabel")
+            for reason in ("seed", "active", "qc", "test", "relabel", *PLAN_SLICES)
         },
         issued_total=int(len(issued) + len(batch)),
         unlabeled_left=int((~schema.is_in(scores["item_id"], issued_ids)).sum()),
@@ -226,6 +364,14 @@ def run(ctx: StageContext) -> SelectSummary:
         params=ctx.params.flag,
         min_agreement=ctx.params.merge.relabel_below_agreement,
     )
+    report = ctx.load("health_report")
+    health = HealthSummary.from_dict(report) if report else None
+    plan = get_plan(health) if has_model else {}
+    ranked = (
+        get_ranked_slices(ctx, scores, issued, health, plan)
+        if health is not None and any(plan.values())
+        else {}
+    )
     batch = select_batch(
         scores,
         issued,
@@ -233,6 +379,8 @@ def run(ctx: StageContext) -> SelectSummary:
         has_model=has_model,
         params=ctx.params.select,
         random_state=ctx.random_state("select"),
+        plan=plan,
+        ranked=ranked,
     )
     if has_model and batch["predicted_label"].isna().any():  # score did not predict the pool
         unpredicted = batch.loc[batch["predicted_label"].isna(), "item_id"]

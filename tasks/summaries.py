@@ -195,6 +195,9 @@ class SelectSummary(Summary):
     issued_total: int
     #: pool items never issued, after this batch; 0 means the pool is exhausted
     unlabeled_left: int = 0
+    #: the slices the health stage planned (tasks/health.py)
+    n_explore: int = 0
+    n_rebalance: int = 0
 
     @property
     def parts(self) -> dict[str, int]:
@@ -205,6 +208,8 @@ class SelectSummary(Summary):
             "qc": self.n_qc,
             "test": self.n_test,
             "relabel": self.n_relabel,
+            "explore": self.n_explore,
+            "rebalance": self.n_rebalance,
         }
         return {reason: n for reason, n in sorted(counts.items()) if n}
 
