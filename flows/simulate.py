@@ -68,7 +68,16 @@ CLOCK = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 CURVE_COLUMNS = ["strategy", "seed", "round_id", "labels", "macro_f1", "accuracy", "seconds"]
 #: What the health stage said each round (tasks/health.py): the rating, the stop signal's mean
 #: kappa and its advice. A baseline run outside alloop (a benchmark's) leaves them empty.
-HEALTH_COLUMNS = ["rating", "kappa_mean", "stop_advised"]
+HEALTH_COLUMNS = [
+    "rating",
+    "balance",
+    "balance_auc",
+    "kappa",
+    "kappa_mean",
+    "stop_advised",
+    "explore_fraction",
+    "rebalance_fraction",
+]
 #: ``issued.csv``: every item a campaign's simulated annotator labeled, by the round that
 #: issued it (``reason``: seed, active, or relabel when flagging is on).
 ISSUED_COLUMNS = ["strategy", "seed", "round_id", "item_id", "reason"]
@@ -322,9 +331,7 @@ def run_campaign(
                         candidate["macro_f1"],
                         candidate["accuracy"],
                         seconds,
-                        health.rating,
-                        health.kappa_mean,
-                        health.stop_advised,
+                        *(getattr(health, name) for name in HEALTH_COLUMNS),
                     ]
                 )
             if n_train >= budget:
