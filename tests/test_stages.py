@@ -843,7 +843,7 @@ def test_test_slice_is_stratified_by_predicted_class():
 
 def test_seed_batch_before_any_model():
     sizes = get_batch_sizes(SelectParams(seed_size=200), has_model=False, n_relabel_candidates=0)
-    assert sizes == {"test": 40, "relabel": 0, "qc": 0, "active": 160}
+    assert sizes == {"test": 40, "relabel": 0, "qc": 0, "explore": 0, "rebalance": 0, "active": 160}
     batch = select_batch(
         _scores(1000, with_model=False),
         _issued([]),

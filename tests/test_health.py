@@ -1,0 +1,318 @@
+"""The health stage's pure functions on small data, with known answers: the stop signal, each
+factor of the model rating, the plan's rules, and the slices select draws by them."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from tasks import schema
+from tasks.health import (
+    draw_stop_set,
+    fit_balance_model,
+    get_balance_auc,
+    get_balance_rating,
+    get_cohen_kappa,
+    get_coverage,
+    get_missed_classes,
+    get_normalized_entropy,
+    get_per_class,
+    get_plan,
+    get_stop_signal,
+    get_worst_labels,
+)
+from tasks.model import fit_booster
+from tasks.params import HealthParams, SelectParams, StopParams, TrainParams
+from tasks.selection import get_batch_sizes, rank_for_explore, rank_for_rebalance, select_batch
+
+TRAIN = TrainParams(num_threads=1)
+
+
+# -- the stop signal --------------------------------------------------------------------------
+def test_identical_predictions_give_kappa_one_even_with_one_class():
+    labels = np.array(["a", "b", "c", "a", "b"])
+    assert get_cohen_kappa(labels, labels.copy()) == 1.0
+    single = np.array(["a"] * 10)
+    assert get_cohen_kappa(single, single.copy()) == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kappa_matches_the_textbook_formula(seed):
+    rng = np.random.default_rng(seed)
+    first = rng.choice(["a", "b", "c"], size=300)
+    second = np.where(rng.random(300) < 0.8, first, rng.choice(["a", "b", "c"], size=300))
+    assert get_cohen_kappa(first, second) == pytest.approx(cohen_kappa_score(first, second))
+
+
+def test_kappa_refuses_arrays_of_different_shapes():
+    with pytest.raises(ValueError, match="one shape"):
+        get_cohen_kappa(np.array(["a"]), np.array(["a", "b"]))
+
+
+def test_stop_set_is_drawn_once_at_random_and_takes_all_of_a_small_pool():
+    pool = pd.Series([f"i{k}" for k in range(5000)], dtype="string")
+    drawn = draw_stop_set(pool, size=2000, round_id=3, random_state=7)
+    assert len(drawn) == 2000 and drawn["item_id"].is_unique
+    assert set(drawn["item_id"]) <= set(pool) and set(drawn["round_id"]) == {3}
+    pd.testing.assert_frame_equal(drawn, draw_stop_set(pool, size=2000, round_id=3, random_state=7))
+    # spread over the pool, not its head
+    positions = drawn["item_id"].str.slice(1).astype(int)
+    assert positions.min() < 100 and positions.max() > 4900
+    assert len(draw_stop_set(pool.head(300), size=2000, round_id=1, random_state=0)) == 300
+
+
+def _predictions(labels):
+    return pd.Series(labels, index=[f"i{k}" for k in range(len(labels))], dtype="string")
+
+
+def test_stop_advice_comes_when_the_window_mean_reaches_the_threshold():
+    params = StopParams(kappa=0.99, window=3)
+    same = _predictions(["a", "b"] * 50)
+    first = get_stop_signal(same, None, [], params=params)
+    assert first.kappa is None and not first.advised
+    filling = get_stop_signal(same, same.copy(), [1.0], params=params)
+    assert filling.kappa == 1.0 and filling.kappa_mean is None and not filling.advised
+    stable = get_stop_signal(same, same.copy(), [0.995, 1.0], params=params)
+    assert stable.advised and stable.kappa_mean == pytest.approx((0.995 + 1.0 + 1.0) / 3)
+    assert "stabilized" in stable.reason
+    changed = same.copy()
+    changed.iloc[:20] = "c"
+    moving = get_stop_signal(changed, same, [1.0, 1.0], params=params)
+    assert not moving.advised and moving.changed_share == pytest.approx(0.2)
+    assert moving.kappa < 0.9
+
+
+def test_normalized_entropy_is_zero_when_certain_and_one_when_uniform():
+    probs = np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    np.testing.assert_allclose(get_normalized_entropy(probs), [0.0, 1.0], atol=1e-9)
+
+
+# -- the rating -------------------------------------------------------------------------------
+def _blobs(n, seed):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(rng.normal(size=(n, 4)), columns=["x0", "x1", "x2", "x3"])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_random_labeled_set_rates_near_100_on_balance(seed):
+    pool = _blobs(4000, seed)
+    labeled = pool.sample(300, random_state=seed).reset_index(drop=True)
+    auc = get_balance_auc(
+        labeled, pool, params=HealthParams(), train_params=TRAIN, random_state=seed
+    )
+    assert auc < 0.56
+    assert get_balance_rating(auc) >= 88
+
+
+def test_a_labeled_set_from_one_corner_of_the_pool_rates_low_and_the_rebalance_slice_leaves_it():
+    pool = _blobs(4000, 3)
+    corner = pool[(pool["x0"] > 0.3) & (pool["x1"] > 0.3)].head(300).reset_index(drop=True)
+    auc = get_balance_auc(corner, pool, params=HealthParams(), train_params=TRAIN, random_state=0)
+    assert auc > 0.8 and get_balance_rating(auc) < 40
+    model = fit_balance_model(corner, pool, train_params=TRAIN, random_state=0)
+    rows = pool.assign(item_id=[f"i{k}" for k in range(len(pool))])[["item_id", *pool.columns]]
+    ranked = rank_for_rebalance(rows, model)
+    first = rows.set_index("item_id").loc[ranked.head(100).to_numpy()]
+    # the items least like the labeled set lie outside its corner
+    assert ((first["x0"] > 0.3) & (first["x1"] > 0.3)).mean() < 0.1
+
+
+def test_balance_rating_is_100_at_chance_and_0_at_perfect_separation():
+    assert get_balance_rating(0.5) == 100 and get_balance_rating(0.45) == 100
+    assert get_balance_rating(1.0) == 0 and get_balance_rating(0.75) == pytest.approx(50)
+
+
+def test_coverage_uses_the_lowest_threshold_that_keeps_the_precision():
+    # test items by confidence: 0.99 right, 0.9 right, 0.8 wrong, 0.7 right
+    test_probs = np.array([[0.99, 0.01], [0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    test_codes = np.array([0, 0, 0, 0])
+    pool = np.array([[0.95, 0.05], [0.85, 0.15], [0.6, 0.4], [0.5, 0.5]])
+    coverage, threshold = get_coverage(test_probs, test_codes, pool, precision=0.95)
+    assert threshold == 0.9 and coverage == 0.25
+    coverage, threshold = get_coverage(test_probs, test_codes, pool, precision=0.75)
+    assert threshold == 0.7 and coverage == 0.5
+    # a model wrong on its most confident item reaches no threshold
+    assert get_coverage(test_probs, np.array([1, 1, 1, 1]), pool, precision=0.95) == (0.0, None)
+
+
+def test_worst_labels_name_the_worst_tenth_of_the_classes_with_enough_test_items():
+    per_class = pd.DataFrame(
+        {
+            "class": [f"c{k}" for k in range(12)],
+            "test_items": [20] * 11 + [2],
+            "f1": [0.9] * 9 + [0.4, 0.5, 0.0],
+        }
+    )
+    worst = get_worst_labels(per_class, params=HealthParams(min_class_test_items=5))
+    # 11 rated classes: ceil(1.1) = 2 worst; c11 has too few test items to be named
+    assert worst == {"c9": 0.4, "c10": 0.5}
+
+
+def test_per_class_table_counts_and_shares():
+    codes = np.array([0, 0, 1, 1, 2])
+    probs = np.eye(3)[[0, 0, 1, 0, 2]]
+    table = get_per_class(
+        codes,
+        probs,
+        classes=("a", "b", "c"),
+        label_counts=pd.Series({"a": 6, "b": 2, "c": 2}),
+        pool_predicted=np.array([0, 0, 0, 1]),
+    )
+    assert table["test_items"].tolist() == [2, 2, 1]
+    assert table["recall"].tolist() == [1.0, 0.5, 1.0]
+    assert table["label_share"].tolist() == [0.6, 0.2, 0.2]
+    assert table["predicted_share"].tolist() == [0.75, 0.25, 0.0]
+
+
+# -- the plan ---------------------------------------------------------------------------------
+def test_a_class_random_items_keep_finding_and_the_model_misses_is_explored():
+    per_class = pd.DataFrame(
+        {
+            "class": ["big", "other", "rare"],
+            "test_items": [200, 150, 12],
+            "f1": [0.9, 0.85, 0.1],
+            "recall": [0.95, 0.9, 0.08],
+            "predicted_share": [0.6, 0.4, 0.0],
+        }
+    )
+    params = HealthParams()
+    missed = get_missed_classes(per_class, pd.Series({"big": 300, "rare": 15}), params=params)
+    assert list(missed) == ["rare"] and "recall 0.08" in missed["rare"]
+    plan = get_plan(
+        missed=missed,
+        random_only_f1=0.5,
+        candidate_f1=0.7,
+        n_random_labels=100,
+        balance=95.0,
+        params=params,
+    )
+    assert plan.explore_fraction == params.explore_fraction
+    assert plan.explore_classes == ("rare",) and plan.rebalance_fraction == 0
+    assert len(plan.reasons) == 1 and "rare" in plan.reasons[0]
+
+
+def test_a_class_too_rare_among_random_items_is_not_called_missed():
+    per_class = pd.DataFrame(
+        {
+            "class": ["a", "b"],
+            "test_items": [100, 3],
+            "f1": [0.9, 0.0],
+            "recall": [0.9, 0.0],
+            "predicted_share": [1.0, 0.0],
+        }
+    )
+    assert get_missed_classes(per_class, pd.Series({"a": 100, "b": 3}), params=HealthParams()) == {}
+
+
+def test_a_curve_behind_random_explores_at_random_and_low_balance_rebalances():
+    params = HealthParams()
+    plan = get_plan(
+        missed={},
+        random_only_f1=0.81,
+        candidate_f1=0.80,
+        n_random_labels=120,
+        balance=55.0,
+        params=params,
+    )
+    assert plan.explore_fraction == params.explore_fraction and plan.explore_classes == ()
+    assert plan.rebalance_fraction == params.rebalance_fraction
+    assert "not paying" in plan.reasons[0] and "balance 55" in plan.reasons[1]
+    quiet = get_plan(
+        missed={},
+        random_only_f1=0.7,
+        candidate_f1=0.8,
+        n_random_labels=120,
+        balance=90.0,
+        params=params,
+    )
+    assert (quiet.explore_fraction, quiet.rebalance_fraction, quiet.reasons) == (0.0, 0.0, ())
+
+
+# -- select follows the plan ------------------------------------------------------------------
+def _scores(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return schema.conform(
+        pd.DataFrame(
+            {
+                "item_id": [f"i{k}" for k in range(n)],
+                "predicted_label": rng.choice(["a", "b"], size=n),
+                "confidence": rng.random(n),
+                "utility": rng.random(n),
+            }
+        ),
+        schema.SCORES,
+    )
+
+
+def test_batch_sizes_give_the_planned_slices_their_share_and_the_rest_to_active():
+    params = SelectParams(batch_size=100, test_fraction=0.2, qc_fraction=0.1)
+    sizes = get_batch_sizes(
+        params, has_model=True, n_relabel_candidates=0, plan={"explore": 0.3, "rebalance": 0.2}
+    )
+    assert sizes == {
+        "test": 20,
+        "relabel": 0,
+        "qc": 10,
+        "explore": 30,
+        "rebalance": 20,
+        "active": 20,
+    }
+    # the slices never take more places than are left
+    crowded = get_batch_sizes(
+        params, has_model=True, n_relabel_candidates=0, plan={"explore": 0.6, "rebalance": 0.6}
+    )
+    assert sum(crowded.values()) == 100 and crowded["active"] == 0
+    # no plan before there is a model
+    seed = get_batch_sizes(params, has_model=False, n_relabel_candidates=0, plan={"explore": 0.3})
+    assert seed["explore"] == 0
+
+
+def test_select_takes_the_ranked_slices_in_order_and_gives_unused_places_to_active():
+    scores = _scores(400)
+    issued = pd.DataFrame(
+        {"item_id": ["i0", "i1"], "round_id": 1, "split": "train", "reason": "seed", "utility": 0.0}
+    ).pipe(schema.conform, schema.ISSUED)
+    ranked = {
+        # i0 was issued before: skipped; the slice has 5 candidates for 30 places
+        "explore": pd.Series(["i0", "i10", "i11", "i12", "i13", "i14"], dtype="string"),
+        "rebalance": pd.Series([f"i{k}" for k in range(399, 100, -1)], dtype="string"),
+    }
+    params = SelectParams(batch_size=100, test_fraction=0.2, qc_fraction=0.1)
+    batch = select_batch(
+        scores,
+        issued,
+        pd.Series([], dtype="string"),
+        has_model=True,
+        params=params,
+        random_state=0,
+        plan={"explore": 0.3, "rebalance": 0.2},
+        ranked=ranked,
+    )
+    assert len(batch) == 100 and batch["item_id"].is_unique
+    explore = batch[batch["reason"] == "explore"]["item_id"].tolist()
+    taken_before = set(batch.loc[batch["reason"].isin(["test", "qc"]), "item_id"])
+    assert explore == [i for i in ["i10", "i11", "i12", "i13", "i14"] if i not in taken_before]
+    rebalance = batch[batch["reason"] == "rebalance"]["item_id"].tolist()
+    expected = [i for i in ranked["rebalance"] if i not in taken_before][:20]
+    assert rebalance == expected
+    counts = batch["reason"].value_counts()
+    assert counts["active"] == 100 - 20 - 10 - len(explore) - 20
+    assert not batch["item_id"].isin(issued["item_id"]).any()
+
+
+def test_explore_ranks_the_items_most_likely_of_the_missed_class_first():
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame({"x": rng.normal(size=600), "y": rng.normal(size=600)})
+    labels = np.where(features["x"] > 1.5, 2, np.where(features["y"] > 0, 1, 0))
+    booster = fit_booster(features, labels, params=TRAIN, n_classes=3, random_state=0)
+    rows = features.assign(item_id=[f"i{k}" for k in range(600)])[["item_id", "x", "y"]]
+    ranked = rank_for_explore(rows, booster, classes=("a", "b", "rare"), explore_classes=("rare",))
+    top = rows.set_index("item_id").loc[ranked.head(20).to_numpy()]
+    assert (top["x"] > 1.5).mean() > 0.9
+    # without a class: the candidates as given (a random sample already)
+    plain = rank_for_explore(rows, booster, classes=("a", "b", "rare"), explore_classes=())
+    assert plain.tolist() == rows["item_id"].tolist()
+    assert isinstance(booster, lgb.Booster)
