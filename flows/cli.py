@@ -445,6 +445,28 @@ def rollback(
 
 
 @app.command()
+def resume(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Let nightly rounds run again after the stop advice paused them (stop.action: pause)."""
+    root = _workspace(workspace)
+    from flows.recovery import get_pause_reason, resume_after_stop
+    from tasks.catalog import Catalog
+
+    catalog = Catalog(root)
+    paused = get_pause_reason(catalog)
+    after = resume_after_stop(catalog)
+    if paused is None:
+        console.print(
+            f"rounds were not paused; a stop advice of round-{after:04d} or earlier will not "
+            "pause them"
+        )
+    else:
+        console.print(
+            f"resumed: rounds run again; the stop advice of round-{after:04d} is set aside "
+            "(a later round's advice pauses them again)"
+        )
+
+
+@app.command()
 def status(workspace: WorkspaceOpt = Path(".")) -> None:
     """The current round, labels by class and split, the last metrics, the batch that is out."""
     root = _workspace(workspace)

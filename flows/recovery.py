@@ -76,6 +76,41 @@ def pool_added_since_last_round(root: Path) -> bool:
     return bool(versioning.git(root, "diff", "--name-only", last, "HEAD", "--", "data/pool.dvc"))
 
 
+def resume_marker(catalog: Catalog) -> Path:
+    """The file ``alloop resume`` leaves: the round after which a person chose to go on."""
+    return catalog.state_dir / "resumed.json"
+
+
+def resume_after_stop(catalog: Catalog) -> int:
+    """Let rounds run again after the stop advice paused them (``stop.action: pause``).
+    Returns the round the advice came in; the next advice (a later round's) pauses again."""
+    committed = versioning.committed_round(catalog.root)
+    if committed < 1:
+        raise WorkspaceError("no round has run yet: there is nothing to resume")
+    catalog.state_dir.mkdir(parents=True, exist_ok=True)
+    resume_marker(catalog).write_text(json.dumps({"after_round": committed}) + "\n")
+    return committed
+
+
+def get_pause_reason(catalog: Catalog) -> str | None:
+    """Why rounds are paused, or None: the last round's stop advice, with ``stop.action:
+    pause``, and no ``alloop resume`` since that round."""
+    committed = versioning.committed_round(catalog.root)
+    report = catalog.load("health_report")
+    if committed < 1 or not report or not report.get("stop_advised"):
+        return None
+    if catalog.read_params().stop.action != "pause":
+        return None
+    marker = resume_marker(catalog)
+    if marker.exists() and json.loads(marker.read_text()).get("after_round", 0) >= committed:
+        return None
+    return (
+        f"paused: {round_name(committed)} advised to stop labeling ({report.get('stop_reason')}) "
+        "and stop.action is pause; no round was run. `alloop resume` lets rounds run again, "
+        "`alloop round --force` runs one now."
+    )
+
+
 def get_idle_reason(catalog: Catalog) -> str | None:
     """Why a new round would have nothing to do, or None when it has work.
 
@@ -83,11 +118,16 @@ def get_idle_reason(catalog: Catalog) -> str | None:
     pool items (``data/pool`` changed since the last round's tag, committed by ``alloop pool
     add`` or not). Without either it would only issue another batch
     while the last one is still out, so it is skipped (``--force`` runs it anyway). A round
-    that started and was never recorded always has work: finishing it.
+    that started and was never recorded always has work: finishing it. Rounds paused by the
+    stop advice (:func:`get_pause_reason`) are skipped whatever waits: labels stay in
+    ``data/incoming/`` for the round after ``alloop resume``.
     """
     committed = versioning.committed_round(catalog.root)
     if committed < 1 or round_pending(catalog):
         return None
+    paused = get_pause_reason(catalog)
+    if paused is not None:
+        return paused
     if (
         catalog.list_incoming()
         or pool_added_since_last_round(catalog.root)

@@ -316,3 +316,47 @@ def test_explore_ranks_the_items_most_likely_of_the_missed_class_first():
     plain = rank_for_explore(rows, booster, classes=("a", "b", "rare"), explore_classes=())
     assert plain.tolist() == rows["item_id"].tolist()
     assert isinstance(booster, lgb.Booster)
+
+
+# -- stop.action: pause -----------------------------------------------------------------------
+def _recorded_workspace(root, *, action, advised):
+    """A workspace whose last commit recorded round 2 with the given stop advice."""
+    import subprocess
+
+    import yaml
+
+    from tasks.catalog import Catalog, RoundInfo
+    from tasks.summaries import HealthSummary
+
+    catalog = Catalog(root)
+    root.mkdir()
+    params = {"project": {"classes": ["a", "b"]}, "stop": {"action": action}}
+    catalog.params_file.write_text(yaml.safe_dump(params))
+    catalog.write_round(RoundInfo(2, "2026-11-30T02:00:00+00:00"))
+    report = HealthSummary(round_id=2, stop_advised=advised, stop_reason="kappa 0.995 >= 0.99")
+    catalog.save("health_report", report.to_dict())
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "round-0002"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", *args],
+            cwd=root,
+            check=True,
+        )
+    return catalog
+
+
+def test_stop_advice_pauses_rounds_only_with_pause_and_until_resumed(tmp_path):
+    from flows.recovery import get_idle_reason, get_pause_reason, resume_after_stop
+
+    advise = _recorded_workspace(tmp_path / "advise", action="advise", advised=True)
+    assert get_pause_reason(advise) is None
+    paused = _recorded_workspace(tmp_path / "pause", action="pause", advised=True)
+    (paused.path("incoming")).mkdir(parents=True)
+    (paused.path("incoming") / "late.csv").write_text("item_id,label\n1,a\n")
+    reason = get_idle_reason(paused)  # labels waiting do not lift the pause
+    assert reason is not None and reason.startswith("paused: round-0002 advised to stop")
+    assert "alloop resume" in reason and "kappa 0.995" in reason
+    assert resume_after_stop(paused) == 2
+    assert get_pause_reason(paused) is None
+    assert get_idle_reason(paused) is None  # the waiting labels are work again
+    quiet = _recorded_workspace(tmp_path / "quiet", action="pause", advised=False)
+    assert get_pause_reason(quiet) is None
