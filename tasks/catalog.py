@@ -633,6 +633,18 @@ class Catalog:
             raise FileNotFoundError(f"no pool files (*.parquet) in {self.path('pool')}")
         return ds.dataset([str(f) for f in files], format="parquet")
 
+    def pool_partition_sizes(self) -> dict[str, int]:
+        """Each pool partition's file name and rows, from the parquet footers (no data read)."""
+        return {f.name: pq.ParquetFile(f).metadata.num_rows for f in self.pool_files()}
+
+    def read_pool_partition_ids(self, names: list[str]) -> pd.Series:
+        """The item ids of the partitions ``names`` (file names in ``data/pool``)."""
+        files = [str(self.path("pool") / name) for name in names]
+        if not files:
+            return pd.Series([], dtype="string", name=schema.ITEM_ID)
+        ids = ds.dataset(files, format="parquet").to_table(columns=[schema.ITEM_ID]).column(0)
+        return pd.Series(ids.to_pandas(), name=schema.ITEM_ID).astype("string")
+
     def read_pool_ids(self) -> pd.Series:
         ids = self._pool_dataset().to_table(columns=[schema.ITEM_ID]).column(0)
         return pd.Series(ids.to_pandas(), name=schema.ITEM_ID).astype("string")

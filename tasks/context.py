@@ -140,6 +140,15 @@ class StageContext:
         self._check_pool()
         return self.catalog.read_pool_ids()
 
+    def pool_partitions(self) -> dict[str, int]:
+        """Each pool partition (one per arrival) and its rows."""
+        self._check_pool()
+        return self.catalog.pool_partition_sizes()
+
+    def pool_partition_ids(self, names: list[str]) -> pd.Series:
+        self._check_pool()
+        return self.catalog.read_pool_partition_ids(names)
+
     def pool_rows(self, item_ids: pd.Series, *, ordered: bool = True) -> pd.DataFrame:
         """Pool rows of ``item_ids``: in that order, or in pool order when not ``ordered``."""
         self._check_pool()

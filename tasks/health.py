@@ -38,6 +38,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 
 from tasks import schema
 from tasks.context import StageContext, StageSpec
+from tasks.drift import DriftResult, find_drift
 from tasks.faults import crash_point
 from tasks.model import (
     encode_labels,
@@ -485,6 +486,91 @@ def get_random_only_f1(
     )
 
 
+# -- drift on arriving items ------------------------------------------------------------------
+def check_arrivals(
+    ctx: StageContext, arrivals: pd.DataFrame, booster: lgb.Booster | None
+) -> tuple[DriftResult | None, pd.DataFrame]:
+    """Compare the pool partitions no earlier round saw with the pool they join.
+
+    The first round's partitions are the pool itself: recorded, not compared. Later ones are
+    compared (:func:`tasks.drift.find_drift`) when they hold at least
+    ``health.drift_min_items`` items, each side a random sample of at most
+    ``health.drift_reference_sample``; with a model, its predicted probabilities too.
+
+    Returns
+    -------
+    (DriftResult or None, pd.DataFrame)
+        The comparison (None when nothing was compared) and ``arrivals`` with a row per new
+        partition (schema :data:`tasks.schema.ARRIVALS`).
+    """
+    params = ctx.params.health
+    sizes = ctx.pool_partitions()
+    seen = set(arrivals["partition"].astype(str))
+    new = [name for name in sizes if name not in seen]
+    old = [name for name in sizes if name in seen]
+    if not new:
+        return None, arrivals
+    n_new = sum(sizes[name] for name in new)
+    result = None
+    if params.enabled and old and n_new >= params.drift_min_items:
+        rng = np.random.default_rng(ctx.random_state("health-drift"))
+        samples = []
+        for names in (old, new):
+            ids = ctx.pool_partition_ids(names)
+            take = np.sort(rng.permutation(len(ids))[: params.drift_reference_sample])
+            samples.append(get_feature_frame(ctx.pool_rows(ids.iloc[take], ordered=False)))
+        reference, arriving = samples
+        n_classes = len(ctx.params.project.classes)
+        probs = (
+            {
+                "reference_probs": predict_proba(booster, reference, n_classes),
+                "arriving_probs": predict_proba(booster, arriving, n_classes),
+            }
+            if booster is not None
+            else {}
+        )
+        result = find_drift(
+            reference,
+            arriving,
+            params=params,
+            random_state=ctx.random_state("health-drift-test"),
+            **probs,
+        )
+    rows = pd.DataFrame(
+        {
+            "partition": new,
+            "round_id": ctx.round_id,
+            "items": [sizes[name] for name in new],
+            "checked": result is not None,
+            "drift_warning": result.warning if result is not None else pd.NA,
+            "auc": result.auc if result is not None else np.nan,
+            "p_value": result.p_value if result is not None else np.nan,
+            "shifted_features": ",".join(result.shifted_features) if result is not None else "",
+        }
+    )
+    return result, pd.concat([arrivals, schema.conform(rows, schema.ARRIVALS)], ignore_index=True)
+
+
+def get_drift_fields(
+    result: DriftResult | None, arrivals: pd.DataFrame, *, round_id: int
+) -> dict[str, object]:
+    """The summary's drift fields for this round's arrivals."""
+    arrived = int(arrivals.loc[arrivals["round_id"] == round_id, "items"].sum())
+    if result is None:
+        return {"drift_new_items": arrived}
+    return {
+        "drift_new_items": arrived,
+        "drift_checked": True,
+        "drift_warning": bool(result.warning),
+        "drift_auc": float(result.auc),
+        "drift_p_value": float(result.p_value),
+        "drift_features": tuple(
+            dict.fromkeys((*result.shifted_features, *result.classifier_features))
+        ),
+        "drift_prediction_shift": result.prediction_shift,
+    }
+
+
 def _stop_series(predictions: pd.DataFrame, round_id: int) -> pd.Series:
     rows = predictions[predictions["round_id"] == round_id]
     return rows.set_index("item_id")["predicted_label"]
@@ -504,12 +590,16 @@ def run(ctx: StageContext) -> HealthSummary:
             random_state=ctx.random_state("health-stop-set"),
         )
     ctx.save("stop_set", stop_set)
-    arrivals = ctx.load_before("arrivals")
-    ctx.save("arrivals", arrivals)  # drift: see below
-
     candidate = ctx.load("candidate")
-    summary_args: dict[str, object] = {"round_id": round_id, "stop_set_size": len(stop_set)}
-    detail: dict[str, object] = {}
+    booster = lgb.Booster(model_str=candidate.text) if candidate.text is not None else None
+    drift, arrived = check_arrivals(ctx, ctx.load_before("arrivals"), booster)
+    ctx.save("arrivals", arrived)
+    summary_args: dict[str, object] = {
+        "round_id": round_id,
+        "stop_set_size": len(stop_set),
+        **get_drift_fields(drift, arrived, round_id=round_id),
+    }
+    detail: dict[str, object] = {"drift": drift.to_dict() if drift is not None else None}
     if not params.health.enabled:
         summary = HealthSummary(**summary_args, not_rated_because="health.enabled is false")
         return _save(ctx, summary, stop_predictions, None, detail, history)
@@ -517,7 +607,6 @@ def run(ctx: StageContext) -> HealthSummary:
         summary = HealthSummary(**summary_args, not_rated_because="no model trained this round")
         return _save(ctx, summary, stop_predictions, None, detail, history)
 
-    booster = lgb.Booster(model_str=candidate.text)
     stop_rows = ctx.pool_rows(stop_set["item_id"])
     stop_probs = predict_proba(booster, get_feature_frame(stop_rows), len(classes))
     names = np.asarray(classes, dtype=object)
@@ -649,6 +738,7 @@ def run(ctx: StageContext) -> HealthSummary:
         plan_reasons=plan.reasons,
     )
     detail = {
+        **detail,
         "per_class": per_class.replace({np.nan: None}).to_dict(orient="records"),
         "class_balance": {
             "labels": {str(k): int(v) for k, v in train["label"].value_counts().items()},

@@ -360,3 +360,50 @@ def test_stop_advice_pauses_rounds_only_with_pause_and_until_resumed(tmp_path):
     assert get_idle_reason(paused) is None  # the waiting labels are work again
     quiet = _recorded_workspace(tmp_path / "quiet", action="pause", advised=False)
     assert get_pause_reason(quiet) is None
+
+
+# -- drift on arriving partitions -------------------------------------------------------------
+def test_arriving_partitions_are_compared_with_the_pool_they_join(tmp_path):
+    from tasks import health
+    from tasks.catalog import Catalog, RoundInfo
+    from tasks.context import StageContext
+    from tasks.params import load_params
+
+    catalog = Catalog(tmp_path)
+    catalog.path("pool").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def add_partition(k, frame):
+        frame = frame.assign(item_id=[f"p{k}-{i}" for i in range(len(frame))])
+        frame[["item_id", "x0", "x1", "x2", "x3"]].to_parquet(
+            catalog.path("pool") / f"items-{k:04d}.parquet", index=False
+        )
+
+    add_partition(0, _blobs(3000, 0))
+    params = load_params({"project": {"classes": ["a", "b"]}})
+    arrivals = schema.empty(schema.ARRIVALS)
+
+    def round_(round_id, arrivals):
+        ctx = StageContext(catalog, params, RoundInfo(round_id, "")).for_stage(health.STAGE)
+        return health.check_arrivals(ctx, arrivals, None)
+
+    result, arrivals = round_(1, arrivals)  # the first pool: recorded, nothing to compare with
+    assert result is None and arrivals["checked"].tolist() == [False]
+    result, same = round_(2, arrivals)  # no new partition: nothing changes
+    assert result is None and same.equals(arrivals)
+
+    add_partition(1, _blobs(2000, 2))  # more of the same pool
+    result, arrivals = round_(3, arrivals)
+    assert result is not None and not result.warning
+
+    shifted = _blobs(2000, 1)
+    shifted["x2"] += 0.5 * rng.standard_normal() + 0.5
+    add_partition(2, shifted)
+    result, arrivals = round_(4, arrivals)
+    assert result is not None and result.warning and "x2" in result.shifted_features
+    row = arrivals.iloc[-1]
+    assert row["partition"] == "items-0002.parquet" and row["checked"] and row["drift_warning"]
+    assert row["shifted_features"] == "x2" and row["items"] == 2000
+    fields = health.get_drift_fields(result, arrivals, round_id=4)
+    assert fields["drift_new_items"] == 2000 and fields["drift_warning"] is True
+    assert arrivals["partition"].tolist() == [f"items-{k:04d}.parquet" for k in range(3)]
