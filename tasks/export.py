@@ -3,12 +3,15 @@
 Annotators see the item and the model's suggestion, never the split or why an item was
 chosen: a test item must be labeled exactly like any other. Items are grouped by predicted
 class, so that an annotator switches context less often; the report gives the batch's
-expected annotation time (:mod:`tasks.annotation_time`).
+expected annotation time (:mod:`tasks.annotation_time`). The report comes twice: as Markdown
+(``reports/round.md``, what ``alloop round`` prints) and as one self-contained HTML page with
+plots (``reports/round.html``, :mod:`tasks.report_page`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -18,25 +21,36 @@ from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import csv_text, json_text, jsonl_text, round_name
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
-from tasks.params import ExportParams
+from tasks.params import ExportParams, StopParams
+from tasks.report_page import RoundPageData, render_round_page
 from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries, read_round_summaries
 
 MAX_FILES_LISTED = 20
 #: the stages whose summaries the report and the history row read (all before export)
 REPORTED = tuple(stage for stage in SUMMARIES if stage != "export")
 
+#: what the round page shows besides the summaries and the history (any may be absent: an
+#: older workspace, health disabled, a first round)
+PAGE_READS = ("test_predictions", "health_history", "health_detail", "annotators")
+
 STAGE = StageSpec(
     name="export",
     module=__name__,
-    code=("tasks/annotation_time.py", "tasks/summaries.py"),
+    code=(
+        "tasks/annotation_time.py",
+        "tasks/summaries.py",
+        "tasks/report_page.py",
+        "tasks/svg_plots.py",
+    ),
     reads=(
         "batch",
         "pool",
         "manifest",
         *(SUMMARIES[stage].report for stage in REPORTED),
+        *PAGE_READS,
     ),
-    writes=("outbox", "round_report", "history", "export_report"),
-    params=("export", "annotation"),
+    writes=("outbox", "round_report", "round_page", "history", "export_report"),
+    params=("export", "annotation", "project", "stop"),
 )
 
 #: Columns an annotator fills in; the returned CSV is the plain incoming label format.
@@ -262,6 +276,37 @@ def get_history_row(round_id: int, reports: RoundSummaries) -> pd.DataFrame:
     return schema.conform(pd.DataFrame([row]), schema.HISTORY)
 
 
+def get_round_page_data(
+    load: Callable[[str], Any],
+    *,
+    round_id: int,
+    started_at: str,
+    reports: RoundSummaries,
+    classes: tuple[str, ...],
+    stop: StopParams,
+    batch_seconds: float | None,
+    random_state: int,
+) -> RoundPageData:
+    """What the round page shows, read by artifact name (``load``: a name -> its value, None
+    or an empty table when absent; the history as this round left it)."""
+    return RoundPageData(
+        round_id=round_id,
+        classes=tuple(classes),
+        started_at=started_at,
+        summaries=reports,
+        history=load("history"),
+        health_history=load("health_history"),
+        health_detail=load("health_detail"),
+        test_predictions=load("test_predictions"),
+        annotators=load("annotators"),
+        batch=load("batch"),
+        batch_seconds=batch_seconds,
+        stop_kappa=stop.kappa,
+        stop_window=stop.window,
+        random_state=random_state,
+    )
+
+
 def get_outbox_files(
     table: pd.DataFrame, records: list[dict[str, Any]], tasks: list[dict[str, Any]]
 ) -> dict[str, str]:
@@ -296,6 +341,17 @@ def run(ctx: StageContext) -> ExportSummary:
     )
     history = ctx.load_before("history")
     ctx.save("history", pd.concat([history, get_history_row(ctx.round_id, reports)]))
+    page = get_round_page_data(
+        ctx.load,
+        round_id=ctx.round_id,
+        started_at=ctx.round.started_at,
+        reports=reports,
+        classes=ctx.params.project.classes,
+        stop=ctx.params.stop,
+        batch_seconds=batch_seconds,
+        random_state=ctx.random_state("export"),
+    )
+    ctx.save("round_page", render_round_page(page))
     summary = ExportSummary(
         exported_items=int(len(table)), expected_annotation_seconds=batch_seconds
     )
