@@ -470,10 +470,17 @@ def resume(workspace: WorkspaceOpt = Path(".")) -> None:
 def status(workspace: WorkspaceOpt = Path(".")) -> None:
     """The current round, labels by class and split, the last metrics, the batch that is out."""
     root = _workspace(workspace)
-    from flows.status import get_status
+    from flows.status import get_drift_lines, get_rating_line, get_status
     from tasks.catalog import Catalog
 
     st = get_status(Catalog(root))
+    # what a person wants to know first: is the model good, should labeling stop, did the
+    # pool drift (plain text: class names may hold [brackets])
+    for line in [
+        get_rating_line(st.summaries.health, st.stop),
+        *get_drift_lines(st.summaries.health),
+    ]:
+        console.print(line, markup=False, soft_wrap=True, highlight=False)
     console.print(f"[bold]workspace[/] {root}")
     upgrade = (
         f" (differs: `alloop upgrade -w {root}` moves it to the running one)"

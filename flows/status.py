@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from flows import versioning
 from flows.workspace import WorkspaceVersion, get_alloop_version, get_workspace_version
 from tasks.catalog import Catalog, round_name
-from tasks.summaries import SUMMARIES, RoundSummaries, read_round_summaries
+from tasks.params import StopParams
+from tasks.summaries import SUMMARIES, HealthSummary, RoundSummaries, read_round_summaries
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ class Status:
     unlabeled_left: int  # pool items never issued
     workspace_version: WorkspaceVersion  # the alloop whose code the workspace holds
     running_version: str  # the alloop running this command
+    #: the stop signal's params (None: params.yaml unreadable; status still answers)
+    stop: StopParams | None = None
 
 
 def read_summaries(catalog: Catalog) -> RoundSummaries:
@@ -46,6 +50,83 @@ def read_summaries(catalog: Catalog) -> RoundSummaries:
         if summary is not None:
             found[stage] = summary
     return RoundSummaries.of(found)
+
+
+FACTOR_NAMES = {
+    "balance": "balance",
+    "coverage": "coverage",
+    "all_labels": "all labels",
+    "worst_labels": "worst labels",
+}
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def get_rating_line(health: HealthSummary | None, stop: StopParams | None) -> str:
+    """The line ``alloop status`` leads with: the model rating and its factors, and the
+    stop advice with its evidence, e.g. ``model rating 72/100 (balance 55, coverage 80, all
+    labels 85, worst labels 40: 'sleep-stage-1'); stop: go on (kappa 0.93, 3-round mean 0.91
+    < 0.99)``."""
+    if health is None:
+        return (
+            "model rating: none yet (no health report: the next round of this alloop writes "
+            "one); stop: no signal yet"
+        )
+    if health.rating is None:
+        rating = f"model rating: not rated ({health.not_rated_because or 'no reason given'})"
+    else:
+        factors = []
+        for name, value in health.factors.items():
+            text = f"{FACTOR_NAMES[name]} {_score(value)}"
+            if name == "worst_labels" and health.worst_classes:
+                text += ": " + ", ".join(repr(c) for c in list(health.worst_classes)[:3])
+            factors.append(text)
+        rating = f"model rating {health.rating:.0f}/100 ({', '.join(factors)})"
+    return f"{rating}; stop: {get_stop_words(health, stop)}"
+
+
+def get_stop_words(health: HealthSummary, stop: StopParams | None) -> str:
+    """The stop advice and its evidence: ``go on (kappa 0.93, 3-round mean 0.91 < 0.99)``."""
+    if health.kappa is None:
+        return f"no signal yet ({health.stop_reason or 'it compares two rounds of models'})"
+    advice = "advised" if health.stop_advised else "go on"
+    window = f"{stop.window}-round mean" if stop is not None else "mean"
+    if health.kappa_mean is None:
+        mean = f"{window} not yet: {health.stop_reason}" if health.stop_reason else ""
+    else:
+        mean = f"{window} {health.kappa_mean:.2f}"
+        if stop is not None:
+            mean += f" {'>=' if health.kappa_mean >= stop.kappa else '<'} {stop.kappa:g}"
+    return f"{advice} (kappa {health.kappa:.2f}" + (f", {mean})" if mean else ")")
+
+
+def get_drift_lines(health: HealthSummary | None) -> list[str]:
+    """A line for a drift warning on the items that arrived this round (none without one)."""
+    if health is None or not health.drift_warning:
+        return []
+    evidence = []
+    if health.drift_auc is not None:
+        p_value = f", p {health.drift_p_value:.2g}" if health.drift_p_value is not None else ""
+        evidence.append(f"classifier AUC {health.drift_auc:.2f}{p_value}")
+    if health.drift_features:
+        evidence.append("shifted features: " + ", ".join(health.drift_features))
+    if health.drift_prediction_shift:
+        evidence.append("the model's predictions shifted")
+    detail = f" ({'; '.join(evidence)})" if evidence else ""
+    return [
+        f"drift warning: the {health.drift_new_items} items that arrived differ from the "
+        f"pool{detail}; the round page (alloop report) has the table"
+    ]
+
+
+def _read_stop_params(catalog: Catalog) -> StopParams | None:
+    try:
+        return catalog.read_params().stop
+    except (ValueError, yaml.YAMLError) as exc:  # status answers even with a broken params file
+        log.info("status: params.yaml: %s", exc)
+        return None
 
 
 def get_status(catalog: Catalog) -> Status:
@@ -92,4 +173,5 @@ def get_status(catalog: Catalog) -> Status:
         unlabeled_left=int((~pool_ids.isin(set(issued["item_id"]))).sum()),
         workspace_version=get_workspace_version(root),
         running_version=get_alloop_version(),
+        stop=_read_stop_params(catalog),
     )
