@@ -551,6 +551,33 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
 
 
 @app.command()
+def report(
+    workspace: WorkspaceOpt = Path("."),
+    round_id: Annotated[
+        int | None,
+        typer.Option("--round", min=1, help="A recorded round (default: the last one)."),
+    ] = None,
+) -> None:
+    """Print the path of the round page: one HTML file with plots, opens offline.
+
+    The last round's is reports/round.html. A recorded round's (--round N) is the one its tag
+    pins, read through DVC into .alloop/pages/ (the workspace's files stay as they are); a
+    round from before pages gets one rendered from its recorded files. E.g.
+    `xdg-open "$(alloop report --round 3)"`.
+    """
+    root = _workspace(workspace)
+    from flows.report import ReportError, get_round_page
+
+    try:
+        page = get_round_page(root, round_id)
+    except ReportError as exc:
+        raise _fail(str(exc)) from None
+    # the path alone on standard output, so that it can be handed to a browser
+    sys.stdout.write(f"{page.path}\n")
+    sys.stderr.write(f"{page.how}\n")
+
+
+@app.command()
 def demo(
     rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 5,
     path: Annotated[Path, typer.Option(help="Workspace folder to create.")] = Path(

@@ -283,12 +283,13 @@ def get_round_page_data(
     started_at: str,
     reports: RoundSummaries,
     classes: tuple[str, ...],
-    stop: StopParams,
+    stop: StopParams | None,
     batch_seconds: float | None,
     random_state: int,
 ) -> RoundPageData:
     """What the round page shows, read by artifact name (``load``: a name -> its value, None
-    or an empty table when absent; the history as this round left it)."""
+    or an empty table when absent; the history as this round left it). ``stop`` None: the
+    stop signal's threshold is not known (a past round's params this alloop cannot read)."""
     return RoundPageData(
         round_id=round_id,
         classes=tuple(classes),
@@ -301,8 +302,8 @@ def get_round_page_data(
         annotators=load("annotators"),
         batch=load("batch"),
         batch_seconds=batch_seconds,
-        stop_kappa=stop.kappa,
-        stop_window=stop.window,
+        stop_kappa=stop.kappa if stop is not None else None,
+        stop_window=stop.window if stop is not None else None,
         random_state=random_state,
     )
 
