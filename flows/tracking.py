@@ -138,9 +138,11 @@ def log_round(
     elif model_file.exists():
         # not registered: the raw files suffice, and skip the pyfunc's cost (docs/decisions.md)
         client.log_artifacts(run_id, str(catalog.path("candidate")), "model")
-    report = catalog.path("round_report")
-    if report.exists():
-        client.log_artifact(run_id, str(report))
+    # the round report, as Markdown and as the page with plots (MLflow's UI shows the page)
+    for name in ("round_report", "round_page"):
+        report = catalog.path(name)
+        if report.exists():
+            client.log_artifact(run_id, str(report))
     if champion:
         _register_champion(client, run_id, round_id)
     client.set_terminated(run_id, "FINISHED")

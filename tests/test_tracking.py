@@ -105,6 +105,17 @@ def test_champion_alias_is_on_the_promoting_rounds_version(rounds):
     assert "model/MLmodel" in names
 
 
+def test_each_round_run_keeps_the_report_and_the_page(rounds, tmp_path):
+    root, catalog = rounds["root"], rounds["catalog"]
+    client = MlflowClient(tracking_uri=mlflow_uri(root))
+    runs = {r["round_id"]: r["run_id"] for r in tracking.list_round_runs(root)}
+    for round_id in (1, 2, 3):
+        names = {a.path for a in client.list_artifacts(runs[round_id])}
+        assert {"round.md", "round.html"} <= names, (round_id, names)
+    page = client.download_artifacts(runs[3], "round.html", str(tmp_path))
+    assert open(page).read() == catalog.path("round_page").read_text()
+
+
 def test_after_a_rollback_the_alias_still_loads(rounds, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(rounds["root"], ws, symlinks=True)
