@@ -43,8 +43,8 @@ from tasks.svg_plots import (
 #: the level of every interval on the page
 INTERVAL_LEVEL = 0.95
 #: bootstrap resamples of the round's confusion matrix: drawing them costs O(resamples x k^2),
-#: whatever the test-set size; at 2000 the interval's ends move by about 0.002 between seeds
-#: (measured on satimage's 6 classes and 300 test items)
+#: whatever the test-set size (13 ms); at 2000 the interval's ends vary between seeds with a
+#: standard deviation of about 0.001 (measured: 202 test items, 10 classes, 50 seeds)
 BOOTSTRAP_RESAMPLES = 2000
 #: rows of a long table shown before the rest is folded away
 TABLE_ROWS = 25
