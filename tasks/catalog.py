@@ -299,6 +299,7 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         "json",
         "out",
         "the rating's evidence: per-class F1, the stop signal's rounds, drift per feature",
+        read_later_by=("health",),
     ),
     Artifact(
         "health_history",
