@@ -472,7 +472,7 @@ class Catalog:
         artifact = get_artifact(name)
         path = self.path(name, round_id)
         if artifact.kind == "table":
-            return self._read_table(path, _schema_of(artifact))
+            return self._read_table(path, artifact.table_schema)
         if artifact.kind == "csv":
             return _read_csv(path, artifact.table_schema)
         if artifact.kind == "json":
@@ -503,7 +503,7 @@ class Catalog:
         artifact = get_artifact(name)
         path = self.path(name, round_id)
         if artifact.kind == "table":
-            self._write_table(path, value, _schema_of(artifact))
+            self._write_table(path, value, artifact.table_schema)
         elif artifact.kind == "csv":
             frame = (
                 value
@@ -563,18 +563,20 @@ class Catalog:
         write_text(self.round_file, text)
 
     # -- tables -------------------------------------------------------------------------
-    def _read_table(self, path: Path, table_schema: Mapping[str, str]) -> pd.DataFrame:
-        """Read a parquet table; an absent file is an empty table."""
+    def _read_table(self, path: Path, table_schema: Mapping[str, str] | None) -> pd.DataFrame:
+        """Read a parquet table; an absent file is an empty table. A table whose columns
+        depend on the project (one per class) declares no schema and is read as written."""
+        if table_schema is None:
+            return pd.read_parquet(path) if path.exists() else pd.DataFrame()
         if not path.exists():
             return schema.empty(dict(table_schema))
         return schema.conform(pd.read_parquet(path), dict(table_schema))
 
     def _write_table(
-        self, path: Path, frame: pd.DataFrame, table_schema: Mapping[str, str]
+        self, path: Path, frame: pd.DataFrame, table_schema: Mapping[str, str] | None
     ) -> None:
-        table = pa.Table.from_pandas(
-            schema.conform(frame, dict(table_schema)), preserve_index=False
-        )
+        conformed = frame if table_schema is None else schema.conform(frame, dict(table_schema))
+        table = pa.Table.from_pandas(conformed, preserve_index=False)
         _atomic(path, lambda tmp: pq.write_table(table, tmp))
 
     # -- incoming files -----------------------------------------------------------------

@@ -29,9 +29,13 @@ import numpy as np
 import pandas as pd
 
 from tasks import schema
+from tasks.activelab import get_relabel_plan
+from tasks.catalog import SavedModel
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.health import BALANCE_MODEL
+from tasks.ledger import get_active_events
+from tasks.merge import get_votes
 from tasks.model import get_feature_frame, predict_proba
 from tasks.params import FlagParams, SelectParams
 from tasks.summaries import HealthSummary, SelectSummary
@@ -39,7 +43,7 @@ from tasks.summaries import HealthSummary, SelectSummary
 STAGE = StageSpec(
     name="select",
     module=__name__,
-    code=("tasks/model.py",),
+    code=("tasks/model.py", "tasks/activelab.py", "tasks/health.py", "tasks/merge.py"),
     reads=(
         "champion",
         "pool",
@@ -49,6 +53,8 @@ STAGE = StageSpec(
         "candidate",
         "health_report",
         "health_models",
+        "label_probs",
+        "ledger",
     ),
     writes=("batch", "issued", "select_report"),
     params=(
@@ -334,6 +340,56 @@ def get_relabel_candidates(
     return candidates[~schema.is_in(candidates, sent_before)].reset_index(drop=True)
 
 
+def get_activelab_candidates(
+    ctx: StageContext,
+    scores: pd.DataFrame,
+    issued: pd.DataFrame,
+    current: pd.DataFrame,
+    label_probs: pd.DataFrame,
+    champion: SavedModel,
+    plan: Mapping[str, float],
+) -> pd.Series:
+    """The items to send back, with ActiveLab deciding per item between another vote on a
+    training item and a new item (:func:`tasks.activelab.get_relabel_plan`); then, as
+    before, test items whose votes agree less than ``merge.relabel_below_agreement``.
+
+    The new items it weighs are those the active slice would take: the highest utilities,
+    as many as the active slice has places, scored with the champion's probabilities.
+    """
+    params = ctx.params
+    total = params.select.batch_size
+    sizes = get_batch_sizes(params.select, has_model=True, n_relabel_candidates=0, plan=plan)
+    fresh = scores[~schema.is_in(scores["item_id"], issued["item_id"]) & scores["utility"].notna()]
+    top = fresh.nlargest(sizes["active"], "utility", keep="first")["item_id"]
+    candidate_probs = (
+        predict_proba(
+            lgb.Booster(model_str=champion.text),
+            get_feature_frame(ctx.pool_rows(top)),
+            len(params.project.classes),
+        )
+        if len(top)
+        else np.empty((0, len(params.project.classes)))
+    )
+    train_ids = current.loc[current["split"] == "train", "item_id"]
+    votes = get_votes(get_active_events(ctx.load("ledger")))
+    votes = votes[schema.is_in(votes["item_id"], train_ids)]
+    sent_before = issued.loc[issued["reason"] == "relabel", "item_id"]
+    relabel = get_relabel_plan(
+        votes[["item_id", "annotator", "label"]],
+        label_probs,
+        candidate_probs,
+        classes=params.project.classes,
+        n_places=sizes["active"],
+        max_relabel=int(params.select.relabel_max_fraction * total),
+        exclude=sent_before,
+    ).relabel_ids
+    split_votes = current[
+        (current["split"] == "test") & (current["agreement"] < params.merge.relabel_below_agreement)
+    ].sort_values(["agreement", "item_id"])["item_id"]
+    split_votes = split_votes[~schema.is_in(split_votes, sent_before)]
+    return pd.concat([relabel, split_votes], ignore_index=True).drop_duplicates()
+
+
 def get_select_summary(
     batch: pd.DataFrame, issued: pd.DataFrame, scores: pd.DataFrame
 ) -> SelectSummary:
@@ -356,17 +412,24 @@ def run(ctx: StageContext) -> SelectSummary:
     issued = ctx.load_before("issued")
     champion = ctx.load("champion")
     has_model = champion.text is not None
-    candidates = get_relabel_candidates(
-        ctx.load("flags"),
-        ctx.load("current"),
-        issued,
-        round_id=ctx.round_id,
-        params=ctx.params.flag,
-        min_agreement=ctx.params.merge.relabel_below_agreement,
-    )
+    current = ctx.load("current")
     report = ctx.load("health_report")
     health = HealthSummary.from_dict(report) if report else None
     plan = get_plan(health) if has_model else {}
+    label_probs = ctx.load("label_probs")
+    if has_model and not label_probs.empty:  # flag's out-of-fold probabilities: ActiveLab
+        candidates = get_activelab_candidates(
+            ctx, scores, issued, current, label_probs, champion, plan
+        )
+    else:
+        candidates = get_relabel_candidates(
+            ctx.load("flags"),
+            current,
+            issued,
+            round_id=ctx.round_id,
+            params=ctx.params.flag,
+            min_agreement=ctx.params.merge.relabel_below_agreement,
+        )
     ranked = (
         get_ranked_slices(ctx, scores, issued, health, plan)
         if health is not None and any(plan.values())
