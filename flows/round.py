@@ -18,7 +18,7 @@ from flows.workspace import WorkspaceError, code_drift, hold_workspace
 from tasks.catalog import Catalog, RoundInfo, round_name
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
-from tasks.summaries import HealthSummary, RoundSummaries, Summary
+from tasks.summaries import RoundSummaries, Summary
 
 log = logging.getLogger(__name__)
 
@@ -70,36 +70,12 @@ def get_commit_message(round_id: int, s: RoundSummaries) -> str:
     if e is not None:
         body.append(f"gate: {e.gate}")
     if s.health is not None:
-        body.extend(get_health_lines(s.health))
+        body.extend(s.health.describe())
     if sel is not None:
         body.append("batch: " + ", ".join(f"{k} {n}" for k, n in sel.parts.items()))
         if sel.unlabeled_left == 0:
             body.append("the pool is exhausted: every item has been issued")
     return headline + "\n\n" + "\n".join(body) + "\n"
-
-
-def get_health_lines(h: HealthSummary) -> list[str]:
-    """What the health stage said, in a few lines: the rating, the stop advice, the plan and
-    drift (the commit message, ``alloop status``)."""
-    lines = []
-    if h.rating is None:
-        lines.append(f"rating: none ({h.not_rated_because or 'not computed'})")
-    else:
-        factors = ", ".join(
-            f"{name.replace('_', ' ')} {value:.0f}"
-            for name, value in h.factors.items()
-            if value is not None
-        )
-        worst = f"; worst: {', '.join(h.worst_classes)}" if h.worst_classes else ""
-        lines.append(f"rating: {h.rating:.0f}/100 ({factors}{worst})")
-        advice = "STOP labeling" if h.stop_advised else "go on labeling"
-        lines.append(f"stop signal: {advice} ({h.stop_reason})")
-    lines.extend(f"plan: {reason}" for reason in h.plan_reasons)
-    if h.drift_checked:
-        verdict = "DRIFT" if h.drift_warning else "no drift"
-        used = f" ({', '.join(h.drift_features)})" if h.drift_warning and h.drift_features else ""
-        lines.append(f"arrivals: {h.drift_new_items} new items, {verdict}{used}")
-    return lines
 
 
 def get_flow_run_name() -> str:

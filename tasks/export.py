@@ -28,6 +28,8 @@ from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries, read_round
 MAX_FILES_LISTED = 20
 #: the stages whose summaries the report and the history row read (all before export)
 REPORTED = tuple(stage for stage in SUMMARIES if stage != "export")
+#: a rating factor under this gets its action spelled out in the round report
+LOW_FACTOR = 70.0
 
 #: what the round page shows besides the summaries and the history (any may be absent: an
 #: older workspace, health disabled, a first round)
@@ -163,7 +165,22 @@ def get_round_report(
     def num(x: Any) -> str:
         return f"{x:.4f}" if isinstance(x, int | float) else "n/a"
 
-    lines = [f"# {round_name(round_id)}", "", "## Labels in"]
+    lines = [f"# {round_name(round_id)}", ""]
+    if reports.health is not None:  # the morning's questions first: is labeling paying?
+        h = reports.health
+        rating, *rest = (f"- {line}" for line in h.describe())
+        actions = [
+            f"  - to raise {factor.replace('_', ' ')}: {action}"
+            for factor, action in h.actions.items()
+            if (h.factors.get(factor) is not None and h.factors[factor] < LOW_FACTOR)
+        ]
+        lines += ["## Is labeling paying?", rating, *actions, *rest]
+        lines += [
+            "- details: reports/round.html (the rating and the stop signal over rounds), "
+            "reports/health.json",
+            "",
+        ]
+    lines += ["## Labels in"]
     if v is not None:
         lines += [
             f"- files read: {v.files} (skipped as already consumed: {v.files_already_consumed})",

@@ -168,6 +168,33 @@ class HealthSummary(Summary):
             "worst_labels": self.worst_labels,
         }
 
+    def describe(self) -> list[str]:
+        """What the health stage said, in a few lines: the rating, the stop advice, the plan
+        and drift (the commit message, the round report)."""
+        lines = []
+        if self.rating is None:
+            lines.append(f"rating: none ({self.not_rated_because or 'not computed'})")
+        else:
+            factors = ", ".join(
+                f"{name.replace('_', ' ')} {value:.0f}"
+                for name, value in self.factors.items()
+                if value is not None
+            )
+            worst = f"; worst: {', '.join(self.worst_classes)}" if self.worst_classes else ""
+            lines.append(f"rating: {self.rating:.0f}/100 ({factors}{worst})")
+            advice = "STOP labeling" if self.stop_advised else "go on labeling"
+            lines.append(f"stop signal: {advice} ({self.stop_reason})")
+        lines.extend(f"plan: {reason}" for reason in self.plan_reasons)
+        if self.drift_checked:
+            verdict = "DRIFT" if self.drift_warning else "no drift"
+            used = (
+                f" ({', '.join(self.drift_features)})"
+                if self.drift_warning and self.drift_features
+                else ""
+            )
+            lines.append(f"arrivals: {self.drift_new_items} new items, {verdict}{used}")
+        return lines
+
 
 @dataclass(frozen=True)
 class ScoreSummary(Summary):
