@@ -47,7 +47,9 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
             _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
+    elif isinstance(value, bool):  # a verdict (promoted, stop advised, drift): 1 or 0 per round
+        out[_metric_name(prefix)] = int(value)
+    elif isinstance(value, int | float):
         out[_metric_name(prefix)] = value
 
 
@@ -131,6 +133,8 @@ def log_round(
     )
     promoted = summaries.evaluate is not None and summaries.evaluate.promoted
     client.set_tag(run_id, "alloop.promoted", str(promoted))
+    if summaries.health is not None:  # what the loop said of itself, readable in the run list
+        client.set_tag(run_id, "alloop.health", "\n".join(summaries.health.describe())[:5000])
     model_file = catalog.path("candidate") / MODEL_FILE
     champion = promoted and model_file.exists() and not rerun_of
     if champion:
