@@ -10,6 +10,7 @@ plots (``reports/round.html``, :mod:`tasks.report_page`).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,8 @@ from tasks.faults import crash_point
 from tasks.params import ExportParams, StopParams
 from tasks.report_page import RoundPageData, render_round_page
 from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries, read_round_summaries
+
+log = logging.getLogger(__name__)
 
 MAX_FILES_LISTED = 20
 #: the stages whose summaries the report and the history row read (all before export)
@@ -307,16 +310,26 @@ def get_round_page_data(
     """What the round page shows, read by artifact name (``load``: a name -> its value, None
     or an empty table when absent; the history as this round left it). ``stop`` None: the
     stop signal's threshold is not known (a past round's params this alloop cannot read)."""
+
+    def shown(name: str) -> Any:
+        # a file another alloop wrote in another shape leaves its part of the page out: the
+        # page is for people, it never stops a round
+        try:
+            return load(name)
+        except (ValueError, KeyError) as exc:
+            log.warning("the round page leaves out %s: %s", name, exc)
+            return None
+
     return RoundPageData(
         round_id=round_id,
         classes=tuple(classes),
         started_at=started_at,
         summaries=reports,
         history=load("history"),
-        health_history=load("health_history"),
-        health_detail=load("health_detail"),
-        test_predictions=load("test_predictions"),
-        annotators=load("annotators"),
+        health_history=shown("health_history"),
+        health_detail=shown("health_detail"),
+        test_predictions=shown("test_predictions"),
+        annotators=shown("annotators"),
         batch=load("batch"),
         batch_seconds=batch_seconds,
         stop_kappa=stop.kappa if stop is not None else None,

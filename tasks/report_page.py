@@ -785,7 +785,10 @@ def _annotators_section(data: RoundPageData) -> str:
     annotators = _frame(data.annotators, "round_id", "annotator")
     if annotators is None:
         return _section("annotators", "Annotators", _missing("No annotator statistics yet."))
-    last = int(annotators["round_id"][annotators["round_id"] <= data.round_id].max())
+    rounds = annotators["round_id"]
+    last = int(
+        rounds[rounds <= data.round_id].max() if (rounds <= data.round_id).any() else rounds.max()
+    )
     mine = annotators[annotators["round_id"] == last].sort_values("annotator")
 
     def bar(value: Any) -> Html:

@@ -534,3 +534,27 @@ def test_a_band_of_one_round_is_drawn():
         )
     )
     assert len(root.findall(f"{SVG}rect")) == 2  # the frame and the band's bar
+
+
+def test_a_page_input_in_another_shape_is_left_out_not_fatal(tmp_path, caplog):
+    from tasks.catalog import Catalog
+    from tasks.export import get_round_page_data
+    from tasks.params import StopParams
+
+    catalog = Catalog(tmp_path)
+    (tmp_path / "reports").mkdir()
+    catalog.path("health_history").write_text("round_id,rating\n1,50\n")  # an older shape
+    catalog.path("health_detail").write_text("{not json")
+    data = get_round_page_data(
+        catalog.load,
+        round_id=1,
+        started_at="",
+        reports=RoundSummaries(),
+        classes=CLASSES,
+        stop=StopParams(),
+        batch_seconds=None,
+        random_state=0,
+    )
+    assert data.health_history is None and data.health_detail is None
+    assert "leaves out health_history" in caplog.text
+    render_round_page(data)
