@@ -53,7 +53,11 @@ class MergeParams(_Section):
     # "latest": on a tie between classes the most recent vote wins (a relabel after a flag
     # is the newer, more informed answer)
     tie_rule: Literal["latest"] = "latest"
-    # auto: CROWDLAB for training items once enough have several votes, majority otherwise
+    # auto: CROWDLAB for training items once enough have several votes, majority otherwise;
+    # and a model that agrees with the other annotators' majority less often than an
+    # annotator does never overrules a strict majority of 2+ votes (measured in bench/README,
+    # "Crowd, flags and ActiveLab": CROWDLAB alone fell below majority on crowds with a weak
+    # model, this never did). crowdlab: CROWDLAB's consensus as it comes
     consensus: Literal["auto", "majority", "crowdlab"] = "auto"
     crowdlab_min_items: int = Field(default=50, ge=1)
     cv_folds: int = Field(default=5, ge=2)

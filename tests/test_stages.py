@@ -18,6 +18,8 @@ from tasks.merge import (
     get_current_labels,
     get_label_events,
     get_resolution_events,
+    get_strict_majority,
+    get_vote_agreement,
     get_votes,
     resolve_labels,
 )
@@ -326,6 +328,84 @@ def test_current_labels_refuse_items_never_issued():
     ledger = _ledger_after([(2, [("7", "a", "x", "t")])])
     with pytest.raises(ValueError, match="never issued"):
         _majority(ledger, _issued([("1", "train")]))
+
+
+def test_vote_agreement_compares_model_and_annotators_with_the_other_votes():
+    votes = pd.DataFrame(
+        {
+            "item_id": ["1", "1", "1", "2", "2", "3", "3", "4"],
+            "label": ["a", "a", "b", "a", "a", "a", "b", "b"],
+        }
+    )
+    # references (strict majority of the other votes): item 1's b-vote -> a (its a-votes see
+    # a tie: left out); item 2 -> a, a; item 3 -> b, a; item 4 has one vote: left out
+    predicted = pd.Series(["a", "a", "a", "b"], index=["1", "2", "3", "4"])
+    annotators, model = get_vote_agreement(votes, predicted, classes=("a", "b"))
+    assert annotators == pytest.approx(2 / 5)
+    assert model == pytest.approx(4 / 5)
+    none = get_vote_agreement(votes[votes["item_id"] == "4"], predicted, classes=("a", "b"))
+    assert np.isnan(none).all()
+    strict = get_strict_majority(votes)
+    assert strict.to_dict() == {"1": True, "2": True, "3": False, "4": False}
+
+
+def _crowd_votes(truth: pd.Series, accuracy: list[float], seed: int) -> pd.DataFrame:
+    """Each annotator votes on every item: right with its accuracy, else another class."""
+    rng = np.random.default_rng(seed)
+    classes = np.sort(truth.unique())
+    rows = []
+    for k, acc in enumerate(accuracy):
+        for item, label in truth.items():
+            wrong = classes[classes != label]
+            vote = label if rng.random() < acc else wrong[rng.integers(wrong.size)]
+            rows.append((item, f"ann{k}", vote))
+    votes = pd.DataFrame(rows, columns=["item_id", "annotator", "label"])
+    return votes.assign(order=np.arange(len(votes)), round_id=1)
+
+
+def _resolve(votes, rows, classes, consensus):
+    split = pd.Series("train", index=rows["item_id"].to_numpy())
+    return resolve_labels(
+        votes,
+        split,
+        rows,
+        classes=classes,
+        params=MergeParams(consensus=consensus, crowdlab_min_items=10),
+        train_params=TrainParams(num_threads=1),
+        random_state=0,
+    ).labels.set_index("item_id")
+
+
+def test_a_model_weaker_than_the_annotators_never_overrules_their_strict_majority(satimage):
+    rows, labels, classes = satimage
+    rows, truth = rows.iloc[:300], labels.iloc[:300].set_axis(rows["item_id"].iloc[:300])
+    votes = _crowd_votes(truth, [0.85, 0.8, 0.75], seed=1)
+    noise = np.random.default_rng(0).random((len(rows), 3))
+    weak = pd.DataFrame(noise, columns=["n1", "n2", "n3"]).assign(item_id=rows["item_id"])
+    strict = get_strict_majority(votes)
+    majority = votes.groupby("item_id")["label"].agg(lambda s: s.value_counts().index[0])
+    auto = _resolve(votes, weak[["item_id", "n1", "n2", "n3"]], classes, "auto")
+    kept = strict[strict].index
+    assert (auto.loc[kept, "label"] == majority.loc[kept]).all()
+    # what auto prevents: CROWDLAB as it comes overrules some (23 here) with the noise model
+    unguarded = _resolve(votes, weak[["item_id", "n1", "n2", "n3"]], classes, "crowdlab")
+    assert (unguarded.loc[kept, "label"] != majority.loc[kept]).any()
+    assert (auto["label"] == truth.loc[auto.index]).mean() >= (
+        majority.loc[auto.index] == truth.loc[auto.index]
+    ).mean()
+
+
+def test_a_model_better_than_the_annotators_may_overrule_a_majority(satimage):
+    rows, labels, classes = satimage
+    truth = labels.set_axis(rows["item_id"])
+    votes = _crowd_votes(truth, [0.55, 0.5, 0.45], seed=2)
+    strict = get_strict_majority(votes)
+    majority = votes.groupby("item_id")["label"].agg(lambda s: s.value_counts().index[0])
+    auto = _resolve(votes, rows, classes, "auto")
+    overruled = strict & (auto["label"] != majority).reindex(strict.index)
+    assert overruled.any()
+    majority_right = (majority == truth.loc[majority.index]).mean()
+    assert (auto["label"] == truth.loc[auto.index]).mean() > majority_right
 
 
 def test_resolution_and_consensus_events():
