@@ -669,6 +669,14 @@ def simulate(
     batch: Annotated[int, typer.Option(help="Labels per round after that.")] = 50,
     budget: Annotated[int, typer.Option(help="Stop at this many training labels.")] = 3000,
     noise: Annotated[float, typer.Option(help="Share of wrong simulated answers.")] = 0.0,
+    annotators: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Simulated annotators, their noise spread evenly over 0.5-1.5 x --noise; "
+            "each item goes to one of them in turn, a relabel to one who has not voted on it.",
+        ),
+    ] = 1,
     out: Annotated[Path, typer.Option(help="Folder for the results.")] = Path("simulation"),
     jobs: Annotated[int, typer.Option(help="Campaigns run in parallel (processes).")] = 1,
     set_: Annotated[
@@ -697,6 +705,7 @@ def simulate(
         batch=batch,
         budget=budget,
         noise=noise,
+        annotators=annotators,
         overrides=tuple(set_ or ()),
         jobs=jobs,
     )

@@ -49,6 +49,8 @@ from tasks.model import encode_labels, fit_booster, get_feature_frame, predict_p
 from tasks.params import Params, ParamsError, ScoreParams, dump_params, load_params
 from tasks.simulate import (
     answer_batch,
+    answer_batch_by_annotators,
+    get_annotator_noise,
     get_aulc,
     get_labels_to_target,
     get_paired_test,
@@ -95,6 +97,8 @@ class SimulationSpec:
     batch: int = 50
     budget: int = 3000
     noise: float = 0.0
+    #: simulated annotators, each with its own noise around ``noise`` (their mean)
+    annotators: int = 1
     test_fraction: float = 0.25
     overrides: tuple[str, ...] = ()
     jobs: int = 1
@@ -114,6 +118,7 @@ class SimulationSpec:
             ("--initial", self.initial, 2),
             ("--batch", self.batch, 1),
             ("--jobs", self.jobs, 1),
+            ("--annotators", self.annotators, 1),
         ):
             if value < low:
                 raise WorkspaceError(f"{name} must be at least {low}, got {value}")
@@ -290,9 +295,18 @@ def _setup_campaign(root: Path, data_dir: Path, params: Params, truth: pd.DataFr
 
 
 def run_campaign(
-    data_dir: Path, params: Params, strategy: str, seed: int, budget: int, noise: float
+    data_dir: Path,
+    params: Params,
+    strategy: str,
+    seed: int,
+    budget: int,
+    noise: float,
+    annotators: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One campaign in a temporary workspace.
+    """One campaign in a temporary workspace, answered by one simulated annotator, or by
+    ``annotators`` of them (:func:`tasks.simulate.answer_batch_by_annotators`: each batch
+    item by one of them in turn, a relabel by one who has not voted on it; their noise spread
+    evenly over [0.5, 1.5] x ``noise``).
 
     Returns
     -------
@@ -309,6 +323,7 @@ def run_campaign(
     classes = params.project.classes
     rows = []
     seconds = 0.0
+    voted = pd.DataFrame(columns=["item_id", "annotator"])  # who answered what, for relabels
     with tempfile.TemporaryDirectory(prefix=f"alloop-sim-{strategy}-{seed}-") as tmp:
         catalog = _setup_campaign(Path(tmp) / "ws", data_dir, params, truth)
         round_id = 0
@@ -350,15 +365,28 @@ def run_campaign(
                 params=params.annotation,
                 true_labels=known.loc[batch["item_id"]].reset_index(drop=True),
             )
-            answers = answer_batch(
-                batch["item_id"],
-                truth[["item_id", "label"]],
-                classes=classes,
-                noise=noise,
-                annotator="sim-annotator",
-                labeled_at=info.started_at,
-                random_state=seed * 100_003 + round_id,
+            answers = (
+                answer_batch(
+                    batch["item_id"],
+                    truth[["item_id", "label"]],
+                    classes=classes,
+                    noise=noise,
+                    annotator="sim-annotator",
+                    labeled_at=info.started_at,
+                    random_state=seed * 100_003 + round_id,
+                )
+                if annotators == 1
+                else answer_batch_by_annotators(
+                    batch["item_id"],
+                    truth[["item_id", "label"]],
+                    classes=classes,
+                    annotators=get_annotator_noise(noise, annotators),
+                    labeled_at=info.started_at,
+                    random_state=seed * 100_003 + round_id,
+                    voted=voted,
+                )
             )
+            voted = pd.concat([voted, answers[["item_id", "annotator"]]], ignore_index=True)
             write_csv(catalog.path("incoming") / f"answers-{round_id:04d}.csv", answers)
         issued = catalog.load("issued")
     # round 0 is the fixed test split; the last round's batch is never answered
@@ -447,9 +475,9 @@ def run_campaigns(
 
 
 def _campaign_job(args: CampaignJob) -> CampaignResult:
-    data_dir, params_json, strategy, seed, budget, noise = args
+    data_dir, params_json, strategy, seed, budget, noise, annotators = args
     params = load_params(json.loads(params_json))
-    return run_campaign(Path(data_dir), params, strategy, seed, budget, noise)
+    return run_campaign(Path(data_dir), params, strategy, seed, budget, noise, annotators)
 
 
 # -- statistics and outputs ---------------------------------------------------------------------
@@ -643,6 +671,7 @@ def _log_campaigns(
                 "batch": spec.batch,
                 "budget": spec.budget,
                 "noise": spec.noise,
+                "annotators": spec.annotators,
             },
             metrics=metrics,
         )
@@ -654,8 +683,8 @@ def get_report(spec: SimulationSpec, reference: float, target: float, summary: p
         f"# Simulation on {spec.dataset.name}",
         "",
         f"{spec.seeds} seeds; {spec.initial} random labels, then batches of {spec.batch} up to "
-        f"{spec.budget}; noise {spec.noise:.0%}. Full-data macro-F1 {reference:.4f}; target "
-        f"(98%) {target:.4f}.",
+        f"{spec.budget}; noise {spec.noise:.0%}{_crowd(spec)}. Full-data macro-F1 "
+        f"{reference:.4f}; target (98%) {target:.4f}.",
         "",
         "| strategy | median labels to target | reached | ratio vs random | mean AULC | "
         "AULC - random | p | median hours to target |",
@@ -694,6 +723,14 @@ def get_report(spec: SimulationSpec, reference: float, target: float, summary: p
         "last round, mean over seeds.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _crowd(spec: SimulationSpec) -> str:
+    """The annotators' noise, when there are several (empty for one)."""
+    if spec.annotators == 1:
+        return ""
+    rates = get_annotator_noise(spec.noise, spec.annotators).values()
+    return f" on average, {spec.annotators} annotators: " + ", ".join(f"{r:.0%}" for r in rates)
 
 
 def _fmt(value: Any, digits: int, *, signed: bool = False) -> str:
@@ -747,6 +784,7 @@ def simulate(
             seed,
             spec.budget,
             spec.noise,
+            spec.annotators,
         )
         for seed in range(spec.seeds)
         for strategy in spec.strategies

@@ -1,11 +1,11 @@
-"""A simulated annotator: answers a batch from the true labels, with a share of mistakes.
+"""Simulated annotators: answer a batch from the true labels, with a share of mistakes.
 
 Used by the demo and by simulations, so that they run the product's own stages with no human.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,17 +37,9 @@ def answer_batch(
     """
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must be in [0, 1], got {noise}")
-    known = truth.set_index("item_id")["label"]
-    missing = sorted(set(item_ids) - set(known.index))
-    if missing:
-        raise ValueError(f"no true label for items {missing[:5]}")
-    answers = known.loc[item_ids.to_numpy()].astype(str).to_numpy().copy()
+    answers = _true_answers(item_ids, truth)
     rng = np.random.default_rng(random_state)
-    wrong = np.flatnonzero(rng.random(answers.size) < noise)
-    names = np.asarray(classes, dtype=object)
-    for position in wrong:
-        others = names[names != answers[position]]
-        answers[position] = others[rng.integers(others.size)]
+    _corrupt(answers, np.full(answers.size, noise), classes, rng)
     return pd.DataFrame(
         {
             "item_id": item_ids.to_numpy(),
@@ -56,6 +48,110 @@ def answer_batch(
             "labeled_at": labeled_at,
         }
     )
+
+
+def get_annotator_noise(noise: float, n_annotators: int) -> dict[str, float]:
+    """Simulated annotators ``sim-annotator-1`` .. ``-N``, each with its own share of wrong
+    answers: spread evenly over [0.5, 1.5] x ``noise`` (so their mean is ``noise``), each
+    clipped to [0, 1]; a single annotator has ``noise``.
+
+    Returns
+    -------
+    dict of str to float
+        Annotator name to its noise, least noisy first.
+    """
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be in [0, 1], got {noise}")
+    if n_annotators < 1:
+        raise ValueError(f"n_annotators must be at least 1, got {n_annotators}")
+    factors = np.linspace(0.5, 1.5, n_annotators) if n_annotators > 1 else np.ones(1)
+    rates = np.clip(factors * noise, 0.0, 1.0)
+    return {f"sim-annotator-{k + 1}": round(float(r), 9) for k, r in enumerate(rates)}
+
+
+def answer_batch_by_annotators(
+    item_ids: pd.Series,
+    truth: pd.DataFrame,
+    *,
+    classes: Sequence[str],
+    annotators: Mapping[str, float],
+    labeled_at: str,
+    random_state: int,
+    voted: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The label files several annotators would send back for ``item_ids``, as one table.
+
+    Each item is answered by one annotator, in turn (round-robin from a seeded start), each
+    annotator with its own share of wrong answers. An item someone already voted on (a
+    relabel) goes to the next annotator in turn who has not voted on it, when there is one.
+
+    Parameters
+    ----------
+    truth : pd.DataFrame
+        ``item_id`` and true ``label`` of at least every item asked.
+    annotators : mapping of str to float in [0, 1]
+        Annotator name to its share of answers replaced by a uniformly chosen other class
+        (see :func:`get_annotator_noise`).
+    voted : pd.DataFrame, optional
+        ``item_id, annotator`` of the votes given before.
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``item_id, label, annotator, labeled_at``, in the order of ``item_ids``.
+    """
+    names = list(annotators)
+    if not names:
+        raise ValueError("annotators must name at least one annotator")
+    bad = {name: rate for name, rate in annotators.items() if not 0.0 <= rate <= 1.0}
+    if bad:
+        raise ValueError(f"annotators' noise must be in [0, 1], got {bad}")
+    answers = _true_answers(item_ids, truth)
+    assign_rng, noise_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(random_state).spawn(2)
+    )
+    before: dict[str, set[str]] = {}
+    if voted is not None:
+        for item, who in zip(voted["item_id"].astype(str), voted["annotator"], strict=True):
+            before.setdefault(item, set()).add(str(who))
+    start = int(assign_rng.integers(len(names)))
+    chosen = []
+    for position, item in enumerate(item_ids.astype(str)):
+        turn = (start + position) % len(names)
+        done = before.get(item, set())
+        fresh = [names[(turn + k) % len(names)] for k in range(len(names))]
+        fresh = [name for name in fresh if name not in done]
+        chosen.append(fresh[0] if fresh else names[turn])
+    rates = np.array([annotators[name] for name in chosen], dtype=float)
+    _corrupt(answers, rates, classes, noise_rng)
+    return pd.DataFrame(
+        {
+            "item_id": item_ids.to_numpy(),
+            "label": answers,
+            "annotator": chosen,
+            "labeled_at": labeled_at,
+        }
+    )
+
+
+def _true_answers(item_ids: pd.Series, truth: pd.DataFrame) -> np.ndarray:
+    known = truth.set_index("item_id")["label"]
+    missing = sorted(set(item_ids) - set(known.index))
+    if missing:
+        raise ValueError(f"no true label for items {missing[:5]}")
+    return known.loc[item_ids.to_numpy()].astype(str).to_numpy().copy()
+
+
+def _corrupt(
+    answers: np.ndarray, rates: np.ndarray, classes: Sequence[str], rng: np.random.Generator
+) -> None:
+    """Replace each answer, with its probability in ``rates``, by a uniformly chosen other
+    class (in place)."""
+    wrong = np.flatnonzero(rng.random(answers.size) < rates)
+    names = np.asarray(classes, dtype=object)
+    for position in wrong:
+        others = names[names != answers[position]]
+        answers[position] = others[rng.integers(others.size)]
 
 
 # -- learning-curve statistics ---------------------------------------------------------------

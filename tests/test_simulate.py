@@ -238,3 +238,69 @@ def test_a_bad_dataset_or_spec_is_named(tmp_path):
         SimulationSpec(dataset=path, strategies=("marign",)).check()
     with pytest.raises(WorkspaceError, match="--budget"):
         SimulationSpec(dataset=path, initial=100, budget=50).check()
+
+
+def test_simulated_annotators_each_have_their_own_noise_and_relabels_go_to_someone_new():
+    from tasks.simulate import answer_batch_by_annotators, get_annotator_noise
+
+    noise = get_annotator_noise(0.2, 3)
+    assert noise == {"sim-annotator-1": 0.1, "sim-annotator-2": 0.2, "sim-annotator-3": 0.3}
+    assert get_annotator_noise(0.2, 1) == {"sim-annotator-1": 0.2}
+    assert max(get_annotator_noise(0.8, 2).values()) == 1.0  # 1.5 x 0.8, clipped
+    truth = pd.DataFrame(
+        {"item_id": [str(i) for i in range(6000)], "label": np.resize(["a", "b", "c"], 6000)}
+    )
+    ids = truth["item_id"]
+
+    def answer(items, seed, voted=None):
+        return answer_batch_by_annotators(
+            items,
+            truth,
+            classes=("a", "b", "c"),
+            annotators=noise,
+            labeled_at="2026-01-01T00:00:00Z",
+            random_state=seed,
+            voted=voted,
+        )
+
+    first = answer(ids, 0)
+    assert list(first.columns) == ["item_id", "label", "annotator", "labeled_at"]
+    pd.testing.assert_frame_equal(first, answer(ids, 0))  # seeded
+    wrong = first["label"].to_numpy() != truth["label"].to_numpy()
+    share = pd.Series(wrong).groupby(first["annotator"]).agg(["mean", "size"])
+    assert share["size"].tolist() == [2000, 2000, 2000]  # in turn
+    np.testing.assert_allclose(share["mean"], [0.1, 0.2, 0.3], atol=0.025)
+    # a second and a third opinion come from annotators who have not voted on the item
+    second = answer(ids.iloc[:300], 1, voted=first)
+    assert (second["annotator"].to_numpy() != first["annotator"].iloc[:300].to_numpy()).all()
+    both = pd.concat([first, second])
+    third = answer(ids.iloc[:300], 2, voted=both)
+    seen = both.groupby("item_id")["annotator"].agg(set)
+    pairs = zip(third["item_id"], third["annotator"], strict=True)
+    assert all(a not in seen[i] for i, a in pairs)
+    # everyone has voted: the item still gets an answer, from the annotator in turn
+    assert len(answer(ids.iloc[:300], 3, voted=pd.concat([both, third]))) == 300
+
+
+def test_a_campaign_with_several_annotators(tmp_path):
+    from flows.simulate import simulate
+    from flows.workspace import WorkspaceError
+
+    with pytest.raises(WorkspaceError, match="--annotators"):
+        SimulationSpec(dataset=DATASETS / "satimage.parquet", annotators=0).check()
+    spec = SimulationSpec(
+        dataset=DATASETS / "satimage.parquet",
+        strategies=("margin",),
+        seeds=1,
+        initial=100,
+        batch=50,
+        budget=250,
+        noise=0.2,
+        annotators=3,
+        overrides=("train.num_boost_round=30",),
+    )
+    result = simulate(spec, tmp_path / "out")
+    assert "3 annotators: 10%, 20%, 30%" in (tmp_path / "out" / "simulation.md").read_text()
+    assert result.curves["labels"].max() >= 250
+    # flag saved its out-of-fold probabilities, and select sent training items back
+    assert (result.issued["reason"] == "relabel").any()
