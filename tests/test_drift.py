@@ -132,6 +132,18 @@ def test_a_shift_seen_only_jointly_is_caught_by_the_classifier():
     assert set(result.classifier_features) == {"u", "v"}
 
 
+def test_a_significant_but_tiny_shift_of_a_large_arrival_is_not_a_warning():
+    # 0.08 standard deviations on 15,000 items: the KS test rejects, but 3% of the items
+    # moved, under the 5% that counts; the classifier's AUC is about 0.52
+    rng = np.random.default_rng(21)
+    reference = pd.DataFrame({"x": rng.normal(size=15_000), "y": rng.normal(size=15_000)})
+    arriving = pd.DataFrame({"x": rng.normal(size=15_000) + 0.08, "y": rng.normal(size=15_000)})
+    result = find_drift(reference, arriving, params=PARAMS, random_state=0)
+    row = result.features.set_index("feature").loc["x"]
+    assert row["p_value"] < PARAMS.drift_alpha / 2 and row["distance"] < 0.05
+    assert not result.warning, result.reasons
+
+
 # -- PSI ---------------------------------------------------------------------------------------
 def test_psi_of_identical_distributions_is_about_zero():
     rng = np.random.default_rng(5)
@@ -168,6 +180,7 @@ def test_a_categorical_shift_is_tested_by_chi_square():
     assert (row["kind"], row["test"]) == ("categorical", "chi2")
     assert np.isnan(row["ks_statistic"]) and np.isnan(row["ks_p_value"])
     assert row["shifted"] and row["p_value"] < 1e-6 and row["psi"] > 0.2
+    assert row["distance"] == pytest.approx(0.3, abs=0.06)  # total variation of the shares
     assert result.shifted_features == ("colour",)
     assert "colour" in result.classifier_features
 
