@@ -1,14 +1,18 @@
 """Stage 3, flag: find likely mislabels among the training labels with cleanlab.
 
-Out-of-fold predicted probabilities come from the same LightGBM model that train fits, so an
-item is judged by a model that never saw its label. Test labels are never auto-cleaned: they
-are the yardstick, and a yardstick corrected by the model being measured is worthless.
+Out-of-fold predicted probabilities come from the same LightGBM model that train fits (without
+its class weights), so an item is judged by a model that never saw its label; they are saved as
+``label_probs`` for select's ActiveLab. How many labels are flagged is cleanlab's own estimate
+of the number of label issues, bounded by ``flag.max_fraction`` on small label sets. Test
+labels are never auto-cleaned: they are the yardstick, and a yardstick corrected by the model
+being measured is worthless.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from cleanlab.count import num_label_issues
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
@@ -25,12 +29,25 @@ STAGE = StageSpec(
     module=__name__,
     code=("tasks/model.py", "tasks/ledger.py"),
     reads=("current", "events", "pool"),
-    writes=("flags", "ledger", "flag_report"),
+    writes=("flags", "ledger", "label_probs", "flag_report"),
     params=("project", "flag", "train"),
 )
 
 
-def find_mislabels(
+#: filters whose number of issues is cleanlab's own estimate (``cleanlab.count.num_label_issues``)
+#: and whose order is a label quality score (the filter's name without ``low_``)
+RANKED_FILTERS = ("low_self_confidence", "low_normalized_margin")
+
+FOUND_COLUMNS = {
+    "item_id": "string",
+    "given_label": "string",
+    "suggested_label": "string",
+    "label_quality": "float64",
+    "confirmed": "bool",
+}
+
+
+def get_label_probs(
     labeled_rows: pd.DataFrame,
     labels: pd.Series,
     *,
@@ -38,9 +55,13 @@ def find_mislabels(
     params: FlagParams,
     train_params: TrainParams,
     random_state: int,
-    confirmed_ids: pd.Series | None = None,
 ) -> tuple[pd.DataFrame, str]:
-    """Find training labels that are likely wrong.
+    """Out-of-fold class probabilities of the training labels.
+
+    Each row is predicted by a model fitted on the other folds, without class weights: cleanlab
+    (and ActiveLab after it) reads the probabilities as P(label | x), which class weights would
+    tilt to the rare classes (flag F1 at 10% wrong labels 0.72 -> 0.78 on average over six
+    sets, 0.48 -> 0.59 on adult; bench/README, "Crowd, flags and ActiveLab").
 
     Parameters
     ----------
@@ -48,26 +69,16 @@ def find_mislabels(
         Pool rows (``item_id`` plus features) of the training items, shape (n, 1 + d).
     labels : pd.Series of str, shape (n,)
         The current label of each row, aligned with ``labeled_rows``.
-    confirmed_ids : pd.Series of str, optional
-        Items whose label a second opinion confirmed (see :func:`get_confirmed_ids`): they
-        still train the out-of-fold models, but are not flagged again; the ones cleanlab
-        doubts are returned with ``confirmed`` true, outside the ``max_fraction`` cap.
 
     Returns
     -------
     (pd.DataFrame, str)
-        The items found (``item_id``, ``given_label``, ``suggested_label``,
-        ``label_quality`` in [0, 1], lower = more likely wrong, ``confirmed``), worst first;
-        and a sentence saying why nothing was checked when that is the case (empty
-        otherwise).
+        ``item_id`` and one float column per class of ``classes``, in that order, one row per
+        training item in the order given, rows summing to 1 (0 for a class no training label
+        has); and a sentence saying why nothing was computed, with an empty frame of those
+        columns, when that is the case (empty otherwise).
     """
-    columns = {
-        "item_id": "string",
-        "given_label": "string",
-        "suggested_label": "string",
-        "label_quality": "float64",
-        "confirmed": "bool",
-    }
+    columns = {"item_id": "string", **dict.fromkeys(classes, "float64")}
     none = schema.empty(columns)
     if len(labeled_rows) != len(labels):
         raise ValueError(f"labeled_rows has {len(labeled_rows)} rows but labels has {len(labels)}")
@@ -82,44 +93,152 @@ def find_mislabels(
     present = np.unique(codes)
     if present.size < 2:
         return none, "the training labels hold a single class"
-    # cleanlab wants classes 0..k-1 with every one present: compress to the classes seen
+    # the model learns the classes seen, coded 0..k-1
     compact = np.searchsorted(present, codes)
     n_folds = int(min(params.cv_folds, np.bincount(compact).min()))
     if n_folds < 2:
         return none, "a class has a single training label: no out-of-fold estimate possible"
-    features = get_feature_frame(labeled_rows.reset_index(drop=True))
     pred_probs = get_out_of_fold_pred_probs(
-        features,
+        get_feature_frame(labeled_rows.reset_index(drop=True)),
         compact,
         n_classes=present.size,
         n_folds=n_folds,
-        train_params=train_params,
+        train_params=train_params.model_copy(update={"class_weight": "none"}),
         random_state=random_state,
     )
-    issues = find_label_issues(
-        labels=compact, pred_probs=pred_probs, filter_by=params.filter_by, n_jobs=1
-    )
-    quality = get_label_quality_scores(compact, pred_probs)
+    probs = np.zeros((len(labels), len(classes)))
+    probs[:, present] = pred_probs
+    frame = pd.DataFrame(probs, columns=list(classes))
+    frame.insert(0, "item_id", labeled_rows["item_id"].astype("string").to_numpy())
+    return schema.conform(frame, columns), ""
+
+
+def find_mislabels_from_probs(
+    label_probs: pd.DataFrame,
+    labels: pd.Series,
+    *,
+    classes: tuple[str, ...],
+    params: FlagParams,
+    confirmed_ids: pd.Series | None = None,
+) -> pd.DataFrame:
+    """The training labels cleanlab finds likely wrong, given out-of-fold probabilities.
+
+    How many: with ``flag.filter_by`` ``low_self_confidence`` (the default) or
+    ``low_normalized_margin``, cleanlab's own estimate of the number of label issues
+    (``cleanlab.count.num_label_issues``), the lowest label quality scores first; with the
+    other filters, the items ``cleanlab.filter.find_label_issues`` returns. Below
+    ``flag.estimate_from_labels`` labels, at most ``flag.max_fraction`` of them, the most
+    doubtful: the safety bound for small label sets, where the estimate counts the weak
+    out-of-fold model's own errors.
+
+    Parameters
+    ----------
+    label_probs : pd.DataFrame
+        From :func:`get_label_probs`: ``item_id`` and one column per class, shape (n, 1 + k).
+    labels : pd.Series of str, shape (n,)
+        The current label of each row, aligned with ``label_probs``.
+    confirmed_ids : pd.Series of str, optional
+        Items whose label a second opinion confirmed (see :func:`get_confirmed_ids`): the
+        ones cleanlab doubts are returned with ``confirmed`` true, outside the cap.
+
+    Returns
+    -------
+    pd.DataFrame
+        The items found (``item_id``, ``given_label``, ``suggested_label``,
+        ``label_quality`` in [0, 1], lower = more likely wrong, ``confirmed``), worst first.
+    """
+    if len(label_probs) != len(labels):
+        raise ValueError(f"label_probs has {len(label_probs)} rows but labels has {len(labels)}")
+    if label_probs.empty:
+        return schema.empty(FOUND_COLUMNS)
+    codes = encode_labels(labels.reset_index(drop=True), classes)
+    present = np.unique(codes)
+    # cleanlab wants classes 0..k-1 with every one present: compress to the classes seen
+    compact = np.searchsorted(present, codes)
+    pred_probs = label_probs[[classes[k] for k in present]].to_numpy(dtype=float)
+    pred_probs = pred_probs / pred_probs.sum(axis=1, keepdims=True)
+    if params.filter_by in RANKED_FILTERS:
+        method = params.filter_by.removeprefix("low_")
+        quality = get_label_quality_scores(compact, pred_probs, method=method)
+        issues = np.zeros(compact.size, dtype=bool)
+        estimate = int(num_label_issues(compact, pred_probs))
+        issues[np.argsort(quality, kind="stable")[:estimate]] = True
+    else:
+        quality = get_label_quality_scores(compact, pred_probs)
+        issues = find_label_issues(
+            labels=compact, pred_probs=pred_probs, filter_by=params.filter_by, n_jobs=1
+        )
+    item_ids = label_probs["item_id"].reset_index(drop=True)
     confirmed = (
-        schema.is_in(labeled_rows["item_id"].reset_index(drop=True), confirmed_ids)
+        schema.is_in(item_ids, confirmed_ids)
         if confirmed_ids is not None
-        else np.zeros(len(labels), dtype=bool)
+        else np.zeros(compact.size, dtype=bool)
     )
     doubted = np.flatnonzero(issues & ~confirmed)
-    cap = int(params.max_fraction * labels.size)
+    cap = (
+        compact.size
+        if compact.size >= params.estimate_from_labels
+        else int(params.max_fraction * compact.size)
+    )
     # the most doubtful first; equal qualities in row order, so the cut is deterministic
     doubted = doubted[np.argsort(quality[doubted], kind="stable")][:cap]
     flagged = np.concatenate([doubted, np.flatnonzero(issues & confirmed)])
     found = pd.DataFrame(
         {
-            "item_id": labeled_rows["item_id"].to_numpy()[flagged],
+            "item_id": item_ids.to_numpy()[flagged],
             "given_label": labels.to_numpy()[flagged],
             "suggested_label": [classes[present[k]] for k in pred_probs[flagged].argmax(axis=1)],
             "label_quality": quality[flagged],
             "confirmed": confirmed[flagged],
         }
-    ).astype(columns)
-    return found.sort_values(["label_quality", "item_id"]).reset_index(drop=True), ""
+    ).astype(FOUND_COLUMNS)
+    return found.sort_values(["label_quality", "item_id"]).reset_index(drop=True)
+
+
+def find_mislabels(
+    labeled_rows: pd.DataFrame,
+    labels: pd.Series,
+    *,
+    classes: tuple[str, ...],
+    params: FlagParams,
+    train_params: TrainParams,
+    random_state: int,
+    confirmed_ids: pd.Series | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """Find training labels that are likely wrong: :func:`get_label_probs`, then
+    :func:`find_mislabels_from_probs`.
+
+    Parameters
+    ----------
+    labeled_rows : pd.DataFrame
+        Pool rows (``item_id`` plus features) of the training items, shape (n, 1 + d).
+    labels : pd.Series of str, shape (n,)
+        The current label of each row, aligned with ``labeled_rows``.
+    confirmed_ids : pd.Series of str, optional
+        Items whose label a second opinion confirmed (see :func:`get_confirmed_ids`): they
+        still train the out-of-fold models, but are not flagged again; the ones cleanlab
+        doubts are returned with ``confirmed`` true, outside the bound.
+
+    Returns
+    -------
+    (pd.DataFrame, str)
+        The items found (see :func:`find_mislabels_from_probs`), worst first; and a sentence
+        saying why nothing was checked when that is the case (empty otherwise).
+    """
+    label_probs, skipped = get_label_probs(
+        labeled_rows,
+        labels,
+        classes=classes,
+        params=params,
+        train_params=train_params,
+        random_state=random_state,
+    )
+    if skipped:
+        return schema.empty(FOUND_COLUMNS), skipped
+    found = find_mislabels_from_probs(
+        label_probs, labels, classes=classes, params=params, confirmed_ids=confirmed_ids
+    )
+    return found, ""
 
 
 def get_confirmed_ids(events: pd.DataFrame, current: pd.DataFrame) -> pd.Series:
@@ -219,16 +338,27 @@ def run(ctx: StageContext) -> FlagSummary:
     events = ctx.load("events")
     earlier = ctx.load_before("ledger")
     train_labels = current[current["split"] == "train"].reset_index(drop=True)
-    found, skipped = find_mislabels(
+    classes = ctx.params.project.classes
+    label_probs, skipped = get_label_probs(
         ctx.pool_rows(train_labels["item_id"]),
         train_labels["label"],
-        classes=ctx.params.project.classes,
+        classes=classes,
         params=ctx.params.flag,
         train_params=ctx.params.train,
         random_state=ctx.random_state("flag"),
-        confirmed_ids=get_confirmed_ids(
-            pd.concat([get_active_events(earlier), events], ignore_index=True), current
-        ),
+    )
+    found = (
+        schema.empty(FOUND_COLUMNS)
+        if skipped
+        else find_mislabels_from_probs(
+            label_probs,
+            train_labels["label"],
+            classes=classes,
+            params=ctx.params.flag,
+            confirmed_ids=get_confirmed_ids(
+                pd.concat([get_active_events(earlier), events], ignore_index=True), current
+            ),
+        )
     )
     records = get_flag_records(found, round_id=ctx.round_id, params=ctx.params.flag)
     kept = found[found["confirmed"].to_numpy(dtype=bool)]
@@ -238,6 +368,7 @@ def run(ctx: StageContext) -> FlagSummary:
         get_flag_events(records, round_id=ctx.round_id, kept=kept),
         round_id=ctx.round_id,
     )
+    ctx.save("label_probs", label_probs)
     ctx.save("flags", pd.concat([ctx.load_before("flags"), records], ignore_index=True))
     crash_point("during:flag")
     ctx.save("ledger", ledger)

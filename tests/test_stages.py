@@ -13,7 +13,13 @@ from conftest import DATASETS
 from tasks import schema
 from tasks.evaluate import evaluate_models, get_cached_probs, get_classification_metrics
 from tasks.export import export_batch, get_round_report
-from tasks.flag import append_round, find_mislabels, get_flag_records
+from tasks.flag import (
+    append_round,
+    find_mislabels,
+    find_mislabels_from_probs,
+    get_flag_records,
+    get_label_probs,
+)
 from tasks.merge import (
     get_current_labels,
     get_label_events,
@@ -568,7 +574,7 @@ def test_flag_finds_injected_label_errors(satimage):
     assert set(again.loc[again["confirmed"], "item_id"]) == set(confirmed)
     records = get_flag_records(again, round_id=4, params=FlagParams())
     assert not set(records["item_id"]) & set(confirmed)
-    assert len(records) == len(found) - len(confirmed)  # 37 found, under the cap of 60
+    assert len(records) == len(found) - len(confirmed)  # 34 found (22 of the 24 wrong)
 
 
 def test_flag_skips_with_a_reason_on_too_few_labels(satimage):
@@ -582,6 +588,88 @@ def test_flag_skips_with_a_reason_on_too_few_labels(satimage):
         random_state=0,
     )
     assert found.empty and "fewer than flag.min_labels" in why
+
+
+def test_label_probs_are_out_of_fold_one_column_per_class(satimage):
+    rows, labels, classes = satimage
+    missing = classes[-1]  # no training label of the last class
+    keep = (labels != missing).to_numpy()
+    rows, labels = rows[keep].reset_index(drop=True), labels[keep].reset_index(drop=True)
+    before = frozen_copy(rows, labels)
+    probs, why = get_label_probs(
+        rows,
+        labels,
+        classes=classes,
+        params=FlagParams(),
+        train_params=TrainParams(num_threads=1),
+        random_state=0,
+    )
+    assert_unchanged(before, (rows, labels))
+    assert why == ""
+    assert probs.columns.tolist() == ["item_id", *classes]
+    assert probs["item_id"].tolist() == rows["item_id"].tolist()
+    np.testing.assert_allclose(probs[list(classes)].sum(axis=1), 1.0)
+    assert (probs[missing] == 0).all()
+    # out of fold: each item is predicted by a model that never saw it, so some disagree
+    predicted = probs[list(classes)].idxmax(axis=1)
+    assert 0.5 < (predicted == labels).mean() < 1.0
+    empty, why = get_label_probs(
+        rows.head(20),
+        labels.head(20),
+        classes=classes,
+        params=FlagParams(),
+        train_params=TrainParams(num_threads=1),
+        random_state=0,
+    )
+    assert empty.empty and empty.columns.tolist() == ["item_id", *classes]
+    assert "fewer than flag.min_labels" in why
+
+
+def _confident_probs(true: np.ndarray, k: int, seed: int) -> pd.DataFrame:
+    """Probabilities putting 0.6-0.95 on the true class of each row."""
+    rng = np.random.default_rng(seed)
+    top = rng.uniform(0.6, 0.95, true.size)
+    probs = np.repeat(((1 - top) / (k - 1))[:, None], k, axis=1)
+    probs[np.arange(true.size), true] = top
+    names = [f"c{j}" for j in range(k)]
+    frame = pd.DataFrame(probs, columns=names)
+    frame.insert(0, "item_id", [str(i) for i in range(true.size)])
+    return frame
+
+
+def test_flag_count_follows_cleanlabs_own_estimate():
+    from cleanlab.count import num_label_issues
+
+    k, n = 4, 400
+    classes = tuple(f"c{j}" for j in range(k))
+    true = np.resize(np.arange(k), n)
+    probs = _confident_probs(true, k, seed=0)
+    given = true.copy()
+    wrong = np.arange(0, n, 10)  # 10% of the labels
+    given[wrong] = (true[wrong] + 1) % k
+    labels = pd.Series(np.take(classes, given), dtype="string")
+    before = frozen_copy(probs, labels)
+    found = find_mislabels_from_probs(
+        probs, labels, classes=classes, params=FlagParams(max_fraction=1.0)
+    )
+    assert_unchanged(before, (probs, labels))
+    estimate = num_label_issues(given, probs[list(classes)].to_numpy())
+    assert len(found) == estimate > 0
+    assert set(found["item_id"]) <= {str(i) for i in wrong}  # the lowest qualities are wrong
+    assert found["label_quality"].is_monotonic_increasing
+    assert (found["suggested_label"] == np.take(classes, true[found["item_id"].astype(int)])).all()
+    # the bound keeps the most doubtful
+    capped = find_mislabels_from_probs(
+        probs, labels, classes=classes, params=FlagParams(max_fraction=0.05)
+    )
+    assert len(capped) == 20 and capped["item_id"].tolist() == found["item_id"].head(20).tolist()
+    # the older filters still work, and a clean label set gives few flags
+    older = find_mislabels_from_probs(
+        probs, labels, classes=classes, params=FlagParams(filter_by="prune_by_noise_rate")
+    )
+    assert set(older["item_id"]) <= {str(i) for i in wrong}
+    clean = pd.Series(np.take(classes, true), dtype="string")
+    assert find_mislabels_from_probs(probs, clean, classes=classes, params=FlagParams()).empty
 
 
 # -- evaluate --------------------------------------------------------------------------------
