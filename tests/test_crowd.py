@@ -72,3 +72,40 @@ def test_every_vote_is_in_the_ledger_and_every_annotator_scored(crowd):
     last = stats[stats["round_id"] == stats["round_id"].max()]
     assert len(last) == crowd["votes"]["annotator"].nunique() == 176
     assert last["quality"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("model", ["features", "noise"])
+def test_consensus_never_below_majority_with_a_strong_or_a_useless_model(model):
+    """merge's consensus on Abt-Buy's votes, each item keeping 1-3 of its votes, with the
+    model on the f_* features or on a feature of pure noise (bench/crowd.py, consensus)."""
+    import numpy as np
+
+    from tasks.merge import get_majority_labels, resolve_labels
+    from tasks.params import MergeParams, TrainParams
+
+    items = pd.read_parquet(CROWD / "product_matching_items.parquet")
+    votes = pd.read_parquet(CROWD / "product_matching_annotations.parquet")
+    rng = np.random.default_rng(0)
+    kept = pd.Series(rng.integers(1, 4, len(items)), index=items["item_id"])
+    votes = votes[votes.groupby("item_id").cumcount().to_numpy() < votes["item_id"].map(kept)]
+    votes = votes.assign(label=votes["annotator_label"].astype(str)).reset_index(drop=True)
+    votes = votes.assign(order=np.arange(len(votes)), round_id=1)
+    features = [c for c in items.columns if c.startswith("f_")]
+    rows = (
+        items[["item_id", *features]]
+        if model == "features"
+        else items[["item_id"]].assign(f_noise=rng.random(len(items)))
+    )
+    truth = items.set_index("item_id")["label"].astype(str)
+    consensus = resolve_labels(
+        votes,
+        pd.Series("train", index=items["item_id"]),
+        rows,
+        classes=("0", "1"),
+        params=MergeParams(),
+        train_params=TrainParams(num_threads=1),
+        random_state=0,
+    ).labels.set_index("item_id")["label"]
+    majority = get_majority_labels(votes).set_index("item_id")["label"]
+    right = (consensus == truth.loc[consensus.index]).mean()
+    assert right >= (majority == truth.loc[majority.index]).mean()
