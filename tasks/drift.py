@@ -68,8 +68,10 @@ MIN_DOMAIN_AUC = 0.55
 MIN_FEATURE_DISTANCE = 0.05
 #: Folds of the domain classifier: two halves, each scored by a model fitted on the other.
 #: Each fold is tested on its own (see :func:`_domain_classifier`); with two folds each test
-#: sees half the new items and Bonferroni doubles the p-value, which detected a shift as
-#: often as five folds (five times, each on a fifth) in a power check.
+#: sees half the new items and Bonferroni doubles the p-value. Five folds (each test on a
+#: fifth, p-value times five) detected no more: on four mean shifts of one of 16 Gaussian
+#: features (100 or 500 new items, 30 draws each) two folds caught 67%, 37%, 10%, 7% at
+#: 0.01 and five folds 67%, 27%, 13%, 10%.
 DOMAIN_CV_FOLDS = 2
 #: A small LightGBM: enough to find a shifted region, quick on 20,000 rows on one thread.
 DOMAIN_NUM_BOOST_ROUND = 50
@@ -95,8 +97,6 @@ MIN_GAIN_SHARE = 0.1
 MIN_GAIN_OF_TOP = 0.5
 MAX_CLASSIFIER_FEATURES = 5
 
-_OTHER = "(other)"
-_MISSING = "(missing)"
 FEATURE_COLUMNS = (
     "feature",
     "kind",
@@ -486,16 +486,12 @@ def _feature_table(
                 _numeric_values(reference[name]), _numeric_values(arriving[name]), method="asymp"
             )
             ks_statistic, ks_p, chi2_statistic = float(ks.statistic), float(ks.pvalue), math.nan
-            test, p_value = "ks", ks_p
+            test, p_value, distance = "ks", ks_p, ks_statistic
         else:
             chi2_statistic, p_value = _chi2(ref_counts, new_counts)
             ks_statistic, ks_p, test = math.nan, math.nan, "chi2"
-        distance = (
-            ks_statistic
-            if kind == "numeric"
-            else 0.5
-            * float(np.abs(ref_counts / ref_counts.sum() - new_counts / new_counts.sum()).sum())
-        )
+            moved = ref_counts / ref_counts.sum() - new_counts / new_counts.sum()
+            distance = 0.5 * float(np.abs(moved).sum())
         rejected = p_value < level and distance >= MIN_FEATURE_DISTANCE
         rows.append(
             {
@@ -523,38 +519,47 @@ def _numeric_values(column: pd.Series) -> np.ndarray:
 def _bin_counts(
     reference: pd.Series, arriving: pd.Series, kind: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Counts per bin on each side, shape (n_bins,) each; the last bin is NaN."""
+    """Counts per bin on each side, shape (n_bins,) each; the last bin is NaN's."""
     if kind == "numeric":
-        ref = reference.to_numpy(dtype=float, na_value=np.nan)
-        new = arriving.to_numpy(dtype=float, na_value=np.nan)
-        finite = ref[~np.isnan(ref)]
-        quantiles = np.arange(1, PSI_BINS) / PSI_BINS
-        edges = np.unique(np.quantile(finite, quantiles)) if finite.size else np.array([])
-        n_bins = edges.size + 2
-
-        def codes(values: np.ndarray) -> np.ndarray:
-            binned = np.searchsorted(edges, values, side="right")
-            return np.where(np.isnan(values), n_bins - 1, binned)
-
+        ref_codes, new_codes, n_bins = _numeric_bins(reference, arriving)
     else:
-        ref_text = reference.astype(object)
-        new_text = arriving.astype(object)
-        shares = ref_text.value_counts(normalize=True, dropna=True)
-        smaller = min(len(reference), len(arriving))
-        kept = shares.index[shares * smaller >= MIN_EXPECTED_PER_CATEGORY][:MAX_CATEGORY_BINS]
-        index = {category: code for code, category in enumerate(kept)}
-        n_bins = len(kept) + 2  # ..., other, NaN
-
-        def codes(values: pd.Series) -> np.ndarray:  # type: ignore[misc]
-            mapped = values.map(index).to_numpy(dtype=float, na_value=np.nan)
-            mapped = np.where(np.isnan(mapped), len(kept), mapped)
-            return np.where(values.isna().to_numpy(), n_bins - 1, mapped).astype(int)
-
-        ref, new = ref_text, new_text
+        ref_codes, new_codes, n_bins = _category_bins(reference, arriving)
     return (
-        np.bincount(codes(ref), minlength=n_bins).astype(float),
-        np.bincount(codes(new), minlength=n_bins).astype(float),
+        np.bincount(ref_codes, minlength=n_bins).astype(float),
+        np.bincount(new_codes, minlength=n_bins).astype(float),
     )
+
+
+def _numeric_bins(reference: pd.Series, arriving: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
+    """Bin codes: the reference's deciles (repeated edges merged), then NaN."""
+    ref = reference.to_numpy(dtype=float, na_value=np.nan)
+    new = arriving.to_numpy(dtype=float, na_value=np.nan)
+    finite = ref[~np.isnan(ref)]
+    quantiles = np.arange(1, PSI_BINS) / PSI_BINS
+    edges = np.unique(np.quantile(finite, quantiles)) if finite.size else np.array([])
+    n_bins = edges.size + 2
+
+    def codes(values: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(values), n_bins - 1, np.searchsorted(edges, values, "right"))
+
+    return codes(ref), codes(new), n_bins
+
+
+def _category_bins(reference: pd.Series, arriving: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
+    """Bin codes: the reference's frequent categories, then "other", then NaN."""
+    ref, new = reference.astype(object), arriving.astype(object)
+    shares = ref.value_counts(normalize=True, dropna=True)
+    smaller = min(len(ref), len(new))
+    kept = shares.index[shares * smaller >= MIN_EXPECTED_PER_CATEGORY][:MAX_CATEGORY_BINS]
+    index = {category: code for code, category in enumerate(kept)}
+    other, missing = len(kept), len(kept) + 1
+
+    def codes(values: pd.Series) -> np.ndarray:
+        mapped = values.map(index).to_numpy(dtype=float, na_value=np.nan)
+        mapped = np.where(np.isnan(mapped), other, mapped)
+        return np.where(values.isna().to_numpy(), missing, mapped).astype(int)
+
+    return codes(ref), codes(new), missing + 1
 
 
 def _psi(ref_counts: np.ndarray, new_counts: np.ndarray) -> float:
