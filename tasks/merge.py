@@ -108,6 +108,9 @@ def get_vote_agreement(
         vote has a strict majority among the others.
     """
     index = {name: code for code, name in enumerate(classes)}
+    unknown = sorted(set(votes["label"].astype(str)) - index.keys())
+    if unknown:
+        raise ValueError(f"votes for {unknown[:5]}, not among the classes {list(classes)}")
     several = votes[votes.groupby("item_id")["item_id"].transform("size") >= 2]
     items, item_codes = np.unique(several["item_id"].astype(str).to_numpy(), return_inverse=True)
     labels = several["label"].map(index).to_numpy(dtype=int)

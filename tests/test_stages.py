@@ -353,6 +353,8 @@ def test_vote_agreement_compares_model_and_annotators_with_the_other_votes():
     assert np.isnan(none).all()
     strict = get_strict_majority(votes)
     assert strict.to_dict() == {"1": True, "2": True, "3": False, "4": False}
+    with pytest.raises(ValueError, match="not among the classes"):
+        get_vote_agreement(votes, predicted, classes=("a", "c"))
 
 
 def _crowd_votes(truth: pd.Series, accuracy: list[float], seed: int) -> pd.DataFrame:
