@@ -349,31 +349,43 @@ class Plan:
 def get_missed_classes(
     per_class: pd.DataFrame, random_counts: pd.Series, *, params: HealthParams
 ) -> dict[str, str]:
-    """Classes the random items keep finding that the model misses: ``{class: why}``.
+    """Classes the random items keep finding that the model misses and the actively chosen
+    labels do not find: ``{class: why}``.
 
-    A class is missed when it has at least ``params.min_class_test_items`` random items (test,
-    QC, seed) and the model's recall on its test items is under ``params.missed_recall_below``,
-    or it never predicts it on the pool sample.
+    A class is missed when all three hold:
+
+    - the random items (test, QC, seed) have at least ``params.min_class_test_items`` of it;
+    - the model misses it: recall under ``params.missed_recall_below`` on its test items, or
+      it never predicts it on the pool sample;
+    - the labels under-represent it: its share of the training labels is under
+      ``params.missed_label_share_below`` times its share of the random items. A class that is
+      merely hard (letter's "H") is over-represented by uncertainty sampling already, and more
+      of its most likely items would only displace better queries.
     """
+    total_random = max(int(random_counts.sum()), 1)
     missed: dict[str, str] = {}
     for row in per_class.itertuples(index=False):
-        found = int(random_counts.get(row[0], 0))
+        name = str(row[0])
+        found = int(random_counts.get(name, 0))
         if found < params.min_class_test_items:
             continue
-        name = str(row[0])
+        random_share = found / total_random
+        if row.label_share >= params.missed_label_share_below * random_share:
+            continue
+        labels = (
+            f"{row.label_share:.1%} of the training labels against {random_share:.1%} of "
+            "the random items"
+        )
         if (
             row.test_items >= params.min_class_test_items
             and row.recall < params.missed_recall_below
         ):
             missed[name] = (
                 f"class {name!r}: recall {row.recall:.2f} on its {row.test_items} test items "
-                f"(< {params.missed_recall_below})"
+                f"(< {params.missed_recall_below}), {labels}"
             )
         elif row.predicted_share == 0:
-            missed[name] = (
-                f"class {name!r}: {found} random items have it, the model predicts it for none "
-                "of the pool sample"
-            )
+            missed[name] = f"class {name!r}: never predicted on the pool sample, {labels}"
     return missed
 
 

@@ -175,12 +175,17 @@ def test_a_class_random_items_keep_finding_and_the_model_misses_is_explored():
             "test_items": [200, 150, 12],
             "f1": [0.9, 0.85, 0.1],
             "recall": [0.95, 0.9, 0.08],
+            "label_share": [0.7, 0.295, 0.005],
             "predicted_share": [0.6, 0.4, 0.0],
         }
     )
     params = HealthParams()
-    missed = get_missed_classes(per_class, pd.Series({"big": 300, "rare": 15}), params=params)
+    # rare: 15 of 315 random items (4.8%), 0.5% of the labels
+    missed = get_missed_classes(
+        per_class, pd.Series({"big": 200, "other": 100, "rare": 15}), params=params
+    )
     assert list(missed) == ["rare"] and "recall 0.08" in missed["rare"]
+    assert "0.5% of the training labels" in missed["rare"]
     plan = get_plan(
         missed=missed,
         random_only_f1=0.5,
@@ -194,6 +199,25 @@ def test_a_class_random_items_keep_finding_and_the_model_misses_is_explored():
     assert len(plan.reasons) == 1 and "rare" in plan.reasons[0]
 
 
+def test_a_hard_class_the_labels_already_cover_is_not_explored():
+    # letter's hard classes: recall is low, but uncertainty sampling over-represents them
+    per_class = pd.DataFrame(
+        {
+            "class": ["easy", "hard"],
+            "test_items": [100, 100],
+            "f1": [0.95, 0.4],
+            "recall": [0.95, 0.4],
+            "label_share": [0.3, 0.7],
+            "predicted_share": [0.55, 0.45],
+        }
+    )
+    found = pd.Series({"easy": 100, "hard": 100})
+    assert get_missed_classes(per_class, found, params=HealthParams()) == {}
+    # the same class, under-represented in the labels, is missed
+    under = per_class.assign(label_share=[0.8, 0.2])
+    assert list(get_missed_classes(under, found, params=HealthParams())) == ["hard"]
+
+
 def test_a_class_too_rare_among_random_items_is_not_called_missed():
     per_class = pd.DataFrame(
         {
@@ -201,6 +225,7 @@ def test_a_class_too_rare_among_random_items_is_not_called_missed():
             "test_items": [100, 3],
             "f1": [0.9, 0.0],
             "recall": [0.9, 0.0],
+            "label_share": [1.0, 0.0],
             "predicted_share": [1.0, 0.0],
         }
     )
