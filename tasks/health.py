@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from tasks import schema
@@ -72,6 +73,8 @@ STAGE = StageSpec(
 
 #: Reasons of ``issued`` whose items were drawn at random, free of the strategy's bias.
 RANDOM_REASONS = ("seed", "qc", "test")
+#: Reasons of ``issued`` whose items the strategy or the plan chose.
+CHOSEN_REASONS = ("active", "explore", "rebalance")
 BALANCE_MODEL = "balance.txt"
 
 
@@ -347,7 +350,11 @@ class Plan:
 
 
 def get_missed_classes(
-    per_class: pd.DataFrame, random_counts: pd.Series, *, params: HealthParams
+    per_class: pd.DataFrame,
+    random_counts: pd.Series,
+    active_counts: pd.Series,
+    *,
+    params: HealthParams,
 ) -> dict[str, str]:
     """Classes the random items keep finding that the model misses and the actively chosen
     labels do not find: ``{class: why}``.
@@ -357,24 +364,39 @@ def get_missed_classes(
     - the random items (test, QC, seed) have at least ``params.min_class_test_items`` of it;
     - the model misses it: recall under ``params.missed_recall_below`` on its test items, or
       it never predicts it on the pool sample;
-    - the labels under-represent it: its share of the training labels is under
-      ``params.missed_label_share_below`` times its share of the random items. A class that is
-      merely hard (letter's "H") is over-represented by uncertainty sampling already, and more
-      of its most likely items would only displace better queries.
+    - the actively chosen training labels hold significantly fewer of it than its share of
+      the random items predicts: a one-sided binomial test at ``params.missed_alpha``,
+      Bonferroni over the classes tested. A class that is merely hard (letter's "H") is
+      over-represented by uncertainty sampling already, and a seed batch smaller than the
+      classes leaves classes unlabeled by chance, which a round of active labels then finds:
+      neither is a class the strategy cannot see.
+
+    Parameters
+    ----------
+    random_counts, active_counts : pd.Series of int
+        Labeled items per class: drawn at random (any split), and chosen by the strategy or
+        the plan (training items).
     """
-    total_random = max(int(random_counts.sum()), 1)
+    total_random = int(random_counts.sum())
+    n_active = int(active_counts.sum())
+    if total_random == 0 or n_active == 0:
+        return {}
+    tested = [
+        str(c) for c in per_class["class"] if random_counts.get(c, 0) >= params.min_class_test_items
+    ]
     missed: dict[str, str] = {}
     for row in per_class.itertuples(index=False):
         name = str(row[0])
-        found = int(random_counts.get(name, 0))
-        if found < params.min_class_test_items:
+        if name not in tested:
             continue
-        random_share = found / total_random
-        if row.label_share >= params.missed_label_share_below * random_share:
+        random_share = int(random_counts.get(name, 0)) / total_random
+        found = int(active_counts.get(name, 0))
+        p_value = float(binom.cdf(found, n_active, random_share))
+        if p_value >= params.missed_alpha / len(tested):
             continue
         labels = (
-            f"{row.label_share:.1%} of the training labels against {random_share:.1%} of "
-            "the random items"
+            f"{found} of {n_active} actively chosen labels where its {random_share:.1%} of the "
+            f"random items predicts {random_share * n_active:.0f} (p = {p_value:.2g})"
         )
         if (
             row.test_items >= params.min_class_test_items
@@ -382,10 +404,10 @@ def get_missed_classes(
         ):
             missed[name] = (
                 f"class {name!r}: recall {row.recall:.2f} on its {row.test_items} test items "
-                f"(< {params.missed_recall_below}), {labels}"
+                f"(< {params.missed_recall_below}); {labels}"
             )
         elif row.predicted_share == 0:
-            missed[name] = f"class {name!r}: never predicted on the pool sample, {labels}"
+            missed[name] = f"class {name!r}: never predicted on the pool sample; {labels}"
     return missed
 
 
@@ -462,10 +484,16 @@ def _random_training_ids(current: pd.DataFrame, issued: pd.DataFrame) -> pd.Seri
     return train.loc[reason.isin(RANDOM_REASONS).to_numpy(), "item_id"]
 
 
-def _random_class_counts(current: pd.DataFrame, issued: pd.DataFrame) -> pd.Series:
+def _class_counts_by_origin(
+    current: pd.DataFrame, issued: pd.DataFrame
+) -> tuple[pd.Series, pd.Series]:
+    """Labeled items per class drawn at random (any split), and training items chosen by the
+    strategy or the plan (first issued as active, explore or rebalance)."""
     first_reason = issued.drop_duplicates("item_id").set_index("item_id")["reason"]
     reason = current["item_id"].map(first_reason)
-    return current.loc[reason.isin(RANDOM_REASONS).to_numpy(), "label"].value_counts()
+    random = current.loc[reason.isin(RANDOM_REASONS).to_numpy(), "label"].value_counts()
+    chosen = reason.isin(CHOSEN_REASONS).to_numpy() & (current["split"] == "train").to_numpy()
+    return random, current.loc[chosen, "label"].value_counts()
 
 
 def get_random_only_f1(
@@ -732,7 +760,7 @@ def run(ctx: StageContext) -> HealthSummary:
         else None
     )
     missed = get_missed_classes(
-        per_class, _random_class_counts(current, issued), params=params.health
+        per_class, *_class_counts_by_origin(current, issued), params=params.health
     )
     plan = get_plan(
         missed=missed,

@@ -169,23 +169,22 @@ def test_per_class_table_counts_and_shares():
 
 # -- the plan ---------------------------------------------------------------------------------
 def test_a_class_random_items_keep_finding_and_the_model_misses_is_explored():
+    # the real-world failure: a 2.5% class, 8 of 1,400 actively chosen labels
     per_class = pd.DataFrame(
         {
             "class": ["big", "other", "rare"],
             "test_items": [200, 150, 12],
             "f1": [0.9, 0.85, 0.1],
             "recall": [0.95, 0.9, 0.08],
-            "label_share": [0.7, 0.295, 0.005],
             "predicted_share": [0.6, 0.4, 0.0],
         }
     )
     params = HealthParams()
-    # rare: 15 of 315 random items (4.8%), 0.5% of the labels
-    missed = get_missed_classes(
-        per_class, pd.Series({"big": 200, "other": 100, "rare": 15}), params=params
-    )
+    random = pd.Series({"big": 250, "other": 190, "rare": 12})
+    active = pd.Series({"big": 800, "other": 592, "rare": 8})
+    missed = get_missed_classes(per_class, random, active, params=params)
     assert list(missed) == ["rare"] and "recall 0.08" in missed["rare"]
-    assert "0.5% of the training labels" in missed["rare"]
+    assert "8 of 1400 actively chosen labels" in missed["rare"]
     plan = get_plan(
         missed=missed,
         random_only_f1=0.5,
@@ -199,23 +198,29 @@ def test_a_class_random_items_keep_finding_and_the_model_misses_is_explored():
     assert len(plan.reasons) == 1 and "rare" in plan.reasons[0]
 
 
-def test_a_hard_class_the_labels_already_cover_is_not_explored():
-    # letter's hard classes: recall is low, but uncertainty sampling over-represents them
+def test_a_hard_class_the_active_labels_cover_or_a_class_unlabeled_by_chance_is_not_explored():
     per_class = pd.DataFrame(
         {
             "class": ["easy", "hard"],
             "test_items": [100, 100],
             "f1": [0.95, 0.4],
             "recall": [0.95, 0.4],
-            "label_share": [0.3, 0.7],
             "predicted_share": [0.55, 0.45],
         }
     )
-    found = pd.Series({"easy": 100, "hard": 100})
-    assert get_missed_classes(per_class, found, params=HealthParams()) == {}
-    # the same class, under-represented in the labels, is missed
-    under = per_class.assign(label_share=[0.8, 0.2])
-    assert list(get_missed_classes(under, found, params=HealthParams())) == ["hard"]
+    random = pd.Series({"easy": 100, "hard": 100})
+    params = HealthParams()
+    # letter's hard classes: uncertainty sampling over-represents them
+    covered = pd.Series({"easy": 60, "hard": 140})
+    assert get_missed_classes(per_class, random, covered, params=params) == {}
+    # no active label yet (after the seed batch): nothing to compare
+    assert get_missed_classes(per_class, random, pd.Series(dtype=int), params=params) == {}
+    # a few active labels, none of it: not significant yet
+    few = pd.Series({"easy": 6})
+    assert get_missed_classes(per_class, random, few, params=params) == {}
+    # many active labels, almost none of it: missed
+    starved = pd.Series({"easy": 195, "hard": 5})
+    assert list(get_missed_classes(per_class, random, starved, params=params)) == ["hard"]
 
 
 def test_a_class_too_rare_among_random_items_is_not_called_missed():
@@ -225,11 +230,12 @@ def test_a_class_too_rare_among_random_items_is_not_called_missed():
             "test_items": [100, 3],
             "f1": [0.9, 0.0],
             "recall": [0.9, 0.0],
-            "label_share": [1.0, 0.0],
             "predicted_share": [1.0, 0.0],
         }
     )
-    assert get_missed_classes(per_class, pd.Series({"a": 100, "b": 3}), params=HealthParams()) == {}
+    found = pd.Series({"a": 100, "b": 3})
+    active = pd.Series({"a": 500})
+    assert get_missed_classes(per_class, found, active, params=HealthParams()) == {}
 
 
 def test_a_curve_behind_random_explores_at_random_and_low_balance_rebalances():
