@@ -24,16 +24,17 @@ that of one trained on all of them, for several bounds.
 ``majority``, ``crowdlab`` = CROWDLAB as it comes, ``auto`` = the product's default), the
 share of items whose label equals the gold label. Real: Abt-Buy product matching from
 ``../shared/data/multiannotator`` (3 votes per item; with the f_* features; with 1-3 of the
-votes kept at random; with a model on a noise feature). Simulated: 700 items of a PMLB set,
-20 annotators whose accuracy is spread evenly over a range, 1-7 votes per item, a wrong vote
-uniform over the other classes or, with confusion, the next class 80% of the time, and a
-weak model (one or two random features).
+votes kept at random; with a model on the two name lengths only; on a noise feature).
+Simulated: 700 items of a PMLB set, 20 annotators whose accuracy is spread evenly over a
+range, 1-7 votes per item, a wrong vote uniform over the other classes or, with confusion,
+the next class 80% of the time, and a weak model (a few random features).
 
 ``activelab``: ``alloop simulate``'s campaigns (default strategy, 100 random labels, batches
 of 50) with three simulated annotators of ``--noise`` wrong answers each, two arms: select's
 ActiveLab (today) and select's relabel queue (flags, then split votes: the path select takes
 when flag saved no probabilities). Equal annotation budget: each arm is measured at the round
-where ``--answers`` answers were given (relabels count), on the fixed test split.
+where ``--answers`` answers were given (relabels count), on the fixed test split. A set whose
+campaigns are already in ``--out`` (an earlier run) is read, not run again.
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ def run_flags(args: argparse.Namespace) -> str:
                         "fixed 15% cap": _new_flags(
                             sample, FlagParams(max_fraction=0.15, estimate_from_labels=10**9)
                         )[0],
+                        "5% below 500": _new_flags(sample, FlagParams(max_fraction=0.05))[0],
                         "now": _new_flags(sample, FlagParams())[0],
                     }
                     for rule, mask in rules.items():
@@ -269,6 +271,8 @@ def _abt(*, keep: int | None = None, model: str = "features", seed: int = 0) -> 
     items = pd.read_parquet(CROWD / "product_matching_items.parquet")
     ann = pd.read_parquet(CROWD / "product_matching_annotations.parquet")
     features = [c for c in items.columns if c.startswith("f_")]
+    if model == "lengths":  # a weak model: the two names' lengths only
+        features = ["f_len_name_a", "f_len_name_b"]
     votes = ann.assign(label=ann["annotator_label"].astype(str))[["item_id", "annotator", "label"]]
     rng = np.random.default_rng(seed)
     if keep is not None:
@@ -340,6 +344,9 @@ def get_crowds(seeds: int) -> list[tuple[str, int, object]]:
             ("Abt-Buy, 1-3 votes kept, f_* features", s, lambda s: _abt(keep=3, seed=s))
             for s in range(seeds)
         ]
+        crowds.append(
+            ("Abt-Buy, 3 votes, model on the name lengths", 0, lambda s: _abt(model="lengths"))
+        )
         crowds += [
             ("Abt-Buy, 3 votes, model on a noise feature", s, lambda s: _abt(model="noise", seed=s))
             for s in range(seeds)
@@ -500,11 +507,16 @@ def run_activelab(args: argparse.Namespace) -> str:
                 total,
             )
 
-        run_campaigns(jobs, processes=args.jobs, on_done=done, run_job=activelab_job)
-        curves = pd.concat([c for c, _ in results], ignore_index=True)
-        issued = pd.concat([i for _, i in results], ignore_index=True)
-        curves.to_csv(args.out / f"activelab-{name}-curves.csv", index=False)
-        issued.to_csv(args.out / f"activelab-{name}-issued.csv", index=False)
+        saved = args.out / f"activelab-{name}-curves.csv", args.out / f"activelab-{name}-issued.csv"
+        if all(path.exists() for path in saved):  # an earlier run into the same --out
+            log.info("activelab %s: reading the campaigns of %s", name, args.out)
+            curves, issued = (pd.read_csv(path, dtype={"item_id": str}) for path in saved)
+        else:
+            run_campaigns(jobs, processes=args.jobs, on_done=done, run_job=activelab_job)
+            curves = pd.concat([c for c, _ in results], ignore_index=True)
+            issued = pd.concat([i for _, i in results], ignore_index=True)
+            curves.to_csv(saved[0], index=False)
+            issued.to_csv(saved[1], index=False)
         # answers given before round r's model: the seed batch, then a batch per round
         curves["answers"] = args.initial + (curves["round_id"] - 2) * args.batch
         at = curves[curves["answers"] == args.answers].set_index(["strategy", "seed"])
