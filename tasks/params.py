@@ -256,6 +256,9 @@ class HealthParams(_Section):
     # classes are unlabeled by chance: both cost most of the lead over random
     # (bench/README.md, "Health")
     missed_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    # the explore slice ranks a class by the model's probability of it once the model has this
+    # many training labels of it; below, by nearness to the class's labeled (random) items
+    explore_model_min_labels: int = Field(default=5, ge=1)
     # the curve is behind random's when a model on the random training labels alone scores
     # at least the candidate's macro-F1 minus this on the test items
     behind_random_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -60,6 +60,7 @@ STAGE = StageSpec(
     params=(
         "project.classes",
         "select",
+        "health.explore_model_min_labels",
         "flag.max_votes_for_relabel",
         "merge.relabel_below_agreement",
     ),
@@ -209,22 +210,52 @@ def rank_for_explore(
     *,
     classes: tuple[str, ...],
     explore_classes: tuple[str, ...],
+    examples: Mapping[str, pd.DataFrame] | None = None,
 ) -> pd.Series:
-    """Candidate ids, the most likely of ``explore_classes`` first (by the model's highest
-    probability of any of them); in the given (random) order when no class is named.
+    """Candidate ids, the most likely of ``explore_classes`` first; in the given (random)
+    order when no class is named.
+
+    Each class ranks the candidates by the model's probability of it, or, for a class in
+    ``examples``, by the distance (standardized numeric features) to the nearest of its
+    labeled items: a model that saw too few training labels of a class cannot rank by it (the
+    class a strategy never asked for is exactly that), but the random items that found it say
+    where it lies. The classes' rankings are interleaved, so each gets its share.
 
     Parameters
     ----------
     rows : pd.DataFrame
         Pool rows (``item_id`` plus features) of the candidates, in random order.
+    examples : mapping of str to pd.DataFrame, optional
+        Pool rows of the labeled items (any split) of the classes to rank by distance.
     """
     if not explore_classes or rows.empty:
         return rows["item_id"].reset_index(drop=True)
-    probs = predict_proba(booster, get_feature_frame(rows), len(classes))
-    codes = [classes.index(c) for c in explore_classes if c in classes]
-    likelihood = probs[:, codes].max(axis=1)
-    order = np.argsort(-likelihood, kind="stable")
+    examples = examples or {}
+    probs = None
+    rankings = []
+    for name in explore_classes:
+        if name in examples and len(examples[name]):
+            rankings.append(_nearest_first(rows, examples[name]))
+            continue
+        if probs is None:
+            probs = predict_proba(booster, get_feature_frame(rows), len(classes))
+        rankings.append(np.argsort(-probs[:, classes.index(name)], kind="stable"))
+    order = pd.unique(np.column_stack(rankings).ravel())  # round robin over the classes
     return rows["item_id"].iloc[order].reset_index(drop=True)
+
+
+def _nearest_first(rows: pd.DataFrame, examples: pd.DataFrame) -> np.ndarray:
+    """Positions of ``rows``, nearest to any of ``examples`` first (standardized numeric
+    features, with the candidates' mean and standard deviation)."""
+    # score imports this module (the relabel queue): import its embedding here
+    from tasks.score import get_embedding, get_embedding_stats
+
+    stats = get_embedding_stats(rows)
+    points, known = get_embedding(rows, stats), get_embedding(examples, stats)
+    nearest = np.full(len(points), np.inf)
+    for example in known:  # a few dozen examples at most: no n x m matrix
+        nearest = np.minimum(nearest, ((points - example) ** 2).sum(axis=1))
+    return np.argsort(nearest, kind="stable")
 
 
 def rank_for_rebalance(rows: pd.DataFrame, balance_model: lgb.Booster) -> pd.Series:
@@ -267,11 +298,22 @@ def get_ranked_slices(
         model = ctx.load("candidate")
         if model.text is None:
             model = ctx.load("champion")
+        current = ctx.load("current")
+        trained = current.loc[current["split"] == "train", "label"].value_counts()
+        unknown = [
+            c
+            for c in health.explore_classes
+            if trained.get(c, 0) < ctx.params.health.explore_model_min_labels
+        ]
+        examples = {
+            c: ctx.pool_rows(current.loc[current["label"] == c, "item_id"]) for c in unknown
+        }
         ranked["explore"] = rank_for_explore(
             rows,
             lgb.Booster(model_str=model.text),
             classes=ctx.params.project.classes,
             explore_classes=tuple(health.explore_classes),
+            examples=examples,
         )
     models = ctx.load("health_models")
     if plan.get("rebalance") and BALANCE_MODEL in models:

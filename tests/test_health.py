@@ -438,3 +438,24 @@ def test_arriving_partitions_are_compared_with_the_pool_they_join(tmp_path):
     fields = health.get_drift_fields(result, arrivals, round_id=4)
     assert fields["drift_new_items"] == 2000 and fields["drift_warning"] is True
     assert arrivals["partition"].tolist() == [f"items-{k:04d}.parquet" for k in range(3)]
+
+
+def test_explore_ranks_a_class_the_model_never_saw_by_nearness_to_its_random_items():
+    rng = np.random.default_rng(1)
+    features = pd.DataFrame({"x": rng.normal(size=800), "y": rng.normal(size=800)})
+    rare = features["x"] > 2.0  # a corner no training label reached
+    labels = np.where(features["y"] > 0, 1, 0)
+    booster = fit_booster(features[~rare], labels[~rare], params=TRAIN, n_classes=3, random_state=0)
+    rows = features.assign(item_id=[f"i{k}" for k in range(800)])[["item_id", "x", "y"]]
+    found = rows[rare].head(3)  # three random (test) items of it
+    ranked = rank_for_explore(
+        rows,
+        booster,
+        classes=("a", "b", "rare"),
+        explore_classes=("rare", "b"),
+        examples={"rare": found},
+    )
+    assert ranked.is_unique and len(ranked) == 800
+    # interleaved: the even places are the rare class's nearest items
+    first = rows.set_index("item_id").loc[ranked.iloc[0:20:2].to_numpy()]
+    assert (first["x"] > 1.5).mean() >= 0.9
