@@ -70,7 +70,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results-round.md"
 DEFAULT_DATASET = REPO.parent / "shared" / "data" / "sleep.parquet"
-STAGES = ("validate", "merge", "flag", "train", "evaluate", "score", "select", "export")
+#: the pipeline's stages (flows.pipeline.STAGE_NAMES; tests/test_bench.py keeps them equal)
+STAGES = ("validate", "merge", "flag", "train", "evaluate", "health", "score", "select", "export")
 GOAL_SIZE = 200_000
 GOAL_ROUND_S = 60.0
 GOAL_OUTSIDE_SHARE = 0.20

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -113,3 +115,9 @@ def test_median_ratio_interval(bench):
     assert 1400 / 600 <= low and high <= 2000 / 450
     # the same draw every time
     assert bench.get_median_ratio_interval(sets, "diversity", 2000, n_boot=500) == (low, high)
+
+
+def test_the_round_benchmark_times_every_stage_of_the_pipeline():
+    from flows.pipeline import STAGE_NAMES
+
+    assert _load("round").STAGES == STAGE_NAMES
