@@ -29,7 +29,6 @@ predicted class balance): 2,000 random items estimate a share within about 0.02.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 
@@ -618,8 +617,9 @@ def get_labels_key(*tables: pd.DataFrame) -> str:
     """A digest of the ``item_id`` and ``label`` of each table's rows (order does not count)."""
     digest = hashlib.sha256()
     for table in tables:
-        pairs = sorted(zip(table["item_id"].astype(str), table["label"].astype(str), strict=True))
-        digest.update(json.dumps(pairs).encode("utf-8"))
+        pairs = table[["item_id", "label"]].astype("string").sort_values(["item_id", "label"])
+        hashed = pd.util.hash_pandas_object(pairs, index=False).to_numpy()
+        digest.update(len(pairs).to_bytes(8, "little") + hashed.tobytes())
     return digest.hexdigest()
 
 
