@@ -18,6 +18,7 @@ from scipy.stats import wilcoxon
 
 from flows.simulate import (
     CURVE_COLUMNS,
+    HEALTH_COLUMNS,
     ISSUED_COLUMNS,
     SimulationSpec,
     get_campaign_params,
@@ -35,6 +36,12 @@ CAMPAIGN_COLUMNS = [
     "hours_to_target",
     "final_labels",
     "final_macro_f1",
+    # where the stop advice came (tasks/health.py), and the rating
+    "labels_at_stop",
+    "macro_f1_at_stop",
+    "f1_lost_at_stop",
+    "rating_at_stop",
+    "final_rating",
 ]
 SUMMARY_COLUMNS = [
     "strategy",
@@ -43,6 +50,12 @@ SUMMARY_COLUMNS = [
     "reached_target",
     "mean_aulc",
     "median_hours_to_target",
+    "stop_fired",
+    "median_labels_at_stop",
+    "median_f1_lost_at_stop",
+    "max_f1_lost_at_stop",
+    "median_stop_over_target",
+    "mean_final_rating",
     "labels_ratio_vs_random",
     "random_reached",
     "aulc_diff_vs_random",
@@ -75,7 +88,7 @@ def simulation(tmp_path_factory):
 def test_outputs_have_the_documented_columns(simulation):
     out, stdout, _ = simulation
     curves = pd.read_csv(out / "curves.csv")
-    assert list(curves.columns) == CURVE_COLUMNS
+    assert list(curves.columns) == CURVE_COLUMNS + HEALTH_COLUMNS
     assert list(pd.read_csv(out / "campaigns.csv").columns) == CAMPAIGN_COLUMNS
     assert list(pd.read_csv(out / "summary.csv").columns) == SUMMARY_COLUMNS
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -146,7 +159,9 @@ def test_issued_items_are_written_per_campaign(simulation):
         assert c["item_id"].is_unique and len(c) == 150
         assert c.groupby("round_id").size().tolist() == [60, 30, 30, 30]
         assert set(c.loc[c["round_id"] == 1, "reason"]) == {"seed"}
-        assert set(c.loc[c["round_id"] > 1, "reason"]) == {"active"}
+        # the strategy's items, and the slices the health stage planned (tasks/health.py)
+        later = set(c.loc[c["round_id"] > 1, "reason"])
+        assert "active" in later and later <= {"active", "explore", "rebalance"}
     # the arms of a seed share the seed batch, and seeds differ
     seed_batches = {
         key: frozenset(c["item_id"])
