@@ -403,16 +403,9 @@ def run_consensus(args: argparse.Namespace) -> str:
 
 def _queue_candidates(ctx, scores, issued, current, label_probs, champion, plan):  # noqa: ARG001
     """select's relabel queue, as when flag saved no probabilities."""
-    from tasks.selection import get_relabel_candidates
+    from tasks.selection import get_queue_candidates
 
-    return get_relabel_candidates(
-        ctx.load("flags"),
-        current,
-        issued,
-        round_id=ctx.round_id,
-        params=ctx.params.flag,
-        min_agreement=ctx.params.merge.relabel_below_agreement,
-    )
+    return get_queue_candidates(ctx, current, issued)
 
 
 def activelab_job(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:

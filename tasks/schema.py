@@ -180,6 +180,7 @@ HEALTH_HISTORY = {
     "drift_warning": "boolean",
 }
 
+
 def empty(schema: dict[str, str]) -> pd.DataFrame:
     """An empty frame with the columns and dtypes of ``schema``."""
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in schema.items()})

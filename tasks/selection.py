@@ -382,6 +382,21 @@ def get_relabel_candidates(
     return candidates[~schema.is_in(candidates, sent_before)].reset_index(drop=True)
 
 
+def get_queue_candidates(
+    ctx: StageContext, current: pd.DataFrame, issued: pd.DataFrame
+) -> pd.Series:
+    """The relabel queue (:func:`get_relabel_candidates`) from this round's flags: what goes
+    back before flag has out-of-fold probabilities for ActiveLab."""
+    return get_relabel_candidates(
+        ctx.load("flags"),
+        current,
+        issued,
+        round_id=ctx.round_id,
+        params=ctx.params.flag,
+        min_agreement=ctx.params.merge.relabel_below_agreement,
+    )
+
+
 def get_activelab_candidates(
     ctx: StageContext,
     scores: pd.DataFrame,
@@ -464,14 +479,7 @@ def run(ctx: StageContext) -> SelectSummary:
             ctx, scores, issued, current, label_probs, champion, plan
         )
     else:
-        candidates = get_relabel_candidates(
-            ctx.load("flags"),
-            current,
-            issued,
-            round_id=ctx.round_id,
-            params=ctx.params.flag,
-            min_agreement=ctx.params.merge.relabel_below_agreement,
-        )
+        candidates = get_queue_candidates(ctx, current, issued)
     ranked = (
         get_ranked_slices(ctx, scores, issued, health, plan)
         if health is not None and any(plan.values())
