@@ -29,6 +29,7 @@ predicted class balance): 2,000 random items estimate a share within about 0.02.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 
@@ -75,6 +76,7 @@ RANDOM_REASONS = ("seed", "qc", "test")
 #: Reasons of ``issued`` whose items the strategy or the plan chose.
 CHOSEN_REASONS = ("active", "explore", "rebalance")
 BALANCE_MODEL = "balance.txt"
+MODELS_LISTING = "models.json"
 
 
 # -- the stop signal --------------------------------------------------------------------------
@@ -252,12 +254,18 @@ def get_balance_rating(auc: float) -> float:
 
 
 def get_coverage(
-    test_probs: np.ndarray, test_codes: np.ndarray, pool_probs: np.ndarray, *, precision: float
+    test_probs: np.ndarray,
+    test_codes: np.ndarray,
+    pool_probs: np.ndarray,
+    *,
+    precision: float,
+    min_items: int = 1,
 ) -> tuple[float, float | None]:
     """The share of the pool predicted confidently enough to be trusted.
 
     The threshold is the lowest top probability ``t`` at which the test items with a top
-    probability of at least ``t`` are predicted with at least ``precision``.
+    probability of at least ``t`` (at least ``min_items`` of them: one right item is no
+    evidence of 95% precision) are predicted with at least ``precision``.
 
     Parameters
     ----------
@@ -282,7 +290,8 @@ def get_coverage(
     running = hits / np.arange(1, order.size + 1)
     # a threshold is only as fine as the confidences: the top-k set is cut after a run of ties
     distinct = np.r_[confidence[order][1:] != confidence[order][:-1], True]
-    good = np.flatnonzero((running >= precision) & distinct)
+    enough = np.arange(1, order.size + 1) >= min_items
+    good = np.flatnonzero((running >= precision) & distinct & enough)
     if good.size == 0:
         return 0.0, None
     threshold = float(confidence[order][good[-1]])
@@ -709,7 +718,11 @@ def run(ctx: StageContext) -> HealthSummary:
         pool_predicted=stop_probs.argmax(axis=1),
     )
     coverage, threshold = get_coverage(
-        test_probs, test_codes, stop_probs, precision=params.health.coverage_precision
+        test_probs,
+        test_codes,
+        stop_probs,
+        precision=params.health.coverage_precision,
+        min_items=params.health.coverage_min_test_items,
     )
     # over the classes the test items have, as evaluate's macro-F1 (history, the gate)
     macro_f1 = float(per_class.loc[per_class["test_items"] > 0, "f1"].mean()) if len(test) else None
@@ -825,7 +838,9 @@ def _save(
     history: pd.DataFrame,
 ) -> HealthSummary:
     ctx.save("stop_predictions", stop_predictions)
-    ctx.save("health_models", models or {})
+    # a listing always: DVC warns of an empty output folder every round
+    listing = {"round_id": summary.round_id, "models": sorted(models or {})}
+    ctx.save("health_models", {**(models or {}), MODELS_LISTING: json.dumps(listing) + "\n"})
     crash_point("during:health")
     rounds = [*history.to_dict(orient="records"), _history_row(ctx, summary)]
     ctx.save("health_history", pd.DataFrame(rounds, columns=list(schema.HEALTH_HISTORY)))

@@ -229,6 +229,9 @@ class HealthParams(_Section):
     # coverage: the share of the pool whose top probability clears the lowest threshold
     # that gives this precision on the test items
     coverage_precision: float = Field(default=0.95, gt=0.0, le=1.0)
+    # ... counted over at least this many test items: the demo's first threshold was the single
+    # most confident test item (right, so "100% precision") and gave a coverage of 0.25%
+    coverage_min_test_items: int = Field(default=20, ge=1)
     # a class is rated (worst labels) and checked for being missed only with this many
     # test items; below it its F1 is too noisy to name it
     min_class_test_items: int = Field(default=5, ge=1)

@@ -132,6 +132,9 @@ def test_coverage_uses_the_lowest_threshold_that_keeps_the_precision():
     pool = np.array([[0.95, 0.05], [0.85, 0.15], [0.6, 0.4], [0.5, 0.5]])
     coverage, threshold = get_coverage(test_probs, test_codes, pool, precision=0.95)
     assert threshold == 0.9 and coverage == 0.25
+    # a threshold needs enough test items above it to mean anything
+    assert get_coverage(test_probs, test_codes, pool, precision=0.95, min_items=3) == (0.0, None)
+    assert get_coverage(test_probs, test_codes, pool, precision=0.75, min_items=4)[1] == 0.7
     coverage, threshold = get_coverage(test_probs, test_codes, pool, precision=0.75)
     assert threshold == 0.7 and coverage == 0.5
     # a model wrong on its most confident item reaches no threshold
