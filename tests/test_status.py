@@ -21,7 +21,7 @@ RATED = HealthSummary(
 
 
 def test_the_first_line_gives_the_rating_its_factors_and_the_stop_advice():
-    assert get_rating_line(RATED, StopParams()) == (
+    assert get_rating_line(RATED, StopParams(kappa=0.99)) == (
         "model rating 72/100 (balance 55, coverage 80, all labels 85, worst labels 40: "
         "'sleep-stage-1'); stop: go on (kappa 0.93, 3-round mean 0.91 < 0.99)"
     )
@@ -31,7 +31,7 @@ def test_stop_advised_and_the_threshold_reached():
     health = HealthSummary(
         round_id=9, rating=90.0, kappa=0.995, kappa_mean=0.992, stop_advised=True
     )
-    line = get_rating_line(health, StopParams(window=4))
+    line = get_rating_line(health, StopParams(kappa=0.99, window=4))
     assert line.endswith("stop: advised (kappa 0.99, 4-round mean 0.99 >= 0.99)")
 
 
