@@ -291,7 +291,7 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         "models/health",
         "folder",
         "out",
-        "the balance classifier and the explore model select draws its slices with",
+        "the balance classifier select draws its rebalance slice with, and a listing",
     ),
     Artifact(
         "health_detail",
