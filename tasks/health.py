@@ -637,39 +637,164 @@ def _stop_series(predictions: pd.DataFrame, round_id: int) -> pd.Series:
     return rows.set_index("item_id")["predicted_label"]
 
 
+@dataclass(frozen=True)
+class HealthInputs:
+    """What the health core reads: this round's labels and model, what earlier rounds left,
+    and the pool rows it needs, read from the pool in one pass.
+
+    Attributes
+    ----------
+    rows : pd.DataFrame
+        Pool rows indexed by ``item_id``: the stop set, every labeled item and
+        ``balance_sample``.
+    balance_sample : pd.Series
+        Item ids of the random pool sample the balance classifier compares the training items
+        with (empty: too few training labels to fit it).
+    test_cache : object
+        Evaluate's probabilities of this model on the test items, when it promoted it.
+    """
+
+    current: pd.DataFrame
+    issued: pd.DataFrame
+    stop_set: pd.DataFrame
+    stop_predictions: pd.DataFrame
+    history: pd.DataFrame
+    detail_before: dict[str, object]
+    booster: lgb.Booster
+    test_cache: object
+    rows: pd.DataFrame
+    balance_sample: pd.Series
+
+
+@dataclass(frozen=True)
+class HealthSeeds:
+    """The seeds of the health stage's own models (:meth:`StageContext.random_state`)."""
+
+    balance_cv: int
+    balance_fit: int
+    random_only: int
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    """The stop signal, rating and plan of one round (``summary``), this round's predictions on
+    the stop set (``stop_predictions``, schema :data:`tasks.schema.STOP_PREDICTIONS`), the
+    models select uses (``models``: file name to text) and the detail behind the report."""
+
+    summary: HealthSummary
+    stop_predictions: pd.DataFrame
+    models: dict[str, str]
+    detail: dict[str, object]
+
+
 def run(ctx: StageContext) -> HealthSummary:
     params, round_id = ctx.params, ctx.round_id
-    classes = params.project.classes
     history = ctx.load_before("health_history")
     stop_predictions = ctx.load_before("stop_predictions")
     stop_set = ctx.load_before("stop_set")
+    current = ctx.load("current")
+    candidate = ctx.load("candidate")
+    n_train = int((current["split"] == "train").sum())
+    rated = params.health.enabled and candidate.text is not None
+    balanced = rated and n_train >= params.health.min_labels
+    pool_ids = ctx.pool_ids() if stop_set.empty or balanced else None
     if stop_set.empty:
         stop_set = draw_stop_set(
-            ctx.pool_ids(),
+            pool_ids,
             size=params.stop.set_size,
             round_id=round_id,
             random_state=ctx.random_state("health-stop-set"),
         )
     ctx.save("stop_set", stop_set)
-    candidate = ctx.load("candidate")
     booster = lgb.Booster(model_str=candidate.text) if candidate.text is not None else None
     drift, arrived = check_arrivals(ctx, ctx.load_before("arrivals"), booster)
     ctx.save("arrivals", arrived)
-    summary_args: dict[str, object] = {
+    fields: dict[str, object] = {
         "round_id": round_id,
         "stop_set_size": len(stop_set),
         **get_drift_fields(drift, arrived, round_id=round_id),
     }
     detail: dict[str, object] = {"drift": drift.to_dict() if drift is not None else None}
-    if not params.health.enabled:
-        summary = HealthSummary(**summary_args, not_rated_because="health.enabled is false")
-        return _save(ctx, summary, stop_predictions, None, detail, history)
-    if candidate.text is None:
-        summary = HealthSummary(**summary_args, not_rated_because="no model trained this round")
-        return _save(ctx, summary, stop_predictions, None, detail, history)
+    if not rated:
+        why = (
+            "health.enabled is false"
+            if not params.health.enabled
+            else "no model trained this round"
+        )
+        summary = HealthSummary(**fields, not_rated_because=why)
+        return _save(ctx, summary, stop_predictions, {}, detail, history, train_items=n_train)
 
-    stop_rows = ctx.pool_rows(stop_set["item_id"])
-    stop_probs = predict_proba(booster, get_feature_frame(stop_rows), len(classes))
+    balance_sample = (
+        get_balance_sample(
+            pool_ids,
+            size=params.health.balance_pool_sample,
+            random_state=ctx.random_state("health-balance"),
+        )
+        if balanced
+        else pd.Series([], dtype="string", name="item_id")
+    )
+    wanted = pd.concat([stop_set["item_id"], current["item_id"], balance_sample]).drop_duplicates()
+    champion = ctx.load("champion")
+    inputs = HealthInputs(
+        current=current,
+        issued=ctx.load_before("issued"),
+        stop_set=stop_set,
+        stop_predictions=stop_predictions,
+        history=history,
+        detail_before=ctx.load_before("health_detail") or {},
+        booster=booster,
+        test_cache=champion.test_probs if champion.text == candidate.text else None,
+        rows=ctx.pool_rows(wanted, ordered=False).set_index("item_id"),
+        balance_sample=balance_sample,
+    )
+    seeds = HealthSeeds(
+        balance_cv=ctx.random_state("health-balance-cv"),
+        balance_fit=ctx.random_state("health-balance-fit"),
+        random_only=ctx.random_state("health-random-only"),
+    )
+    result = get_health(inputs, fields, params=params, round_id=round_id, seeds=seeds)
+    return _save(
+        ctx,
+        result.summary,
+        result.stop_predictions,
+        result.models,
+        {**detail, **result.detail},
+        history,
+        train_items=n_train,
+    )
+
+
+def get_balance_sample(pool_ids: pd.Series, *, size: int, random_state: int) -> pd.Series:
+    """At most ``size`` pool item ids drawn uniformly at random, in pool order."""
+    rng = np.random.default_rng(random_state)
+    take = min(size, len(pool_ids))
+    return pool_ids.iloc[np.sort(rng.permutation(len(pool_ids))[:take])].reset_index(drop=True)
+
+
+def get_health(
+    inputs: HealthInputs,
+    fields: dict[str, object],
+    *,
+    params: Params,
+    round_id: int,
+    seeds: HealthSeeds,
+) -> HealthResult:
+    """The stop signal, the model rating and the plan of round ``round_id`` (the module's
+    docstring says what each is); ``fields`` are summary fields computed before (drift, the
+    stop set's size). Pure: nothing is read or written.
+
+    The health stage's own classifiers (balance, the random-only model) fit a few thousand
+    rows with ``health.num_threads`` threads, not ``train.num_threads``.
+    """
+    classes = params.project.classes
+    aux_train = params.train.model_copy(update={"num_threads": params.health.num_threads})
+    booster, rows, current = inputs.booster, inputs.rows, inputs.current
+
+    def features(item_ids: pd.Series) -> pd.DataFrame:
+        return get_feature_frame(rows.loc[item_ids.to_numpy()].reset_index())
+
+    stop_set = inputs.stop_set
+    stop_probs = predict_proba(booster, features(stop_set["item_id"]), len(classes))
     names = np.asarray(classes, dtype=object)
     this_round = schema.conform(
         pd.DataFrame(
@@ -684,10 +809,13 @@ def run(ctx: StageContext) -> HealthSummary:
         schema.STOP_PREDICTIONS,
     )
     # the previous round is the last one the history (git: restored by a rollback) knows
+    history = inputs.history
     earlier = history[history["kappa"].notna()] if not history.empty else history
     previous_round = int(history["round_id"].max()) if not history.empty else None
     previous = (
-        _stop_series(stop_predictions, previous_round) if previous_round is not None else None
+        _stop_series(inputs.stop_predictions, previous_round)
+        if previous_round is not None
+        else None
     )
     signal = get_stop_signal(
         _stop_series(this_round, round_id),
@@ -696,17 +824,15 @@ def run(ctx: StageContext) -> HealthSummary:
         params=params.stop,
     )
 
-    current = ctx.load("current")
-    issued = ctx.load_before("issued")
     test = current[current["split"] == "test"].reset_index(drop=True)
     train = current[current["split"] == "train"].reset_index(drop=True)
-    test_features = get_feature_frame(ctx.pool_rows(test["item_id"])) if len(test) else None
+    test_features = features(test["item_id"]) if len(test) else None
     test_codes = encode_labels(test["label"], classes) if len(test) else np.array([], dtype=int)
     # evaluate predicted the test items with this model when it promoted it: reuse them
-    champion = ctx.load("champion")
-    cache = champion.test_probs if champion.text == candidate.text else None
     test_probs = (
-        get_cached_probs(booster, test["item_id"], test_features, len(classes), cache)[0]
+        get_cached_probs(booster, test["item_id"], test_features, len(classes), inputs.test_cache)[
+            0
+        ]
         if test_features is not None
         else np.zeros((0, len(classes)))
     )
@@ -728,53 +854,46 @@ def run(ctx: StageContext) -> HealthSummary:
     macro_f1 = float(per_class.loc[per_class["test_items"] > 0, "f1"].mean()) if len(test) else None
     worst = get_worst_labels(per_class, params=params.health)
 
-    random_ids = _random_training_ids(current, issued)
+    random_ids = _random_training_ids(current, inputs.issued)
     balance_auc = balance = None
     models: dict[str, str] = {}
-    if len(train) >= params.health.min_labels:
-        pool_ids = ctx.pool_ids()
-        rng = np.random.default_rng(ctx.random_state("health-balance"))
-        take = min(params.health.balance_pool_sample, len(pool_ids))
-        sample_ids = pool_ids.iloc[np.sort(rng.permutation(len(pool_ids))[:take])]
-        labeled = get_feature_frame(ctx.pool_rows(train["item_id"]))
-        pool_sample = get_feature_frame(ctx.pool_rows(sample_ids, ordered=False))
+    if len(inputs.balance_sample):
+        labeled = features(train["item_id"])
+        pool_sample = features(inputs.balance_sample)
         balance_auc = get_balance_auc(
             labeled,
             pool_sample,
             params=params.health,
-            train_params=params.train,
-            random_state=ctx.random_state("health-balance-cv"),
+            train_params=aux_train,
+            random_state=seeds.balance_cv,
         )
         balance = get_balance_rating(balance_auc)
         if balance < params.health.rebalance_below:
             models[BALANCE_MODEL] = fit_balance_model(
-                labeled,
-                pool_sample,
-                train_params=params.train,
-                random_state=ctx.random_state("health-balance-fit"),
+                labeled, pool_sample, train_params=aux_train, random_state=seeds.balance_fit
             ).model_to_string()
 
     random_train = train[schema.is_in(train["item_id"], random_ids)]
     # the same random labels and test labels give the same answer: a simulation's seed batch
     # and fixed test split would otherwise refit and repredict it every round
     random_key = get_labels_key(random_train, test)
-    before = ctx.load_before("health_detail") or {}
+    before = inputs.detail_before
     random_only_f1 = (
         before.get("random_only_macro_f1")
         if before.get("random_only_key") == random_key
         else get_random_only_f1(
-            ctx.pool_rows(random_train["item_id"]),
+            rows.loc[random_train["item_id"].to_numpy()].reset_index(),
             random_train["label"],
             test_features,
             test_codes,
-            params=params,
-            random_state=ctx.random_state("health-random-only"),
+            params=params.model_copy(update={"train": aux_train}),
+            random_state=seeds.random_only,
         )
         if test_features is not None and len(random_train) < len(train)
         else None
     )
     missed = get_missed_classes(
-        per_class, *_class_counts_by_origin(current, issued), params=params.health
+        per_class, *_class_counts_by_origin(current, inputs.issued), params=params.health
     )
     plan = get_plan(
         missed=missed,
@@ -792,7 +911,7 @@ def run(ctx: StageContext) -> HealthSummary:
     }
     known = [v for v in factors.values() if v is not None]
     summary = HealthSummary(
-        **summary_args,
+        **fields,
         model_round=round_id,
         rating=float(np.mean(known)) if known else None,
         **factors,
@@ -813,7 +932,6 @@ def run(ctx: StageContext) -> HealthSummary:
         plan_reasons=plan.reasons,
     )
     detail = {
-        **detail,
         "per_class": per_class.replace({np.nan: None}).to_dict(orient="records"),
         "class_balance": {
             "labels": {str(k): int(v) for k, v in train["label"].value_counts().items()},
@@ -825,24 +943,32 @@ def run(ctx: StageContext) -> HealthSummary:
         "random_only_key": random_key,
         "random_training_labels": len(random_train),
     }
-    stop_predictions = pd.concat([stop_predictions, this_round], ignore_index=True)
-    return _save(ctx, summary, stop_predictions, models, detail, history)
+    return HealthResult(
+        summary=summary,
+        stop_predictions=pd.concat([inputs.stop_predictions, this_round], ignore_index=True),
+        models=models,
+        detail=detail,
+    )
 
 
 def _save(
     ctx: StageContext,
     summary: HealthSummary,
     stop_predictions: pd.DataFrame,
-    models: dict[str, str] | None,
+    models: dict[str, str],
     detail: dict[str, object],
     history: pd.DataFrame,
+    *,
+    train_items: int,
 ) -> HealthSummary:
     ctx.save("stop_predictions", stop_predictions)
     # a listing always: DVC warns of an empty output folder every round
-    listing = {"round_id": summary.round_id, "models": sorted(models or {})}
-    ctx.save("health_models", {**(models or {}), MODELS_LISTING: json.dumps(listing) + "\n"})
+    listing = {"round_id": summary.round_id, "models": sorted(models)}
+    ctx.save("health_models", {**models, MODELS_LISTING: json.dumps(listing) + "\n"})
     crash_point("during:health")
-    rounds = [*history.to_dict(orient="records"), _history_row(ctx, summary)]
+    row = {"round_id": summary.round_id, "train_items": train_items}
+    row |= {k: getattr(summary, k) for k in schema.HEALTH_HISTORY if k not in row}
+    rounds = [*history.to_dict(orient="records"), row]
     ctx.save("health_history", pd.DataFrame(rounds, columns=list(schema.HEALTH_HISTORY)))
     ctx.save(
         "health_detail",
@@ -859,19 +985,6 @@ def _save(
     )
     ctx.save("health_report", summary.to_dict())
     return summary
-
-
-def _history_row(ctx: StageContext, summary: HealthSummary) -> dict[str, object]:
-    current = ctx.load("current")
-    return {
-        "round_id": summary.round_id,
-        "train_items": int((current["split"] == "train").sum()),
-        **{
-            k: getattr(summary, k)
-            for k in schema.HEALTH_HISTORY
-            if k not in ("round_id", "train_items")
-        },
-    }
 
 
 def _plain(value: object) -> object:

@@ -240,6 +240,11 @@ class HealthParams(_Section):
     # the balance classifier: labeled items against at most this many random pool items
     balance_pool_sample: int = Field(default=5000, ge=100)
     balance_cv_folds: int = Field(default=5, ge=2)
+    # threads of the stage's own LightGBM fits (balance, the random-only model): they fit a few
+    # thousand rows, where one thread is about as fast on an idle machine (the stage at 200,000
+    # items: 0.33 s against 0.27 s) and does not collapse when another process holds a core
+    # (0.42 s against 0.8-5 s with two threads; bench/README.md, "Health")
+    num_threads: int = Field(default=1, ge=1)
     # below this many training labels the balance classifier is not fitted
     min_labels: int = Field(default=50, ge=10)
     # a rebalance slice of this share of the batch when the balance factor is under
