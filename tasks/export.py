@@ -22,6 +22,7 @@ from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import csv_text, json_text, jsonl_text, round_name
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
+from tasks.labelstudio import ITEM_FIELD, get_shown_columns
 from tasks.params import ExportParams, StopParams
 from tasks.report_page import RoundPageData, render_round_page
 from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries, read_round_summaries
@@ -115,6 +116,7 @@ def export_batch(
     for column in ANSWER_COLUMNS:
         table[column] = ""
     model_version = round_name(round_id)
+    shown_columns = get_shown_columns(feature_names, params=params)
     records: list[dict[str, Any]] = []
     tasks: list[dict[str, Any]] = []
     for row, feats in zip(
@@ -131,7 +133,10 @@ def export_batch(
                 "data": data,
             }
         )
-        task_: dict[str, Any] = {"data": data}
+        shown = {k: data[k] for k in shown_columns}
+        task_: dict[str, Any] = {
+            "data": {"item_id": row.item_id, "round_id": round_id, ITEM_FIELD: shown}
+        }
         if suggestion is not None:
             task_["predictions"] = [
                 {

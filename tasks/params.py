@@ -296,9 +296,29 @@ class AnnotationParams(_Section):
 class ExportParams(_Section):
     labelstudio_from_name: str = "label"
     labelstudio_to_name: str = "item"
+    # the columns a Label Studio task shows the annotator, in this order (empty: every feature
+    # column of the pool)
+    labelstudio_columns: tuple[str, ...] = ()
     # a second opinion on a flagged label goes out without the model's suggestion: shown the
     # model's guess, an annotator is invited to flip a label that was right
     blind_second_opinion: bool = True
+
+
+class LabelStudioParams(_Section):
+    """The Label Studio project this workspace labels in (``flows/labelstudio.py``).
+
+    ``alloop labelstudio connect`` writes ``url`` and ``project_id``; without them the
+    workspace works with files alone. The API token is never a param.
+    """
+
+    url: str | None = None
+    project_id: int | None = Field(default=None, ge=1)
+    # the environment variable that holds the API token (else .alloop/labelstudio-token)
+    token_env: str = "ALLOOP_LABELSTUDIO_TOKEN"
+    # a call that takes longer fails; the round goes on without it and the next one retries
+    timeout_seconds: float = Field(default=30.0, gt=0.0)
+    # tasks per import request
+    push_chunk: int = Field(default=500, ge=1)
 
 
 class Params(_Section):
@@ -314,6 +334,7 @@ class Params(_Section):
     select: SelectParams = Field(default_factory=SelectParams)
     export: ExportParams = Field(default_factory=ExportParams)
     annotation: AnnotationParams = Field(default_factory=AnnotationParams)
+    labelstudio: LabelStudioParams = Field(default_factory=LabelStudioParams)
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

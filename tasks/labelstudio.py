@@ -1,0 +1,113 @@
+"""Label Studio, the pure part: the labeling config, the tasks a round sends, and what a
+project already holds. The HTTP calls live in :mod:`flows.labelstudio`.
+
+A task carries the item as Label Studio's own table template expects it, a ``{column:
+value}`` object under ``data.item``, beside ``data.item_id`` and ``data.round_id``: the round
+and the item identify a task, so pushing a round again finds the tasks it already sent. The
+model's suggestion travels as a prediction (a pre-annotation) of ``model_version``
+``round-NNNN``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from tasks.params import ExportParams
+
+#: The object tag that shows the item: a table of its columns.
+ITEM_FIELD = "item"
+
+
+def get_label_config(classes: Sequence[str], *, params: ExportParams) -> str:
+    """The labeling config of a project: the item's columns as a table, one choice per class.
+
+    Each ``Choice`` value is the class exactly as ``project.classes`` spells it (Label Studio
+    sends back the value, and validates nothing: a class spelled differently would be
+    quarantined as unknown).
+    """
+    if not classes:
+        raise ValueError("classes is empty: a labeling config needs at least one class")
+    choices = "\n".join(f"    <Choice value={quoteattr(str(c))}/>" for c in classes)
+    return (
+        "<View>\n"
+        '  <Header value="Item $item_id"/>\n'
+        f'  <Table name={quoteattr(params.labelstudio_to_name)} value="${ITEM_FIELD}"/>\n'
+        f"  <Choices name={quoteattr(params.labelstudio_from_name)} "
+        f'toName={quoteattr(params.labelstudio_to_name)} choice="single" '
+        'showInline="true" required="true">\n'
+        f"{choices}\n"
+        "  </Choices>\n"
+        "</View>\n"
+    )
+
+
+def get_task_key(task: Mapping[str, Any]) -> tuple[str, int] | None:
+    """``(item_id, round_id)`` of a task alloop sent, or None for a task of someone else's."""
+    data = task.get("data")
+    if not isinstance(data, Mapping) or data.get("item_id") is None:
+        return None
+    try:
+        round_id = int(data.get("round_id"))
+    except (TypeError, ValueError):
+        return None
+    return str(data["item_id"]), round_id
+
+
+def get_tasks_to_push(
+    tasks: Sequence[Mapping[str, Any]], existing: Iterable[tuple[str, int]]
+) -> list[Mapping[str, Any]]:
+    """The round's ``tasks`` the project does not hold yet (``existing``: the keys of its
+    tasks, :func:`get_task_key`), in order; a task listed twice is sent once."""
+    seen = set(existing)
+    missing = []
+    for task in tasks:
+        key = get_task_key(task)
+        if key is None:
+            raise ValueError(f"task {dict(task)!r} has no data.item_id and data.round_id")
+        if key not in seen:
+            seen.add(key)
+            missing.append(task)
+    return missing
+
+
+def get_latest_update(export: Sequence[Mapping[str, Any]]) -> str | None:
+    """The latest ``updated_at`` (or ``created_at``) of any annotation in a JSON export, as
+    Label Studio wrote it (ISO 8601 in UTC, so text order is time order); None if none."""
+    times = [
+        str(a.get("updated_at") or a.get("created_at"))
+        for task in export
+        if isinstance(task, Mapping)
+        for a in task.get("annotations") or []
+        if isinstance(a, Mapping) and (a.get("updated_at") or a.get("created_at"))
+    ]
+    return max(times) if times else None
+
+
+def get_users_map(users: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``{user id: email}`` from Label Studio's ``/api/users/`` (users without an email are
+    left out: they stay known by their id)."""
+    return {
+        str(u["id"]): str(u["email"])
+        for u in users
+        if isinstance(u, Mapping) and u.get("id") is not None and u.get("email")
+    }
+
+
+def get_shown_columns(feature_names: Sequence[str], *, params: ExportParams) -> list[str]:
+    """The pool columns a task shows (``export.labelstudio_columns``; empty: all of them).
+
+    Raises
+    ------
+    ValueError
+        If ``export.labelstudio_columns`` names a column the pool does not have.
+    """
+    wanted = list(params.labelstudio_columns) or list(feature_names)
+    unknown = [c for c in wanted if c not in feature_names]
+    if unknown:
+        raise ValueError(
+            f"export.labelstudio_columns names {unknown}, which the pool does not have; its "
+            f"columns are {list(feature_names)[:20]}"
+        )
+    return wanted
