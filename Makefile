@@ -16,7 +16,7 @@ UV_SYNC_FLAGS ?= --compile-bytecode
 # the first build downloads about 225 packages (900 MB) unless uv's cache has them
 FIRST_BUILD := about 1 minute with a warm cache, a few more to download
 
-.PHONY: demo test test-fast test-slow test-all bench bench-labels bench-simulate lint clean venv
+.PHONY: demo test test-fast test-slow test-all bench bench-labels bench-simulate lint clean venv labelstudio
 
 $(STAMP): uv.lock pyproject.toml
 	@set -e; started=$$(date +%s); \
@@ -40,6 +40,38 @@ $(STAMP): uv.lock pyproject.toml
 	echo "  $(VENV) ready in $$(( $$(date +%s) - started )) s"
 
 venv: $(STAMP)
+
+# A real Label Studio for the tests and benchmarks that talk to one (tests/labelstudio_server.py):
+# its own virtual environment, since it pins its own Django stack and must never enter uv.lock,
+# and a data folder migrated once (`label-studio version` applies the migrations and exits,
+# offline) that every server start copies: healthy in seconds instead of 30 s of migrations.
+# XDG_CONFIG_HOME: it writes a user_id file there, which stays out of the home folder.
+LS_VERSION := 1.23.2
+LS_DIR := .labelstudio
+LS_STAMP := $(LS_DIR)/.built-$(LS_VERSION)
+LS_OFFLINE_ENV := SENTRY_DSN= FRONTEND_SENTRY_DSN= LATEST_VERSION_CHECK=false \
+	COLLECT_ANALYTICS=false CONVERTER_DOWNLOAD_RESOURCES=false
+
+$(LS_STAMP): | $(STAMP)
+	@set -e; started=$$(date +%s); \
+	rm -rf $(LS_DIR)/venv $(LS_DIR)/template $(LS_DIR)/template.partial; \
+	echo "building $(LS_DIR)/venv with label-studio==$(LS_VERSION) (uv pip install, bytecode compiled)"; \
+	$(BIN)/uv venv --quiet --python $(BIN)/python $(LS_DIR)/venv; \
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(LS_DIR)/venv/bin/python \
+		"label-studio==$(LS_VERSION)"; \
+	installed=$$(date +%s); \
+	echo "  migrating the template data folder $(LS_DIR)/template (log: $(LS_DIR)/migrate.log)"; \
+	mkdir -p $(LS_DIR)/template.partial; \
+	if ! env $(LS_OFFLINE_ENV) LABEL_STUDIO_BASE_DATA_DIR="$(abspath $(LS_DIR))/template.partial" \
+			XDG_CONFIG_HOME="$(abspath $(LS_DIR))/config" $(LS_DIR)/venv/bin/label-studio version >$(LS_DIR)/migrate.log 2>&1; then \
+		tail -n 20 $(LS_DIR)/migrate.log >&2; exit 1; \
+	fi; \
+	mv $(LS_DIR)/template.partial $(LS_DIR)/template; \
+	touch $@; \
+	echo "  $(LS_DIR) ready in $$(( $$(date +%s) - started )) s" \
+		"(install $$(( installed - started )) s, migrations $$(( $$(date +%s) - installed )) s)"
+
+labelstudio: $(LS_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/alloop demo --rounds $(DEMO_ROUNDS) --path $(DEMO_PATH) --force
