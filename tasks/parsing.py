@@ -18,6 +18,12 @@ curly quotes and dashes where Latin-1 has invisible control codes — or Latin-1
 undefined in cp1252. :func:`read_label_file` reports what it used (:class:`FileFormat`), so the
 manifest can record it.
 
+Label Studio's answers carry their own ids: each parsed row of its JSON export (and of its
+JSON_MIN and CSV exports, which have ``annotation_id`` and ``annotator`` columns) has
+``source_key`` = ``labelstudio:<annotation id>`` and ``annotator_id`` = ``labelstudio:<user id>``
+(``annotator`` is that id too until validate knows the user's email); a skipped task
+(``was_cancelled``) is a row with ``skipped`` true and no label. Other formats leave these empty.
+
 Every field is read as text, exactly as sent; judging it is validate's job, helped by the pure
 :func:`parse_label_times` (the accepted date forms) and :func:`match_classes` (class names
 ignoring case). A file that cannot be read at all raises :class:`LabelFileError` with a
@@ -46,6 +52,13 @@ FIELDS = ("item_id", "label", "annotator", "labeled_at", "comment")
 REQUIRED = ("item_id", "label", "annotator", "labeled_at")
 # other tools' names for our fields (Label Studio's CSV and JSON_MIN exports among them)
 ALIASES = {"labeled_at": ("updated_at", "created_at"), "annotator": ("completed_by",)}
+#: Columns a parsed row has besides :data:`FIELDS`: the tool's id of the answer and of the
+#: annotator (Label Studio's; empty for other formats), and whether the row is a skip.
+KEY_FIELDS = ("source_key", "annotator_id")
+SKIPPED = "skipped"
+LABELSTUDIO = "labelstudio"
+# Label Studio's flat exports (JSON_MIN, CSV) are told by these columns, named exactly
+_LABELSTUDIO_FLAT = ("annotation_id", "annotator", "id")
 #: CSV separators told from the header, in order of preference on a tie.
 SEPARATORS = (",", ";", "\t", "|")
 #: ``validate.date_order``: how a date written ``a/b/yyyy`` is read.
@@ -231,6 +244,25 @@ def _header_error(names: list[str], columns: dict[str, int], what: str, hint: st
     return message + hint
 
 
+def _labelstudio_id(value: Any) -> str | None:
+    text = _text(value)
+    return f"{LABELSTUDIO}:{text.strip()}" if text is not None else None
+
+
+def _is_labelstudio_flat(names: Iterable[str]) -> bool:
+    """Whether a header (or a record's keys) is Label Studio's JSON_MIN or CSV export."""
+    return set(_LABELSTUDIO_FLAT) <= {name.strip() for name in names}
+
+
+def _add_labelstudio_keys(row: dict[str, Any], annotation_id: Any) -> None:
+    """A row of Label Studio's JSON_MIN or CSV export: its annotation's key, and its
+    ``annotator`` (a user id there) as the annotator's id."""
+    row["source_key"] = _labelstudio_id(annotation_id)
+    user = row.get("annotator")
+    if user is not None and user.strip().isdigit():
+        row["annotator_id"] = row["annotator"] = _labelstudio_id(user)
+
+
 def _rows_from_records(records: list[Any], where: str) -> pd.DataFrame:
     rows = []
     for position, record in enumerate(records, start=1):
@@ -246,13 +278,21 @@ def _rows_from_records(records: list[Any], where: str) -> pd.DataFrame:
                 if value is None:
                     value = record.get(alias)
             row[name] = _text(value)
+        if _is_labelstudio_flat(record):
+            _add_labelstudio_keys(row, record.get("annotation_id"))
         rows.append(row)
     return _frame(rows)
 
 
+#: The columns of the rows a reader returns, in order.
+ROW_FIELDS = ("source_row", *FIELDS, "malformed", *KEY_FIELDS, SKIPPED)
+
+
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["source_row", *FIELDS, "malformed"])
-    return frame.astype({"source_row": "int64", **{c: "string" for c in (*FIELDS, "malformed")}})
+    frame = pd.DataFrame(rows, columns=list(ROW_FIELDS))
+    frame[SKIPPED] = frame[SKIPPED].astype("boolean").fillna(False)
+    text = {c: "string" for c in (*FIELDS, "malformed", *KEY_FIELDS)}
+    return frame.astype({"source_row": "int64", SKIPPED: "boolean", **text})
 
 
 # -- CSV --------------------------------------------------------------------------------------
@@ -335,6 +375,7 @@ def _parse_csv(text: str) -> tuple[pd.DataFrame, str]:
                     _other_separator_hint(head),
                 )
             )
+        flat = names.index("annotation_id") if _is_labelstudio_flat(names) else None
         rows = []
         for number, record in enumerate(reader, start=1):
             if not any(cell.strip() for cell in record):
@@ -347,6 +388,8 @@ def _parse_csv(text: str) -> tuple[pd.DataFrame, str]:
                 )
             for name, index in columns.items():
                 row[name] = _text(record[index]) if index < len(record) else None
+            if flat is not None:
+                _add_labelstudio_keys(row, record[flat] if flat < len(record) else None)
             rows.append(row)
     except csv.Error as exc:
         raise LabelFileError(f"CSV syntax error: {exc}") from exc
@@ -369,8 +412,20 @@ def _parse_jsonl(text: str) -> pd.DataFrame:
     return frame
 
 
+def _labelstudio_annotator(completed_by: Any) -> tuple[str | None, str | None]:
+    """``(annotator, annotator_id)`` of an annotation's ``completed_by``: a user id (1.23's
+    export), or an object with the id and maybe the email (other versions and the API)."""
+    email = None
+    if isinstance(completed_by, dict):
+        email = _text(completed_by.get("email"))
+        completed_by = completed_by.get("id")
+    user = _labelstudio_id(completed_by)
+    return email or user, user
+
+
 def _parse_labelstudio(tasks: list[Any]) -> pd.DataFrame:
-    """Label Studio's JSON export: one row per submitted annotation; skips are not labels."""
+    """Label Studio's JSON export: one row per annotation, a skip (``was_cancelled``) a row
+    without a label; each known by its annotation id and its update time."""
     rows = []
     position = 0
     for task_no, task in enumerate(tasks, start=1):
@@ -384,8 +439,15 @@ def _parse_labelstudio(tasks: list[Any]) -> pd.DataFrame:
                 row["malformed"] = f"task {task_no}: an annotation is not an object"
                 rows.append(row)
                 continue
-            if annotation.get("was_cancelled"):
-                position -= 1  # a skip: the annotator sent no label
+            row["source_key"] = _labelstudio_id(annotation.get("id"))
+            row["annotator"], row["annotator_id"] = _labelstudio_annotator(
+                annotation.get("completed_by")
+            )
+            row["labeled_at"] = _text(annotation.get("updated_at") or annotation.get("created_at"))
+            row["comment"] = None
+            if annotation.get("was_cancelled"):  # a skip: the annotator sent no label
+                row["skipped"] = True
+                rows.append(row)
                 continue
             choices = [
                 choice
@@ -398,9 +460,6 @@ def _parse_labelstudio(tasks: list[Any]) -> pd.DataFrame:
                     f"task {task_no}: {len(choices)} choices {choices} in one annotation"
                 )
             row["label"] = _text(choices[0]) if choices else None
-            row["annotator"] = _text(annotation.get("completed_by"))
-            row["labeled_at"] = _text(annotation.get("updated_at") or annotation.get("created_at"))
-            row["comment"] = None
             rows.append(row)
     return _frame(rows)
 
@@ -501,6 +560,7 @@ def _parse_xlsx(content: bytes) -> tuple[pd.DataFrame, str]:
         raise LabelFileError(
             _header_error(names, columns, f"the header row (row {header_row}) of sheet {title!r}")
         )
+    flat = names.index("annotation_id") if _is_labelstudio_flat(names) else None
     rows = []
     for number, texts in sheet_rows[1:]:
         row: dict[str, Any] = {"source_row": number - header_row, "malformed": None}
@@ -515,6 +575,8 @@ def _parse_xlsx(content: bytes) -> tuple[pd.DataFrame, str]:
             )
         for name, index in columns.items():
             row[name] = _text(texts[index]) if index < len(texts) else None
+        if flat is not None:
+            _add_labelstudio_keys(row, texts[flat] if flat < len(texts) else None)
         rows.append(row)
     return _frame(rows), title
 
@@ -547,10 +609,11 @@ def read_label_file(content: bytes) -> tuple[FileFormat, pd.DataFrame]:
     Returns
     -------
     (FileFormat, pd.DataFrame)
-        How the file was read, and one row per label sent: ``source_row`` (1-based position
-        after the header, or in the list of records; blank lines count), the text fields of
-        :data:`FIELDS` (None where absent) and ``malformed`` (None, or why the row cannot be
-        read).
+        How the file was read, and one row per label sent (columns :data:`ROW_FIELDS`):
+        ``source_row`` (1-based position after the header, or in the list of records; blank
+        lines count), the text fields of :data:`FIELDS` (None where absent), ``malformed``
+        (None, or why the row cannot be read), the :data:`KEY_FIELDS` (Label Studio's ids;
+        None for other formats) and ``skipped`` (a Label Studio skip: no label).
 
     Raises
     ------

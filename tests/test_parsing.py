@@ -38,13 +38,36 @@ def test_label_studio_json_export_fixture():
     import json
 
     tasks = json.loads(content)
-    submitted = [a for t in tasks for a in t["annotations"] if not a["was_cancelled"]]
-    assert len(rows) == len(submitted)  # skips are not labels
+    annotations = [a for t in tasks for a in t["annotations"]]
+    assert len(rows) == len(annotations)  # a skip is a row too, marked as one, without label
+    assert rows["skipped"].tolist() == [a["was_cancelled"] for a in annotations]
+    assert rows.loc[rows["skipped"], "label"].isna().all()
+    submitted = [a for a in annotations if not a["was_cancelled"]]
     first = rows.iloc[0]
     assert first["item_id"] == str(tasks[0]["data"]["item_id"])
     assert first["label"] == submitted[0]["result"][0]["value"]["choices"][0]
-    assert first["annotator"] == str(submitted[0]["completed_by"])
+    # Label Studio's own ids: the annotation's and the user's; no email known yet
+    assert first["source_key"] == f"labelstudio:{submitted[0]['id']}"
+    assert first["annotator_id"] == f"labelstudio:{submitted[0]['completed_by']}"
+    assert first["annotator"] == first["annotator_id"]
     assert first["labeled_at"] == submitted[0]["updated_at"]
+
+
+def test_label_studio_flat_exports_carry_the_same_keys_as_the_json_export():
+    _, full = parse_label_file((LS / "export.json").read_bytes())
+    answers = full[~full["skipped"]].set_index("source_key")
+    for name in ("export.csv", "export_min.json"):  # Label Studio leaves skips out of these
+        _, rows = parse_label_file((LS / name).read_bytes())
+        got = rows.set_index("source_key")
+        assert set(got.index) == set(answers.index), name
+        columns = ["item_id", "label", "annotator", "annotator_id", "labeled_at"]
+        assert got.loc[answers.index, columns].equals(answers[columns]), name
+
+
+def test_a_plain_csv_has_no_keys_and_no_skips():
+    _, rows = parse_label_file(b"item_id,label,annotator,labeled_at\n1,a,ann,2026-01-01\n")
+    assert rows[["source_key", "annotator_id"]].isna().all().all()
+    assert not rows["skipped"].any()
 
 
 @pytest.mark.parametrize("name", ["export.csv", "export_min.json"])
