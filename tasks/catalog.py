@@ -117,6 +117,17 @@ ARTIFACTS: dict[str, Artifact] = _declare(
     ),
     Artifact("incoming", "data/incoming", "folder", "local", "label files dropped by annotators"),
     Artifact(
+        "labelstudio_users",
+        "labelstudio/users.json",
+        "json",
+        "source",
+        "Label Studio's users, {user id: email}, as the last pull found them (git); "
+        "validate names a Label Studio annotator by his email",
+        # written before the round by the Label Studio pull, and optional (no Label Studio,
+        # no file): so not a DVC dep of validate, which `dvc repro` would require to exist
+        read_later_by=("validate",),
+    ),
+    Artifact(
         "truth",
         "data/simulation/truth.parquet",
         "table",
@@ -138,7 +149,8 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         f"data/archive/{ROUND}/manifest.json",
         "json",
         "persist",
-        "per file of a round: hash, format, encoding, rows read, accepted, quarantined",
+        "per file of a round: hash, format, encoding, rows read, accepted, quarantined, already "
+        "consumed",
         dvc_path="data/archive",
         append_only=True,
         read_later_by=("validate",),
@@ -218,7 +230,8 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         "append-only label events: the audit trail",
         table_schema=schema.LEDGER,
         append_only=True,
-        read_later_by=("merge", "flag"),
+        # validate: an answer the ledger already holds is not entered again
+        read_later_by=("validate", "merge", "flag"),
         audited=True,
     ),
     Artifact(

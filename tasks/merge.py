@@ -1,9 +1,14 @@
 """Stage 2, merge: turn the round's accepted and rejected rows into label events, and resolve
 every item's current label from all votes so far.
 
-The events of a round (``label``, ``relabel``, ``rejected``, ``resolved``, ``consensus``) go to
+The events of a round (``label``, ``relabel``, ``skip``, ``rejected``, ``resolved``,
+``consensus``) go to
 ``data/interim/events.parquet``; flag adds its ``flagged`` events and appends the round to the
 ledger, so that the ledger gets one append per round and never an edit.
+
+An annotator is his tool's user id when he has one (``annotator_id``), else his name: a Label
+Studio user whose email became known later is still one annotator, named by his latest name.
+A ``skip`` (an accepted row without a label) is recorded, never counted as a vote.
 
 Consensus: each annotator's latest vote on an item counts once. With enough items labeled by
 several annotators, training items are resolved by cleanlab's CROWDLAB (votes weighed by each
@@ -30,6 +35,10 @@ from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_p
 from tasks.params import MergeParams, TrainParams
 from tasks.summaries import MergeSummary
 
+#: The events that are votes; a ``skip`` is an annotator's answer that is not one.
+VOTES = ("label", "relabel")
+SKIP = "skip"
+
 STAGE = StageSpec(
     name="merge",
     module=__name__,
@@ -43,19 +52,26 @@ STAGE = StageSpec(
 def get_label_events(
     ledger: pd.DataFrame, accepted: pd.DataFrame, rejected: pd.DataFrame, *, round_id: int
 ) -> pd.DataFrame:
-    """The round's ``label``/``relabel`` events (accepted rows) and ``rejected`` events.
+    """The round's ``label``/``relabel``/``skip`` events (accepted rows) and ``rejected``
+    events.
 
-    An annotator's first vote on an item is a ``label`` event, a later one a ``relabel``.
-    Only events of earlier rounds count as "before", so the result does not depend on whether
-    the round ran before.
+    An annotator's first vote on an item is a ``label`` event, a later one a ``relabel``; an
+    accepted row without a label is a ``skip``, which is not a vote. "The same annotator" is
+    :func:`tasks.schema.get_annotator_key`. Only events of earlier rounds count as "before",
+    so the result does not depend on whether the round ran before.
     """
     prior = ledger[ledger["round_id"] < round_id]
-    voted = prior[prior["event"].isin(["label", "relabel"])]
-    seen = set(zip(voted["item_id"], voted["annotator"], strict=True))
+    voted = prior[prior["event"].isin(VOTES)]
+    seen = set(zip(voted["item_id"], schema.get_annotator_key(voted), strict=True))
     accepted = schema.conform(accepted, schema.ACCEPTED)
     kinds = [
-        "relabel" if pair in seen else "label"
-        for pair in zip(accepted["item_id"], accepted["annotator"], strict=True)
+        SKIP if pd.isna(label) else "relabel" if (item, who) in seen else "label"
+        for item, who, label in zip(
+            accepted["item_id"],
+            schema.get_annotator_key(accepted),
+            accepted["label"],
+            strict=True,
+        )
     ]
     votes = accepted.assign(event=kinds, outcome="accepted", detail="")
     rejected = schema.conform(rejected, schema.QUARANTINED)
@@ -66,9 +82,13 @@ def get_label_events(
 
 
 def get_votes(events: pd.DataFrame) -> pd.DataFrame:
-    """Each annotator's latest vote per item, with its position in event order."""
-    voted = events[events["event"].isin(["label", "relabel"])].reset_index(drop=True)
+    """Each annotator's latest vote per item, with its position in event order; skips are
+    not votes. An annotator (:func:`tasks.schema.get_annotator_key`) is named by the latest
+    name his votes carry."""
+    voted = events[events["event"].isin(VOTES)].reset_index(drop=True)
     voted = voted.assign(order=np.arange(len(voted)))
+    who = schema.get_annotator_key(voted)
+    voted["annotator"] = voted["annotator"].groupby(who).transform("last")
     return voted.groupby(["item_id", "annotator"], sort=False).tail(1)
 
 
@@ -340,7 +360,7 @@ def get_first_split(issued: pd.DataFrame) -> pd.Series:
 class RoundVotes:
     """The round's new events and every vote that counts, before consensus."""
 
-    events: pd.DataFrame  # this round's label, relabel and rejected events
+    events: pd.DataFrame  # this round's label, relabel, skip and rejected events
     votes: pd.DataFrame  # each annotator's latest vote per item, for a known class
     pending: pd.Series  # votes for classes not (yet) in project.classes, by label
     split: pd.Series  # train/test by item_id
@@ -419,7 +439,7 @@ def merge_round(
     more = get_resolution_events(
         prior,
         flags,
-        round_events[round_events["event"] != "rejected"],
+        round_events[round_events["event"].isin(VOTES)],
         current,
         round_id=round_id,
     )
@@ -431,6 +451,7 @@ def merge_round(
     summary = MergeSummary(
         events_label=int(kinds.get("label", 0)),
         events_relabel=int(kinds.get("relabel", 0)),
+        events_skip=int(kinds.get(SKIP, 0)),
         events_rejected=int(kinds.get("rejected", 0)),
         events_resolved=int(kinds.get("resolved", 0)),
         events_consensus=int(kinds.get("consensus", 0)),

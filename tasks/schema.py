@@ -16,18 +16,27 @@ ITEM_ID = "item_id"
 #: One row per label an annotator sent, as accepted by validate (the input of merge).
 ACCEPTED = {
     "item_id": "string",
-    "label": "string",
-    "annotator": "string",
-    "labeled_at": "string",  # ISO 8601, UTC
+    "label": "string",  # empty for a skip: the annotator saw the item and sent no label
+    "annotator": "string",  # as shown to people: a Label Studio user's email when known
+    "labeled_at": "string",  # ISO 8601, UTC; for Label Studio, the annotation's updated_at
     "comment": "string",
     "source_file": "string",
     "source_sha256": "string",
     "source_row": "int64",
+    # the labeling tool's own id of the answer (``labelstudio:<annotation id>``); empty for
+    # formats without one. With labeled_at it tells an answer already consumed from an update
+    "source_key": "string",
+    # the tool's own id of the annotator (``labelstudio:<user id>``); empty otherwise. Who an
+    # annotator is (relabel, duplicate, conflict, one vote per item) is this id when present
+    "annotator_id": "string",
 }
 
 #: The append-only audit trail, one row per event:
 #:
-#: - ``label``: an annotator's first vote on an item; ``relabel``: the same annotator again;
+#: - ``label``: an annotator's first vote on an item; ``relabel``: the same annotator again
+#:   (an answer updated in the labeling tool after it was consumed is one too);
+#: - ``skip``: an annotator skipped the item (Label Studio's ``was_cancelled``); no label and
+#:   never a vote: consensus, flags and label counts ignore it;
 #: - ``rejected``: a row validate quarantined (``outcome`` = reason code, ``detail`` = why);
 #: - ``flagged``: flag questioned a training label (``outcome`` = how it was handled);
 #: - ``resolved``: a flagged item got a new vote (``outcome`` = confirmed or changed);
@@ -181,6 +190,22 @@ HEALTH_HISTORY = {
 }
 
 
+#: Columns a table gained after workspaces were made: a file written before lacks them and is
+#: read with them empty (its rows are never rewritten to fill them). Any other missing column
+#: is an error. source_key and annotator_id: ACCEPTED and LEDGER, with Label Studio intake.
+ADDED_LATER: frozenset[str] = frozenset({"source_key", "annotator_id"})
+
+
+def get_annotator_key(frame: pd.DataFrame) -> pd.Series:
+    """Who sent each row, as "the same annotator" is told: the tool's user id
+    (``annotator_id``) when there is one, else the name (``annotator``). One Label Studio user
+    is one annotator whether or not his email was known when his answers came in."""
+    names = frame["annotator"].astype("string")
+    if "annotator_id" not in frame.columns:
+        return names
+    return frame["annotator_id"].astype("string").fillna(names)
+
+
 def empty(schema: dict[str, str]) -> pd.DataFrame:
     """An empty frame with the columns and dtypes of ``schema``."""
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in schema.items()})
@@ -189,12 +214,18 @@ def empty(schema: dict[str, str]) -> pd.DataFrame:
 def conform(frame: pd.DataFrame, schema: dict[str, str]) -> pd.DataFrame:
     """Return ``frame`` with exactly the columns of ``schema``, in order, with its dtypes.
 
+    A missing column of :data:`ADDED_LATER` (a table written before it existed) is added,
+    empty.
+
     Raises
     ------
     ValueError
-        If a column of ``schema`` is missing from ``frame``.
+        If any other column of ``schema`` is missing from ``frame``.
     """
     missing = [name for name in schema if name not in frame.columns]
+    if missing and set(missing) <= ADDED_LATER:
+        frame = frame.assign(**{name: pd.Series(pd.NA, index=frame.index) for name in missing})
+        missing = []
     if missing:
         raise ValueError(f"table is missing columns {missing}; has {list(frame.columns)}")
     if list(frame.columns) == list(schema) and all(

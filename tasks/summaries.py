@@ -45,6 +45,8 @@ class ValidateSummary(Summary):
     rows_accepted: int
     rows_quarantined: int
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    #: rows repeating an answer the ledger already holds: counted, not entered again
+    rows_already_consumed: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class MergeSummary(Summary):
     items_in_disagreement: int
     annotators: int
     votes_for_new_classes: dict[str, int] = field(default_factory=dict)
+    #: items an annotator skipped (``skip`` events: not votes)
+    events_skip: int = 0
 
 
 @dataclass(frozen=True)

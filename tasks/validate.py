@@ -1,16 +1,31 @@
-"""Stage 1, validate: check every incoming label row; accept it or quarantine it with a reason.
+"""Stage 1, validate: check every incoming label row; accept it or quarantine it with a reason,
+or count it as already consumed.
 
-Rows in = rows accepted + rows quarantined, for every file and every round. The checks are a
-Great Expectations suite over the rows plus a few derived columns (is the item in the pool,
-was it issued, is the time readable); each failing row is mapped back by its position and
-given the reason code of the first check it fails, in the order of :func:`get_checks`.
+Rows in = rows accepted + rows quarantined + rows already consumed, for every file and every
+round. A row is *already consumed* when the ledger holds the same answer: the same Label Studio
+annotation (``source_key``) with the same update time or a later one, or, for any format, a
+vote with the same item, annotator, label and time; such a row is counted, never entered
+again, so a cumulative export can be dropped in every round. The same annotation twice in one
+round is kept once, in its latest version. A Label Studio annotation updated after it was
+consumed is accepted (merge makes it a ``relabel``).
+
+The checks are a Great Expectations suite over the rows plus a few derived columns (is the
+item in the pool, was it issued, is the time readable); each failing row is mapped back by its
+position and given the reason code of the first check it fails, in the order of
+:func:`get_checks`. A skip (a Label Studio task the annotator skipped: no label) is checked for
+what applies to it (item, batch, annotator, time), never by the label checks
+(:data:`LABEL_CHECKS`).
+
+Annotators of Label Studio rows are named by their email when ``labelstudio/users.json``
+(``{"<user id>": "<email>"}``) knows it, else ``labelstudio:<user id>``; ``annotator_id``
+keeps the id either way, and is who the annotator is for duplicates and conflicts.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -24,10 +39,15 @@ from tasks.expectations import (
     get_suite_dict,
 )
 from tasks.faults import crash_point
+from tasks.ledger import get_active_events
 from tasks.params import ValidateParams
 from tasks.parsing import (
     FIELDS,
+    KEY_FIELDS,
+    LABELSTUDIO,
     REQUIRED,
+    ROW_FIELDS,
+    SKIPPED,
     LabelFileError,
     match_classes,
     parse_label_times,
@@ -38,7 +58,7 @@ from tasks.summaries import ValidateSummary
 STAGE = StageSpec(
     name="validate",
     module=__name__,
-    code=("tasks/parsing.py", "tasks/expectations.py"),
+    code=("tasks/parsing.py", "tasks/expectations.py", "tasks/ledger.py"),
     reads=("suite", "pool"),
     writes=("archive", "manifest", "quarantine", "accepted", "rejected", "validate_report"),
     params=("project.classes", "project.allow_new_classes", "validate"),
@@ -81,6 +101,12 @@ def get_checks() -> tuple[Check, ...]:
 
 
 BUILT_IN = tuple(check.name for check in get_checks())
+#: The built-in checks of a label: a skip (no label) is never judged by them.
+LABEL_CHECKS = ("missing_label", "unknown_class", "conflicting_labels", "duplicate_row")
+#: Ledger events that hold an answer an annotator sent (a row that repeats one is consumed).
+ANSWERS = ("label", "relabel", "skip")
+#: How accepted times are written (and compared with the ledger's).
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def get_default_suite() -> dict[str, object]:
@@ -128,10 +154,139 @@ def _parse_times(frame: pd.DataFrame, date_order: str) -> tuple[pd.Series, pd.Se
     return times, problems
 
 
+#: The rows found already consumed, and what each repeats.
+CONSUMED = {
+    "source_file": "string",
+    "source_row": "int64",
+    "item_id": "string",
+    "annotator": "string",
+    "labeled_at": "string",
+    "source_key": "string",
+    "same_as": "string",  # the ledger event, or the row of this round (file:row), it repeats
+}
+
+
+def get_labelstudio_users(users: object) -> dict[str, str]:
+    """The Label Studio users map (``labelstudio/users.json``) checked: ``{user id: email}``;
+    None (no file) is an empty map.
+
+    Raises
+    ------
+    ValueError
+        If it is not an object of non-empty texts.
+    """
+    if users is None:
+        return {}
+    if not isinstance(users, Mapping):
+        raise ValueError(
+            f"{get_artifact('labelstudio_users').path} must hold an object "
+            f'{{"<user id>": "<email>"}}, got {type(users).__name__}'
+        )
+    bad = [k for k, v in users.items() if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise ValueError(
+            f"{get_artifact('labelstudio_users').path}: users {bad[:5]} have no email "
+            "(expected a non-empty text for each user id)"
+        )
+    return {str(k).strip(): v.strip() for k, v in users.items()}
+
+
+def get_annotator_names(frame: pd.DataFrame, users: Mapping[str, str]) -> pd.Series:
+    """``annotator`` with a Label Studio user's email where ``users`` knows his id."""
+    prefix = f"{LABELSTUDIO}:"
+    ids = frame["annotator_id"].astype("string")
+    from_tool = ids.str.startswith(prefix).fillna(False).astype(bool)
+    emails = ids.where(from_tool).str.removeprefix(prefix).map(dict(users))
+    return emails.astype("string").fillna(frame["annotator"].astype("string"))
+
+
+def _answer_key(frame: pd.DataFrame, annotator: pd.Series, labeled_at: pd.Series) -> pd.Series:
+    return (
+        frame["item_id"].fillna("")
+        + "\x1f"
+        + annotator.fillna("")
+        + "\x1f"
+        + frame["label"].fillna("")
+        + "\x1f"
+        + labeled_at.fillna("")
+    )
+
+
+def find_already_consumed(
+    frame: pd.DataFrame, times: pd.Series, answers: pd.DataFrame
+) -> pd.Series:
+    """What each row repeats, when it is an answer already consumed; NA for the others.
+
+    Parameters
+    ----------
+    frame : pd.DataFrame
+        The round's rows, cleaned (``annotator`` as it will be recorded, ``label`` in the
+        declared spelling, empty for a skip), with ``source_key`` and ``annotator_id``.
+    times : pd.Series
+        Their label times (UTC; NaT when unreadable), indexed like ``frame``.
+    answers : pd.DataFrame
+        The ledger's answers (``label``, ``relabel`` and ``skip`` events that count).
+
+    Returns
+    -------
+    pd.Series of str, indexed like ``frame``
+        The ledger's ``event_id`` (or ``file:row`` of an earlier row of this round) of the
+        answer a row repeats: a row with the ``source_key`` of a ledger answer whose time is
+        the same or later; a row whose ``source_key`` an other row of the round has with a
+        later time (or the same time, earlier); a row whose item, annotator, label and time
+        are a ledger answer's (any format; a Label Studio row's annotator also as the bare
+        user id, as alloop recorded it before it knew Label Studio's ids).
+    """
+    same_as = pd.Series(pd.NA, index=frame.index, dtype="string")
+    keys = frame["source_key"].astype("string")
+    keyed = keys.notna() & times.notna()
+    # 1. the ledger holds this annotation, in this version or a later one
+    known = answers[answers["source_key"].notna()]
+    if len(known) and keyed.any():
+        known = known.assign(
+            _time=pd.to_datetime(known["labeled_at"], utc=True, format="ISO8601", errors="coerce")
+        )
+        latest = known.sort_values("_time", kind="stable").drop_duplicates(
+            "source_key", keep="last"
+        )
+        latest = latest.set_index("source_key")
+        consumed_at = pd.to_datetime(keys.map(latest["_time"]), utc=True)
+        hit = keyed & consumed_at.notna() & (times <= consumed_at)
+        same_as[hit] = keys[hit].map(latest["event_id"]).astype("string")
+    # 2. the same annotation earlier in this round, or in a later version
+    rest = keyed & same_as.isna()
+    if rest.any():
+        order = pd.DataFrame({"key": keys[rest], "time": times[rest]}).assign(
+            position=range(int(rest.sum()))
+        )
+        order = order.sort_values(["key", "time", "position"], ascending=[True, False, True])
+        kept = order.drop_duplicates("key", keep="first")
+        where = frame["source_file"].astype("string") + ":" + frame["source_row"].astype("string")
+        repeat = order.index.difference(kept.index)
+        same_as[repeat] = keys[repeat].map(
+            pd.Series(where[kept.index].to_numpy(), index=kept["key"].to_numpy())
+        )
+    # 3. the same item, annotator, label and time as an answer in the ledger
+    rest = same_as.isna()
+    if len(answers) and rest.any():
+        stamps = times.dt.strftime(TIME_FORMAT).astype("string")
+        ledger = answers.assign(
+            _key=_answer_key(answers, answers["annotator"], answers["labeled_at"])
+        )
+        event_of = ledger.drop_duplicates("_key", keep="last").set_index("_key")["event_id"]
+        bare = frame["annotator_id"].astype("string").str.removeprefix(f"{LABELSTUDIO}:")
+        for annotator in (frame["annotator"], bare):
+            found = _answer_key(frame, annotator, stamps).map(event_of).astype("string")
+            same_as = same_as.fillna(found.where(rest & times.notna()))
+    return same_as
+
+
 @dataclass(frozen=True)
 class Validation:
     accepted: pd.DataFrame  # schema ACCEPTED
     quarantined: pd.DataFrame  # schema QUARANTINED
+    #: rows that repeat an answer already consumed: neither accepted nor quarantined
+    already_consumed: pd.DataFrame = field(default_factory=lambda: schema.empty(CONSUMED))
 
 
 def validate_labels(
@@ -144,40 +299,71 @@ def validate_labels(
     params: ValidateParams,
     suite: Mapping[str, object] | None = None,
     allow_new_classes: bool = False,
+    ledger: pd.DataFrame | None = None,
+    users: Mapping[str, str] | None = None,
 ) -> Validation:
-    """Split parsed label rows into accepted and quarantined.
+    """Split parsed label rows into accepted, quarantined and already consumed.
 
     Parameters
     ----------
     rows : pd.DataFrame
         Rows of :func:`tasks.parsing.parse_label_file` from all files of the round, in the
-        order received, plus ``source_file`` and ``source_sha256``.
+        order received, plus ``source_file`` and ``source_sha256``. ``source_key``,
+        ``annotator_id`` and ``skipped`` may be left out (none: no key, not a skip).
     pool_ids, issued_ids : pd.Series of str
         Items in the pool; items issued to annotators in earlier rounds.
     as_of : pd.Timestamp
         The round's clock (UTC): a label time after it, beyond the allowed skew, is refused.
     suite : dict, optional
         The expectation suite (the workspace's file); the built-in suite when omitted. Its
-        order is the priority of the reasons; checks of its own must name their columns.
+        order is the priority of the reasons; checks of its own must name their columns (and
+        judge skips too).
+    ledger : pd.DataFrame, optional
+        The ledger's events of earlier rounds that count (schema LEDGER, after rollbacks):
+        a row repeating one of its answers is already consumed (:func:`find_already_consumed`).
+    users : dict, optional
+        Label Studio's ``{user id: email}``: the annotator of a Label Studio row is his email.
 
     Returns
     -------
     Validation
-        ``len(accepted) + len(quarantined) == len(rows)``, always.
+        ``len(accepted) + len(quarantined) + len(already_consumed) == len(rows)``, always.
     """
     if as_of.tzinfo is None:
         raise ValueError(f"as_of must be timezone-aware, got {as_of!r}")
     frame = rows.reset_index(drop=True).copy()
-    for name in (*FIELDS, "malformed"):
+    for name in (*FIELDS, "malformed", *KEY_FIELDS):
+        if name not in frame.columns:
+            frame[name] = pd.NA
         frame[name] = frame[name].astype("string").str.strip().replace("", pd.NA)
+    skipped = (
+        frame[SKIPPED].astype("string").str.lower().eq("true").fillna(False).astype(bool)
+        if SKIPPED in frame.columns  # a flag, or its text when the caller made rows text
+        else pd.Series(False, index=frame.index)
+    )
+    frame[SKIPPED] = skipped
+    frame["annotator"] = get_annotator_names(frame, users or {})
     # "Benign" is the class benign: the declared spelling is what is checked and stored
-    frame["label"] = match_classes(frame["label"], classes)
+    frame["label"] = match_classes(frame["label"], classes).mask(skipped)  # a skip: no label
     times, time_problems = _parse_times(frame, params.date_order)
+    answers = schema.empty(schema.LEDGER) if ledger is None else ledger
+    answers = schema.conform(answers[answers["event"].isin(ANSWERS)], schema.LEDGER)
+    same_as = find_already_consumed(frame, times, answers)
+    repeats = same_as.notna().to_numpy()
+    already_consumed = frame[repeats].assign(
+        labeled_at=times[repeats].dt.strftime(TIME_FORMAT).astype("string"),
+        same_as=same_as[repeats],
+    )
+    new = ~repeats
+    frame = frame[new].reset_index(drop=True)
+    times = times[new].reset_index(drop=True)
+    time_problems = time_problems[new].reset_index(drop=True)
+    skipped = frame[SKIPPED]
     limit = as_of + pd.Timedelta(seconds=params.max_clock_skew_seconds)
-    key = frame["item_id"].fillna("") + "\x1f" + frame["annotator"].fillna("")
-    labels_per_key = frame.groupby(key)["label"].transform("nunique")
+    key = frame["item_id"].fillna("") + "\x1f" + schema.get_annotator_key(frame).fillna("")
+    labels_per_key = frame.groupby(key)["label"].transform("nunique")  # a skip's is not counted
     triple = key + "\x1f" + frame["label"].fillna("")
-    first_position = frame.groupby(triple).cumcount() == 0
+    first_position = (frame.groupby(triple).cumcount() == 0) | skipped
     first_source = (
         frame.groupby(triple)["source_file"].transform("first")
         + ":"
@@ -200,8 +386,12 @@ def validate_labels(
     failing = find_failing_rows(frame, suite, parameters={"classes": allowed}, required=BUILT_IN)
     order = get_check_order(suite)
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
+    is_skip = skipped.to_numpy(dtype=bool)
     for name, _ in reversed(order):  # the first check in the suite's order wins
-        reason.iloc[failing[name]] = name
+        positions = failing[name]
+        if name in LABEL_CHECKS:
+            positions = positions[~is_skip[positions]]
+        reason.iloc[positions] = name
     custom = dict(order)
     bad = reason.notna().to_numpy()
     quarantined = frame[bad].assign(reason_code=reason[bad])
@@ -213,12 +403,11 @@ def validate_labels(
             )
         ]
     )
-    accepted = frame[~bad].assign(
-        labeled_at=times[~bad].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").astype("string")
-    )
+    accepted = frame[~bad].assign(labeled_at=times[~bad].dt.strftime(TIME_FORMAT).astype("string"))
     return Validation(
         accepted=schema.conform(accepted, schema.ACCEPTED),
         quarantined=schema.conform(quarantined, schema.QUARANTINED),
+        already_consumed=schema.conform(already_consumed, CONSUMED),
     )
 
 
@@ -256,7 +445,7 @@ class Intake:
 
 
 #: the columns of the parsed rows of a round's files
-ROW_COLUMNS = ("source_row", *FIELDS, "malformed", "source_file", "source_sha256")
+ROW_COLUMNS = (*ROW_FIELDS, "source_file", "source_sha256")
 
 
 def read_label_files(
@@ -295,7 +484,8 @@ def read_label_files(
         parsed.append(rows.assign(source_file=name, source_sha256=digest))
         manifest.append(entry)
     rows = pd.concat(parsed, ignore_index=True) if parsed else pd.DataFrame(columns=ROW_COLUMNS)
-    rows = rows.astype({c: "string" for c in ROW_COLUMNS if c != "source_row"})
+    text = {c: "string" for c in ROW_COLUMNS if c not in ("source_row", SKIPPED)}
+    rows = rows.astype({**text, SKIPPED: "boolean"})
     rejections = (
         pd.concat(file_rejections, ignore_index=True)
         if file_rejections
@@ -312,25 +502,32 @@ def get_open_batches(issued: pd.DataFrame, *, round_id: int, ttl: int | None) ->
 
 
 def get_manifest(intake: Intake, result: Validation) -> list[dict[str, object]]:
-    """The intake manifest with each read file's accepted and quarantined rows.
+    """The intake manifest with each read file's accepted, quarantined and already consumed
+    rows.
 
     Raises
     ------
     RuntimeError
-        If a file's rows read are not its accepted plus its quarantined rows: a bug, never
-        a property of the input.
+        If a file's rows read are not its accepted plus quarantined plus already consumed
+        rows: a bug, never a property of the input.
     """
     accepted = result.accepted["source_file"].value_counts()
     quarantined = result.quarantined["source_file"].value_counts()
+    consumed = result.already_consumed["source_file"].value_counts()
     manifest = []
     for entry in intake.manifest:
         entry = dict(entry)
         if entry["status"] == "read":
             name = entry["file"]
             entry.update(
-                accepted=int(accepted.get(name, 0)), quarantined=int(quarantined.get(name, 0))
+                accepted=int(accepted.get(name, 0)),
+                quarantined=int(quarantined.get(name, 0)),
+                already_consumed=int(consumed.get(name, 0)),
             )
-            if entry["accepted"] + entry["quarantined"] != entry["rows_read"]:
+            if (
+                entry["accepted"] + entry["quarantined"] + entry["already_consumed"]
+                != entry["rows_read"]
+            ):
                 raise RuntimeError(f"row accounting broken for {entry['file']}: {entry}")
         manifest.append(entry)
     return manifest
@@ -350,6 +547,7 @@ def get_validate_summary(
         rows_read=int(len(rows)),
         rows_accepted=int(len(result.accepted)),
         rows_quarantined=int(len(result.quarantined)),
+        rows_already_consumed=int(len(result.already_consumed)),
         quarantined_by_reason={str(k): int(v) for k, v in by_reason.items()},
     )
 
@@ -382,9 +580,21 @@ def run(ctx: StageContext) -> ValidateSummary:
         params=ctx.params.validate_,
         suite=suite,
         allow_new_classes=ctx.params.project.allow_new_classes,
+        ledger=get_active_events(ctx.load_before("ledger")),
+        users=get_labelstudio_users(ctx.load_before("labelstudio_users")),
     )
     quarantined = pd.concat([intake.file_rejections, result.quarantined], ignore_index=True)
-    ctx.save("manifest", get_manifest(intake, result))
+    manifest = get_manifest(intake, result)
+    for entry in manifest:
+        if entry.get("already_consumed"):
+            log.info(
+                "%s: %d of its %d rows already consumed (the ledger holds the same answers); "
+                "not entered again",
+                entry["file"],
+                entry["already_consumed"],
+                entry["rows_read"],
+            )
+    ctx.save("manifest", manifest)
     ctx.save("quarantine", quarantined)
     ctx.save("accepted", result.accepted)
     ctx.save("rejected", quarantined)
