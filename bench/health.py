@@ -1,7 +1,7 @@
 """Issue 17: the health stage measured through ``alloop simulate``'s own code: the plan (explore
 and rebalance slices) never behind random, the stop signal, the balance rating.
 
-    .venv/bin/python bench/health.py [--datasets satimage,pendigits,magic,adult,letter,rare]
+    .venv/bin/python bench/health.py [--datasets satimage,pendigits,magic,adult,letter,rare,hidden]
         [--seeds 10] [--batch 100] [--budget 1000] [--stop-budget 2000]
         [--stop-datasets satimage,pendigits,magic,rare] [--arms plan,noplan,random,margin,...]
         [--jobs 2] [--out DIR] [--analyze DIR]
@@ -32,6 +32,18 @@ builds it with digit ``d``) kept at 2.5% of the rows, with its rows placed where
 batches of seeds ``0..--seeds-1`` do not draw, so that the first 100 labels hold none of it
 (the real case behind issue 17: a 2.5% class margin-based querying never found).
 
+``hidden`` (:func:`build_hidden_set`) is semi-synthetic and made so that uncertainty sampling
+does not find its rare class: from ``--hidden-base`` (default ``satimage``), 2.5% of the rows
+become a new class, drawn at random from the quarter of the ``--hidden-source`` class's rows
+that an out-of-fold model on the whole set predicts as that class most confidently (the core
+of a large class, far from every boundary), with the ``--hidden-features`` feature(s) on which
+that class stands highest above the others shifted above the range every other row occupies
+(by that range plus one standard deviation). A model that never saw the new class predicts
+its items as the source class, confidently (trees extrapolate constantly); one that saw a few
+separates it with one split. Its rows are kept out of the seed batches as ``rare``'s are.
+``hidden-<base>`` builds the same from ``<base>`` (``hidden-magic``: 19,020 rows, a training
+pool three times satimage's).
+
 Goal 1's comparison (AULC, labels to target, paired Wilcoxon test against random) uses every
 arm's curve up to ``--budget`` labels. Goal 2 reads the plan arm's ``kappa_mean`` per round
 (the mean over ``stop.window`` rounds, as the product computes it) and finds, for each of
@@ -56,6 +68,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -70,17 +83,31 @@ from flows.simulate import (  # noqa: E402
     SimulationSpec,
     get_campaign_params,
     get_campaign_table,
+    get_default_strategy,
     get_summary_table,
     simulate,
 )
 from tasks.evaluate import get_classification_metrics  # noqa: E402
-from tasks.model import encode_labels, fit_booster, get_feature_frame, predict_proba  # noqa: E402
+from tasks.model import (  # noqa: E402
+    encode_labels,
+    fit_booster,
+    get_feature_frame,
+    get_out_of_fold_pred_probs,
+    predict_proba,
+)
 from tasks.simulate import get_labels_to_target, get_paired_test  # noqa: E402
 
 log = logging.getLogger("bench.health")
 
-DATASETS = ("satimage", "pendigits", "magic", "adult", "letter", "rare")
+DATASETS = ("satimage", "pendigits", "magic", "adult", "letter", "rare", "hidden")
 RARE = "rare"
+HIDDEN = "hidden"
+#: The hidden set's rare rows come from this share of the source class, its most confidently
+#: predicted rows (out of fold). Rows drawn from the whole class sat among the 10% smallest
+#: margins of a seed-batch model about as often as any item (1-18% of them, most near 10%; a
+#: prototype on satimage, pendigits and magic, 5 seeds each); from the quarter, 0-4% on
+#: satimage's class 1.
+HIDDEN_CORE = 0.25
 PLAN_OFF = ("health.explore_fraction=0", "health.rebalance_fraction=0")
 ARMS = (
     "plan",
@@ -174,13 +201,41 @@ def build_rare_set(name: str, args: argparse.Namespace) -> tuple[Path, dict]:
     others = [d for d in range(10) if d != rare_digit]
     group = {d: i // 3 for i, d in enumerate(others)} | {rare_digit: 3}
     table = table.assign(label=table["label"].map(group)).reset_index(drop=True)
+    table, moved, _ = _hide_from_seed_batches(table, 3, name, args, rng)
+    table.to_parquet(path, index=False)
+    info = {
+        "rows": len(table),
+        "rare_digit": rare_digit,
+        "rare_rows": int((table["label"] == 3).sum()),
+        "rare_share": float((table["label"] == 3).mean()),
+        "rare_in_seed_batches_before_swap": moved,
+        "rare_full_data_recall": get_full_data_recall(path, args)[3],
+    }
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return path, info
+
+
+def _hide_from_seed_batches(
+    table: pd.DataFrame,
+    rare_label: int,
+    name: str,
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+) -> tuple[pd.DataFrame, int, pd.DataFrame]:
+    """``table`` (columns ``label`` and features, rows in their final order) with a
+    stratified 25% test split (column ``split``) and the rows of ``rare_label`` that a seed
+    batch of seeds ``0..--seeds-1`` draws swapped, whole, with training rows of other classes
+    no seed batch draws (a training position keeps its split). Returns the table, how many
+    rare rows moved, and the seed batches (``item_id`` = row position, ``seed``)."""
+    table = table.copy()
     table["split"] = _stratified_split(table["label"].to_numpy(), 0.25, 0)
-    draft = out / f"{name}-draft.parquet"
+    draft = args.out / "data" / f"{name}-draft.parquet"
     table.to_parquet(draft, index=False)
     seeds = _seed_batches(draft, args, args.out / f"{name}-seed-batches")
+    draft.unlink()
     in_seed = np.zeros(len(table), dtype=bool)
     in_seed[seeds["item_id"].astype(int).to_numpy()] = True
-    is_rare = table["label"].to_numpy() == 3
+    is_rare = table["label"].to_numpy() == rare_label
     train = table["split"].to_numpy() == "train"
     move = np.flatnonzero(is_rare & in_seed)
     free = np.flatnonzero(~is_rare & ~in_seed & train)
@@ -188,18 +243,162 @@ def build_rare_set(name: str, args: argparse.Namespace) -> tuple[Path, dict]:
     features = [c for c in table.columns if c != "split"]
     a, b = table.loc[move, features].to_numpy(), table.loc[swap_to, features].to_numpy()
     table.loc[move, features], table.loc[swap_to, features] = b, a
+    return table, int(move.size), seeds[["item_id", "seed"]]
+
+
+def build_hidden_set(name: str, args: argparse.Namespace) -> tuple[Path, dict]:
+    """``--hidden-base`` (``hidden``) or ``<base>`` (``hidden-<base>``) with a rare class
+    uncertainty sampling does not find (semi-synthetic).
+
+    The rare class (label: the largest label plus one) is ``--rare-share`` of the rows, drawn
+    at random (seed 17) from the quarter of the ``--hidden-source`` class's rows with the
+    highest out-of-fold probability of that class (5 folds, alloop's training params, every
+    row): the core of a large class. On the ``--hidden-features`` features whose mean over the
+    source class stands highest above the other rows' (in standard deviations), each rare
+    row's value is raised by that feature's range over the other rows plus their standard
+    deviation, so that every rare value lies above every other row's. A model without labels
+    of the class extrapolates there as at the top of the source class's range; a model with a
+    few separates it with one split. The rows are then kept out of the seed batches
+    (:func:`_hide_from_seed_batches`), and :func:`get_hidden_check` measures, per seed, how
+    uncertain a seed-batch model finds the rare items."""
+    out = args.out / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.parquet"
+    info_path = out / f"{name}.json"
+    if path.exists() and info_path.exists():
+        return path, json.loads(info_path.read_text())
+    base = name.split("-", 1)[1] if name != HIDDEN else args.hidden_base
+    raw = pd.read_parquet(args.data_dir / f"{base}.parquet")
+    features = [c for c in raw.columns if c != "label"]
+    classes = tuple(str(c) for c in sorted(raw["label"].unique()))
+    if str(args.hidden_source) not in classes:
+        raise ValueError(
+            f"--hidden-source {args.hidden_source} is not a class of {base} "
+            f"(classes: {', '.join(classes)})"
+        )
+    codes = encode_labels(raw["label"].astype(str), classes)
+    source = classes.index(str(args.hidden_source))
+    spec = SimulationSpec(dataset=path, budget=args.budget)
+    params = get_campaign_params(spec, classes, BASELINE, 0)
+    probs = get_out_of_fold_pred_probs(
+        _feature_frame(raw[features]),
+        codes,
+        n_classes=len(classes),
+        n_folds=5,
+        train_params=params.train,
+        random_state=0,
+    )
+    in_source = np.flatnonzero(codes == source)
+    n_rare = int(round(args.rare_share * len(raw)))
+    core = in_source[np.argsort(-probs[in_source, source], kind="stable")]
+    core = core[: max(n_rare, int(round(HIDDEN_CORE * in_source.size)))]
+    rng = np.random.default_rng(17)
+    rare = np.sort(rng.choice(core, size=n_rare, replace=False))
+    is_source = codes == source
+    stand_out = (raw.loc[is_source, features].mean() - raw.loc[~is_source, features].mean()) / raw[
+        features
+    ].std()
+    shifted = list(stand_out.sort_values(ascending=False, kind="stable").index)
+    shifted = shifted[: args.hidden_features]
+    others = np.ones(len(raw), dtype=bool)
+    others[rare] = False
+    table = raw.copy()
+    for f in shifted:
+        values = table.loc[others, f]
+        table[f] = table[f].astype(float)
+        table.loc[rare, f] += values.max() - values.min() + values.std()
+    rare_label = int(raw["label"].max()) + 1
+    table.loc[rare, "label"] = rare_label
+    table, moved, seeds = _hide_from_seed_batches(table, rare_label, name, args, rng)
     table.to_parquet(path, index=False)
-    draft.unlink()
+    recall = get_full_data_recall(path, args)
+    check = get_hidden_check(path, seeds, rare_label, args)
     info = {
+        "description": (
+            f"{base} with a rare class {rare_label}: {n_rare} rows drawn from the "
+            f"core (the {HIDDEN_CORE:.0%} most confidently predicted out of fold) of class "
+            f"{args.hidden_source}, feature(s) {', '.join(shifted)} shifted above every other "
+            "row's range (semi-synthetic)"
+        ),
         "rows": len(table),
-        "rare_digit": rare_digit,
-        "rare_rows": int((table["label"] == 3).sum()),
-        "rare_share": float((table["label"] == 3).mean()),
-        "rare_in_seed_batches_before_swap": int(move.size),
-        "rare_full_data_recall": get_full_data_recall(path, args)[3],
+        "rare_label": str(rare_label),
+        "hidden_source": str(args.hidden_source),
+        "shifted_features": shifted,
+        "rare_rows": int((table["label"] == rare_label).sum()),
+        "rare_share": float((table["label"] == rare_label).mean()),
+        "rare_in_seed_batches_before_swap": moved,
+        "rare_full_data_recall": recall[-1],  # the rare label is the largest: the last class
+        "seed_batch_check": check.to_dict(orient="records"),
     }
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     return path, info
+
+
+def get_hidden_check(
+    path: Path, seeds: pd.DataFrame, rare_label: int, args: argparse.Namespace
+) -> pd.DataFrame:
+    """Per seed: a model on that seed's seed batch (alloop's training params) predicts the
+    rest of the training pool; how the rare items fare against margin sampling.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per seed: ``rare_in_top10`` (the share of the rare items among the 10% of
+        the pool with the smallest top-two margin; a random item: 0.10),
+        ``rare_in_candidates`` (the same among the ``diversity_factor * --batch`` smallest
+        margins, the default strategy's candidates, and ``candidates_share``, their share of
+        the pool), the median top probability on the rare items and on the others, and the
+        class most of the rare items are predicted as.
+    """
+    table = pd.read_parquet(path)
+    classes = tuple(str(c) for c in sorted(table["label"].unique()))
+    features = _feature_frame(table.drop(columns=["label", "split"]))
+    rows = []
+    for seed, batch in seeds.groupby("seed"):
+        labeled = np.zeros(len(table), dtype=bool)
+        labeled[batch["item_id"].astype(int).to_numpy()] = True
+        pool = np.flatnonzero(~labeled & (table["split"] == "train").to_numpy())
+        spec = SimulationSpec(dataset=path, split_column="split", budget=args.budget)
+        params = get_campaign_params(spec, classes, BASELINE, int(seed))  # training params
+        booster = fit_booster(
+            features[labeled],
+            encode_labels(table.loc[labeled, "label"].astype(str), classes),
+            params=params.train,
+            n_classes=len(classes),
+            random_state=int(seed),
+        )
+        probs = predict_proba(booster, features.iloc[pool], len(classes))
+        top2 = np.sort(probs, axis=1)[:, -2:]
+        order = np.argsort(top2[:, 1] - top2[:, 0], kind="stable")  # smallest margin first
+        n_candidates = min(params.score.diversity_factor * args.batch, pool.size)
+        is_rare = table["label"].to_numpy()[pool] == rare_label
+        predicted = np.asarray(classes)[probs[is_rare].argmax(axis=1)]
+        rows.append(
+            {
+                "seed": int(seed),
+                "rare_in_top10": float(
+                    np.isin(np.flatnonzero(is_rare), order[: pool.size // 10]).mean()
+                ),
+                "rare_in_candidates": float(
+                    np.isin(np.flatnonzero(is_rare), order[:n_candidates]).mean()
+                ),
+                "candidates_share": n_candidates / pool.size,
+                "rare_median_confidence": float(np.median(probs[is_rare].max(axis=1))),
+                "others_median_confidence": float(np.median(probs[~is_rare].max(axis=1))),
+                "rare_predicted_as": str(pd.Series(predicted).mode().iloc[0]),
+                "rare_predicted_as_share": float(
+                    (predicted == pd.Series(predicted).mode().iloc[0]).mean()
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _feature_frame(features: pd.DataFrame) -> pd.DataFrame:
+    """``features`` with the row position as ``item_id``, as simulate numbers the items."""
+    features = features.copy()
+    features.insert(0, "item_id", np.arange(len(features)).astype(str))
+    return get_feature_frame(features)
 
 
 def get_full_data_recall(path: Path, args: argparse.Namespace) -> list[float]:
@@ -209,17 +408,16 @@ def get_full_data_recall(path: Path, args: argparse.Namespace) -> list[float]:
     classes = tuple(str(c) for c in sorted(table["label"].unique()))
     spec = SimulationSpec(dataset=path, split_column="split", budget=args.budget)
     params = get_campaign_params(spec, classes, BASELINE, 0)
-    features = table.drop(columns=["label", "split"])
-    features.insert(0, "item_id", np.arange(len(table)).astype(str))
+    features = _feature_frame(table.drop(columns=["label", "split"]))
     train, test = table["split"] == "train", table["split"] == "test"
     booster = fit_booster(
-        get_feature_frame(features[train]),
+        features[train.to_numpy()],
         encode_labels(table.loc[train, "label"].astype(str), classes),
         params=params.train,
         n_classes=len(classes),
         random_state=0,
     )
-    probs = predict_proba(booster, get_feature_frame(features[test]), len(classes))
+    probs = predict_proba(booster, features[test.to_numpy()], len(classes))
     codes = encode_labels(table.loc[test, "label"].astype(str), classes)
     predicted = probs.argmax(axis=1)
     metrics = get_classification_metrics(codes, probs, classes)
@@ -264,12 +462,13 @@ def _arm_applies(arm: str, name: str, args: argparse.Namespace) -> bool:
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     split_column, extra = None, {}
-    if name.startswith(RARE):
-        path, extra = build_rare_set(name, args)
+    if is_rare_set(name):
+        path, extra = (build_hidden_set if is_hidden_set(name) else build_rare_set)(name, args)
         split_column = "split"
     else:
         path = args.data_dir / f"{name}.parquet"
     curves, issued, seconds, meta = [], [], {}, {}
+    data_of: dict[str, Path] = {}  # each arm's simulate() data folder
     for run in get_arm_runs(name, args):
         strategies = tuple(run["arms"])
         spec = SimulationSpec(
@@ -293,6 +492,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         else:
             seconds[folder] = result.seconds
             log.info("%s: %s reused from an earlier run", name, folder)
+        data_of |= dict.fromkeys(run["arms"].values(), args.out / name / folder / "data")
         names = {s: run["arms"].get(s, run["arms"].get(DEFAULT)) for s in result.curves["strategy"]}
         curves.append(result.curves.assign(strategy=result.curves["strategy"].map(names)))
         issued.append(result.issued.assign(strategy=result.issued["strategy"].map(names)))
@@ -301,6 +501,15 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     issued_all = pd.concat(issued, ignore_index=True)
     truth = pd.read_parquet(args.out / name / folder / "data" / "truth.parquet")
     issued_all = issued_all.merge(truth[["item_id", "label"]], on="item_id", how="left")
+    if is_hidden_set(name):
+        # seed 0 of the first arm with the plan on that planned an explore slice (else plan)
+        planned = curves_all[(curves_all["seed"] == 0) & (curves_all["explore_fraction"] > 0)]
+        arm = next((a for a in ("plan", "margin_plan") if a in set(planned["strategy"])), "plan")
+        if arm in data_of:
+            extra["plan_reasons_arm"] = arm
+            extra["plan_reasons"] = get_plan_reasons(
+                data_of[arm], curves_all, args, arm=arm, seed=0
+            )
     meta |= {"seconds": seconds, "wall": time.perf_counter() - started, **extra}
     if (args.out / name / "meta.json").exists():  # an earlier call ran other arms: keep them
         earlier = load_dataset_result(name, args.out)
@@ -320,6 +529,72 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     issued_all.to_csv(args.out / name / "issued.csv", index=False)
     (args.out / name / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return load_dataset_result(name, args.out)
+
+
+def is_rare_set(name: str) -> bool:
+    """A set this script builds, with a rare class kept out of the seed batches."""
+    return name.startswith(RARE) or is_hidden_set(name)
+
+
+def is_hidden_set(name: str) -> bool:
+    """``hidden`` (built from ``--hidden-base``) or ``hidden-<base>``."""
+    return name == HIDDEN or name.startswith(f"{HIDDEN}-")
+
+
+def get_plan_reasons(
+    data_dir: Path, curves: pd.DataFrame, args: argparse.Namespace, *, arm: str, seed: int
+) -> list[dict]:
+    """The campaign of ``arm`` (one with the plan on) and ``seed`` replayed in this process
+    up to the first round whose plan had an explore slice, keeping each round's
+    ``plan_reasons`` (the health report's sentences; simulate's workspaces are gone once a
+    campaign ends). The campaign is seeded: the replay is the campaign.
+
+    Parameters
+    ----------
+    data_dir : Path
+        The ``data`` folder of the arm's simulate() call (items and truth).
+    curves : pd.DataFrame
+        The campaigns' curves: the replay stops at the arm's first explore round of ``seed``
+        (at ``--budget`` when there is none).
+    """
+    import tasks.health  # only the replay wraps the stage
+    from flows.simulate import run_campaign
+
+    c = curves[(curves["strategy"] == arm) & (curves["seed"] == seed)]
+    explored = c.loc[c["explore_fraction"] > 0, "labels"]
+    budget = int(explored.min()) if len(explored) else args.budget
+    truth = pd.read_parquet(data_dir / "truth.parquet")
+    classes = tuple(str(c) for c in sorted(truth["label"].astype(int).unique()))
+    spec = SimulationSpec(
+        dataset=data_dir,
+        split_column="split",
+        initial=args.initial,
+        batch=args.batch,
+        budget=budget,
+        overrides=ARM_SPECS[arm].overrides,
+    )
+    strategy = ARM_SPECS[arm].strategy
+    strategy = get_default_strategy() if strategy == DEFAULT else strategy
+    params = get_campaign_params(spec, classes, strategy, seed)
+    kept: list[dict] = []
+    run = tasks.health.run
+
+    def run_and_keep(ctx):  # the stage as it is, its plan recorded
+        summary = run(ctx)
+        kept.append(
+            {
+                "round_id": ctx.round_id,
+                "train_items": int((ctx.load("current")["split"] == "train").sum()),
+                "explore_fraction": summary.explore_fraction,
+                "explore_classes": list(summary.explore_classes or ()),
+                "plan_reasons": list(summary.plan_reasons or ()),
+            }
+        )
+        return summary
+
+    with mock.patch.object(tasks.health, "run", run_and_keep):
+        run_campaign(data_dir, params, strategy, seed, budget, 0.0)
+    return kept
 
 
 @dataclass
@@ -441,6 +716,10 @@ def get_margin_rows(r: dict, args: argparse.Namespace) -> dict | None:
         if arm != "random":
             row[f"{arm}_minus_random"] = summary.loc[arm, "aulc_diff_vs_random"]
             row[f"{arm}_p"] = summary.loc[arm, "aulc_p_value"]
+    if {"margin", "margin_plan"} <= set(arms):
+        by_seed = campaigns.pivot(index="seed", columns="strategy", values="aulc")
+        diff = (by_seed["margin_plan"] - by_seed["margin"]).dropna().to_numpy()
+        row["plan_on_minus_off"], row["plan_on_minus_off_p"] = get_paired_test(diff)
     return row
 
 
@@ -456,31 +735,48 @@ def get_plan_activity(r: dict, args: argparse.Namespace) -> dict:
     }
 
 
-def get_rare_discovery(r: dict, rare_class: str = "3") -> pd.DataFrame:
-    """Per arm and seed: rare items in the seed batch, and the training labels the campaign
-    held when the first rare item was labeled (inf: never within the campaign)."""
+def get_rare_discovery(r: dict, by: int | None = None) -> pd.DataFrame:
+    """Per arm and seed: rare items in the seed batch, the training labels the campaign held
+    when the first rare item was labeled (inf: never within the campaign), the round that
+    issued it, the rare items among the first ``by`` labels, and the labels held when the
+    plan first had an explore slice (inf: never; NaN: an arm without the plan)."""
     issued = r["issued"]
+    rare_class = str(r.get("rare_label", "3"))
+    curves = r["curves"]
     rows = []
     for (arm, seed), g in issued.groupby(["strategy", "seed"]):
-        g = g.sort_values("round_id")
+        g = g.sort_values("round_id", kind="stable")
         per_round = g.groupby("round_id").size().cumsum()
         is_rare = g["label"].astype(str) == rare_class
+        held = g["round_id"].map(per_round)  # labels once each item's round was answered
+        c = curves[(curves["strategy"] == arm) & (curves["seed"] == seed)]
+        explored = c.loc[c["explore_fraction"] > 0, "labels"]
+        explore_at = float(explored.min()) if len(explored) else math.inf
+        spec = ARM_SPECS.get(arm, Arm(arm, DEFAULT, ()))
+        if "health.explore_fraction=0" in spec.overrides:
+            explore_at = math.nan
         seed_rare = int((is_rare & (g["reason"] == "seed")).sum())
         if is_rare.any():
             first_round = int(g.loc[is_rare, "round_id"].min())
             labels_before = int(per_round.loc[: first_round - 1].iloc[-1]) if first_round > 1 else 0
             found = float(labels_before)
-            reason = g.loc[is_rare & (g["round_id"] == first_round), "reason"].iloc[0]
+            reasons = g.loc[is_rare & (g["round_id"] == first_round), "reason"]
+            reason = ", ".join(sorted(set(reasons)))
         else:
-            found, reason = math.inf, ""
+            first_round, found, reason = -1, math.inf, ""
         rows.append(
             {
                 "strategy": arm,
                 "seed": int(seed),
                 "rare_in_seed_batch": seed_rare,
                 "labels_when_first_rare_chosen": found,
+                "first_rare_round": first_round,
                 "first_rare_reason": reason,
                 "rare_labeled": int(is_rare.sum()),
+                "rare_labeled_by": int((is_rare & (held <= by)).sum()) if by else math.nan,
+                "explore_first_at": explore_at,
+                "explore_items": int((g["reason"] == "explore").sum()),
+                "explore_rare": int((is_rare & (g["reason"] == "explore")).sum()),
                 "labels": len(g),
             }
         )
@@ -852,47 +1148,146 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
             ],
             rows,
         )
-    for r in [r for r in results if r["dataset"].startswith(RARE)]:
-        d = get_rare_discovery(r)
-        d.to_csv(out / f"{r['dataset']}_discovery.csv", index=False)
-        seeds_none = d.groupby("seed")["rare_in_seed_batch"].max().eq(0).sum()
-        lines += [
-            "",
-            f"Set {r['dataset']}: pendigits as 4 classes, digit {r.get('rare_digit')} the rare "
-            f"class: {r.get('rare_rows')} of {r.get('rows')} rows ({r.get('rare_share', 0):.1%}); "
-            f"the full-data model's recall on it {r.get('rare_full_data_recall', 0):.3f}; seed "
-            f"batches without it: {seeds_none} of {d['seed'].nunique()} seeds "
-            f"({r.get('rare_in_seed_batches_before_swap')} rare items of the draws moved).",
-            "",
-        ]
-        rows = []
-        for arm, g in d.groupby("strategy"):
-            found = g["labels_when_first_rare_chosen"]
-            ok = found[np.isfinite(found)]
-            rows.append(
-                [
-                    arm,
-                    f"{len(ok)}/{len(g)}",
-                    _labels(float(ok.median())) if len(ok) else "never",
-                    _labels(float(ok.max())) if len(ok) else "never",
-                    ", ".join(sorted(set(g["first_rare_reason"]) - {""})) or "-",
-                    f"{g['rare_labeled'].median():.0f}",
-                ]
-            )
-        lines += _table(
-            [
-                "arm",
-                "found the rare class",
-                "labels held when first chosen (median)",
-                "worst",
-                "by slice",
-                "rare labels at the end (median)",
-            ],
-            rows,
-        )
+        on_off = [m for m in margin_rows if "plan_on_minus_off" in m]
+        if on_off:
+            lines += [
+                "",
+                "Margin sampling, plan on minus off (paired AULC, Wilcoxon p): "
+                + "; ".join(
+                    f"{m['dataset']} {_f(m['plan_on_minus_off'], signed=True)} "
+                    f"({_f(m['plan_on_minus_off_p'], 3)})"
+                    for m in on_off
+                )
+                + ".",
+            ]
+    for r in [r for r in results if is_rare_set(r["dataset"])]:
+        lines += get_rare_markdown(r, args)
     lines += ["", *get_stop_markdown(results, args)]
     lines += ["", *get_balance_markdown(results, args)]
     return "\n".join(lines) + "\n"
+
+
+def get_rare_markdown(r: dict, args: argparse.Namespace) -> list[str]:
+    """A built set's rare class: how it was built, when each arm first labeled it, and for
+    ``hidden`` the seed-batch check and the plan's explore sentences."""
+    d = get_rare_discovery(r, by=args.rare_by)
+    d.to_csv(args.out / f"{r['dataset']}_discovery.csv", index=False)
+    seeds_none = d.groupby("seed")["rare_in_seed_batch"].max().eq(0).sum()
+    built = r.get("description") or (
+        f"pendigits as 4 classes, digit {r.get('rare_digit')} the rare class"
+    )
+    lines = [
+        "",
+        f"Set {r['dataset']}: {built}: {r.get('rare_rows')} of {r.get('rows')} rows "
+        f"({r.get('rare_share', 0):.1%}); the full-data model's recall on it "
+        f"{r.get('rare_full_data_recall', 0):.3f}; seed batches without it: {seeds_none} of "
+        f"{d['seed'].nunique()} seeds ({r.get('rare_in_seed_batches_before_swap')} rare items "
+        "of the draws moved).",
+        "",
+    ]
+    rows = []
+    for arm, g in d.groupby("strategy"):
+        found = g["labels_when_first_rare_chosen"]
+        ok = found[np.isfinite(found)]
+        rounds = g.loc[g["first_rare_round"] > 0, "first_rare_round"]
+        explore = g["explore_first_at"].dropna()
+        fired = explore[np.isfinite(explore)]
+        rows.append(
+            [
+                arm,
+                f"{len(ok)}/{len(g)}",
+                _labels(float(ok.median())) if len(ok) else "never",
+                _labels(float(ok.max())) if len(ok) else "never",
+                f"{rounds.median():.0f}" if len(rounds) else "never",
+                ", ".join(
+                    f"{reason} {n}"
+                    for reason, n in g["first_rare_reason"]
+                    .str.split(", ")
+                    .explode()
+                    .loc[lambda x: x != ""]
+                    .value_counts()
+                    .sort_index()
+                    .items()
+                )
+                or "-",
+                f"{g['rare_labeled_by'].median():.0f}",
+                f"{g['rare_labeled'].median():.0f}",
+                "plan off"
+                if explore.empty
+                else f"{len(fired)}/{len(explore)}, "
+                + (_labels(float(fired.median())) if len(fired) else "never"),
+                f"{int(g['explore_rare'].sum())}/{int(g['explore_items'].sum())}"
+                if g["explore_items"].sum()
+                else "-",
+            ]
+        )
+    lines += _table(
+        [
+            "arm",
+            "found the rare class",
+            "labels held when first chosen (median)",
+            "worst",
+            "round of the first rare label (median)",
+            "by slice (campaigns)",
+            f"rare labels by {args.rare_by} (median)",
+            "at the end (median)",
+            "explore planned: campaigns, labels held at the first (median)",
+            "explore items of the rare class / all (sum)",
+        ],
+        rows,
+    )
+    check = pd.DataFrame(r.get("seed_batch_check") or [])
+    if not check.empty:
+        check.to_csv(args.out / f"{r['dataset']}_seed_batch_check.csv", index=False)
+        lines += [
+            "",
+            "A model on each seed's seed batch (100 labels), on the rest of the training pool: "
+            "the share of the rare items among the 10% smallest margins (a random item: 0.10) "
+            "and among the default strategy's candidates (the "
+            f"{check['candidates_share'].iloc[0]:.1%} "
+            "smallest margins), median top probability on the rare items and the others, and "
+            "what the rare items are predicted as:",
+            "",
+        ]
+        lines += _table(
+            [
+                "seed",
+                "rare in top 10%",
+                "in candidates",
+                "confidence: rare",
+                "others",
+                "predicted as",
+            ],
+            [
+                [
+                    str(c.seed),
+                    _f(c.rare_in_top10, 3),
+                    _f(c.rare_in_candidates, 3),
+                    _f(c.rare_median_confidence, 3),
+                    _f(c.others_median_confidence, 3),
+                    f"{c.rare_predicted_as} ({c.rare_predicted_as_share:.0%})",
+                ]
+                for c in check.itertuples()
+            ],
+        )
+    kept = r.get("plan_reasons") or []
+    if kept and not any(k["explore_fraction"] > 0 for k in kept):
+        lines += [
+            "",
+            f"The {r.get('plan_reasons_arm', 'plan')} arm, seed 0, planned no explore slice "
+            f"within {kept[-1]['train_items']} training labels.",
+        ]
+    for k in kept:
+        if k["explore_fraction"] > 0:
+            lines += [
+                "",
+                f"The {r.get('plan_reasons_arm', 'plan')} arm, seed 0: the first explore slice "
+                "was planned in round "
+                f"{k['round_id']}, at {k['train_items']} training labels: "
+                + " / ".join(f'"{t}"' for t in k["plan_reasons"]),
+            ]
+            break
+    return lines
 
 
 def get_stop_markdown(results: list[dict], args: argparse.Namespace) -> list[str]:
@@ -1131,6 +1526,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS))
     parser.add_argument("--rare-digit", type=int, default=6)
     parser.add_argument("--rare-share", type=float, default=0.025)
+    parser.add_argument("--rare-by", type=int, default=600, help="rare labels counted up to")
+    parser.add_argument("--hidden-base", default="satimage", help="the set hidden is built from")
+    parser.add_argument("--hidden-source", type=int, default=1, help="the class it comes from")
+    parser.add_argument("--hidden-features", type=int, default=1, help="features shifted")
     parser.add_argument("--jobs", type=int, default=2, help="processes (1: this one only)")
     parser.add_argument("--out", type=Path, default=None, help="default: a new temporary folder")
     parser.add_argument(
