@@ -28,6 +28,10 @@ app = typer.Typer(
 )
 pool_app = typer.Typer(no_args_is_help=True, help="The pool of unlabeled items.")
 app.add_typer(pool_app, name="pool")
+labelstudio_app = typer.Typer(
+    no_args_is_help=True, help="Label Studio: the project the batches go to and answers come from."
+)
+app.add_typer(labelstudio_app, name="labelstudio")
 console = Console()
 log = logging.getLogger("alloop")
 
@@ -49,6 +53,7 @@ USER_ERRORS = (
     ("flows.workspace", "WorkspaceBusy"),
     ("tasks.params", "ParamsError"),
     ("flows.audit", "AuditError"),
+    ("flows.labelstudio", "LabelStudioError"),
     ("flows.versioning", "VersioningError"),
     ("tasks.parsing", "LabelFileError"),
     ("yaml", "YAMLError"),
@@ -270,11 +275,15 @@ def round_(
         catalog = Catalog(root)
         check_code(root)
         check_no_interrupted_rollback(catalog)
-        catalog.read_params()  # a typo in params.yaml is named now, not after Prefect started
+        params = catalog.read_params()  # a typo is named now, not after Prefect started
         if not force:
             # the git tag a crash may have left missing; the MLflow link, if any, is repaired
             # by the next round that runs (its flow repairs everything first)
             repair_after_crash(catalog, mlflow=False)
+            if params.labelstudio.url:  # the answers given in Label Studio are work too
+                from flows import labelstudio
+
+                labelstudio.pull_into_incoming(catalog, params)
             idle = get_idle_reason(catalog)
             if idle is not None:
                 console.print(idle, soft_wrap=True, markup=False)
@@ -470,10 +479,17 @@ def resume(workspace: WorkspaceOpt = Path(".")) -> None:
 def status(workspace: WorkspaceOpt = Path(".")) -> None:
     """The current round, labels by class and split, the last metrics, the batch that is out."""
     root = _workspace(workspace)
-    from flows.status import get_drift_lines, get_rating_line, get_status
+    from flows.status import (
+        get_batch_rounds,
+        get_drift_lines,
+        get_labelstudio_lines,
+        get_rating_line,
+        get_status,
+    )
     from tasks.catalog import Catalog
 
-    st = get_status(Catalog(root))
+    catalog = Catalog(root)
+    st = get_status(catalog)
     # what a person wants to know first: is the model good, should labeling stop, did the
     # pool drift (plain text: class names may hold [brackets])
     for line in [
@@ -517,6 +533,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         console.print(
             f"last intake: {v.rows_read} rows = {v.rows_accepted} accepted "
             f"+ {v.rows_quarantined} quarantined {v.quarantined_by_reason or ''}"
+            + (f" + {v.rows_already_consumed} already consumed" if v.rows_already_consumed else "")
         )
     if not st.rejects.empty:
         shown = st.rejects.head(10)
@@ -537,6 +554,16 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
             f"batch out: {b['items']} items in {b['folder']}/ ({b['answered']} answered) "
             f"{b['by_reason']}"
         )
+    batches = get_batch_rounds(catalog.load("issued"), catalog.load("ledger"), last=5)
+    if len(batches) > 1:
+        table = Table(title="batches of the last rounds")
+        for column in batches.columns:
+            table.add_column(column, justify="left" if column == "round" else "right")
+        for row in batches.itertuples(index=False):
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
+    for line in get_labelstudio_lines(catalog):
+        console.print(line, markup=False, soft_wrap=True, highlight=False)
     if st.incoming_files:
         console.print(f"waiting in data/incoming: {', '.join(st.incoming_files)}")
     if st.unlabeled_left == 0:
@@ -917,6 +944,93 @@ def pool_add(
         markup=False,
         soft_wrap=True,
     )
+
+
+@labelstudio_app.command("connect")
+def labelstudio_connect(
+    url: Annotated[str, typer.Option(help="The Label Studio server, e.g. http://127.0.0.1:8080.")],
+    workspace: WorkspaceOpt = Path("."),
+    project: Annotated[
+        int | None, typer.Option(help="Adopt this existing project (its id in the URL).")
+    ] = None,
+    title: Annotated[
+        str | None,
+        typer.Option(
+            help="Adopt the project of this title, or create it (default: alloop and the "
+            "workspace's folder name)."
+        ),
+    ] = None,
+) -> None:
+    """Connect the workspace to a Label Studio project, as a commit of its own.
+
+    The project gets the workspace's labeling config (labelstudio/config.xml, written from the
+    classes the first time; edit it and connect again to change it). The API token comes from
+    the environment variable ALLOOP_LABELSTUDIO_TOKEN (labelstudio.token_env) or the file
+    .alloop/labelstudio-token, never from a versioned file. From then on every round pulls the
+    new answers before it starts and pushes its batch when it ends.
+    """
+    if project is not None and title is not None:
+        raise _fail("give --project or --title, not both")
+    root = _workspace(workspace)
+    from flows.labelstudio import connect
+
+    done = connect(root, url=url, project_id=project, title=title)
+    console.print(
+        f"{'created' if done.created else 'adopted'} project {done.project_id} "
+        f"({done.title!r}) at {done.url}; labeling config {done.config_file.relative_to(root)}; "
+        f"commit {done.commit[:10]}. Each `alloop round` now pulls the answers and pushes "
+        "its batch.",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@labelstudio_app.command("pull")
+def labelstudio_pull(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Fetch the answers given since the last pull into data/incoming/ now (a round does it
+    by itself); the next round consumes them."""
+    root = _workspace(workspace)
+    from flows import labelstudio
+    from tasks.catalog import Catalog
+
+    catalog = Catalog(root)
+    params = catalog.read_params()
+    record = labelstudio.pull_into_incoming(catalog, params)
+    if not record.pull_ok:
+        raise _fail(f"pull failed: {record.pull_error}")
+    console.print(
+        f"pulled {record.pulled_tasks} tasks with new answers into data/incoming/{record.pull_file}"
+        if record.pull_file
+        else "nothing new in Label Studio",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@labelstudio_app.command("push")
+def labelstudio_push(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Send the last round's batch (and any earlier one whose push failed) to the project now
+    (a round does it by itself); tasks the project holds already are not sent again."""
+    root = _workspace(workspace)
+    from flows import labelstudio, versioning
+    from tasks.catalog import Catalog
+
+    catalog = Catalog(root)
+    committed = versioning.committed_round(root)
+    if committed < 1:
+        raise _fail("no round has run yet: there is no batch to push")
+    record = labelstudio.push(
+        catalog, catalog.read_params(), labelstudio.read_record(catalog), committed
+    )
+    labelstudio.save_state(catalog, record)
+    if not record.push_ok:
+        raise _fail(f"push failed: {record.push_error}")
+    for name, counts in record.pushed.items():
+        console.print(
+            f"{name}: {counts['sent']} tasks sent, {counts['already_there']} already in the "
+            "project",
+            markup=False,
+        )
 
 
 @app.command()

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import tracking, versioning
+from flows import labelstudio, tracking, versioning
 from flows.pipeline import STAGES, get_stage_run
 from flows.progress import RoundProgress
 from flows.recovery import check_no_interrupted_rollback, get_idle_reason, repair_after_crash
@@ -140,6 +140,10 @@ def al_round(
         if now.tzinfo is None:
             raise WorkspaceError(f"started_at {started_at!r} needs a time zone (e.g. +00:00)")
         repair_after_crash(catalog)
+        # Label Studio's new answers land in data/incoming first: they are what a round has
+        # to work on (never in a rerun, which replays a recorded round)
+        live = labelstudio.is_connected(params) and not rerun_of
+        sync = labelstudio.pull_into_incoming(catalog, params) if live else None
         idle = None if force else get_idle_reason(catalog)
         if idle is not None:
             logger.info(idle)
@@ -147,6 +151,8 @@ def al_round(
             head = versioning.head_commit(catalog.root)
             return RoundResult(committed, head, "", RoundSummaries(), False, idle)
         info, resumed = begin_round(catalog, now)
+        if sync is not None:  # the report says what the pull brought, or why it failed
+            labelstudio.save_record(catalog, sync)
         logger.info("%s %s", "resuming" if resumed else "starting", round_name(info.round_id))
         ctx = StageContext(catalog=catalog, params=params, round=info)
         progress = RoundProgress.open(catalog, info, resumed=resumed)
@@ -163,6 +169,9 @@ def al_round(
             summaries[spec.name] = progress.record(catalog.root, spec, run_stage(spec, ctx))
             logger.info("%s: %s", spec.name, summaries[spec.name])
         round_summaries = RoundSummaries.of(summaries)
+        if sync is not None:
+            sync = labelstudio.push(catalog, params, sync, info.round_id)
+            labelstudio.save_record(catalog, sync)
         crash_point("before:mlflow")
         store = Path(rerun_of) if rerun_of else None
         run_id = tracking.log_round(catalog, info.round_id, params, round_summaries, rerun_of=store)

@@ -121,6 +121,80 @@ def get_drift_lines(health: HealthSummary | None) -> list[str]:
     ]
 
 
+def get_batch_rounds(issued: pd.DataFrame, ledger: pd.DataFrame, *, last: int) -> pd.DataFrame:
+    """Per round of the last ``last`` that issued a batch: the items ``out``, those
+    ``answered`` (a label event in a later round) and those only ``skipped`` (a skip event
+    and no label), whatever carried the answers (Label Studio or files)."""
+    if issued.empty:
+        return pd.DataFrame(columns=["round", "out", "answered", "skipped"])
+    events = ledger[["round_id", "event", "item_id"]] if not ledger.empty else ledger
+    rows = []
+    for round_id in sorted(issued["round_id"].unique())[-last:]:
+        items = set(issued.loc[issued["round_id"] == round_id, "item_id"])
+        later = events[events["round_id"] > round_id] if not events.empty else events
+        answered = (
+            items & set(later.loc[later["event"].isin(["label", "relabel"]), "item_id"])
+            if not later.empty
+            else set()
+        )
+        skipped = (
+            (items & set(later.loc[later["event"] == "skip", "item_id"])) - answered
+            if not later.empty
+            else set()
+        )
+        rows.append(
+            {
+                "round": round_name(int(round_id)),
+                "out": len(items),
+                "answered": len(answered),
+                "skipped": len(skipped),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def get_labelstudio_lines(catalog: Catalog) -> list[str]:
+    """What the Label Studio connection did last: the pull, the push, the batches it still
+    owes the project. Empty when the workspace is not connected."""
+    from flows import labelstudio
+
+    try:
+        params = catalog.read_params()
+    except Exception:  # noqa: BLE001 (status answers even with a broken params.yaml)
+        return []
+    if not labelstudio.is_connected(params):
+        return []
+    ls = params.labelstudio
+    record = labelstudio.read_record(catalog)
+    lines = [f"Label Studio: project {ls.project_id} at {ls.url}"]
+    if record.pull_ok is not None:
+        what = (
+            f"{record.pulled_tasks} tasks with new answers into {record.pull_file}"
+            if record.pull_file
+            else "nothing new"
+        )
+        lines.append(
+            f"  last pull {record.pulled_at}: "
+            + (what if record.pull_ok else f"FAILED: {record.pull_error}")
+        )
+    if record.push_ok is not None:
+        sent = ", ".join(
+            f"{name}: {c['sent']} sent, {c['already_there']} already there"
+            for name, c in record.pushed.items()
+        )
+        lines.append(
+            f"  last push {record.pushed_at}: "
+            + ((sent or "nothing to send") if record.push_ok else f"FAILED: {record.push_error}")
+        )
+    if record.unpushed_rounds:
+        names = ", ".join(round_name(r) for r in record.unpushed_rounds)
+        lines.append(
+            f"  not yet in the project: the batch of {names} (in its outbox; the next round "
+            "retries)"
+        )
+    return lines
+
+
 def _read_stop_params(catalog: Catalog) -> StopParams | None:
     try:
         return catalog.read_params().stop

@@ -490,7 +490,7 @@ class UpgradeResult:
     changed: list[str]
 
 
-def _check_committed(root: Path, what: str) -> None:
+def check_committed(root: Path, what: str) -> None:
     from flows.recovery import check_no_interrupted_rollback, round_pending
 
     catalog = Catalog(root)
@@ -523,7 +523,7 @@ def upgrade_workspace(root: Path) -> UpgradeResult:
     from flows.pipeline import dump_dvc_yaml  # every stage module: imported only when needed
 
     with hold_workspace(root, "upgrade"):
-        _check_committed(root, "an upgrade")
+        check_committed(root, "an upgrade")
         target = get_alloop_version()
         try:
             load_params(yaml.safe_load((root / "params.yaml").read_text()) or {})
@@ -595,7 +595,7 @@ def add_to_pool(
 
     catalog = Catalog(root)
     with hold_workspace(root, "pool add"):
-        _check_committed(root, "adding items")
+        check_committed(root, "adding items")
         items, _ = prepare_pool(
             raw,
             id_column=id_column,

@@ -128,6 +128,31 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         read_later_by=("validate",),
     ),
     Artifact(
+        "labelstudio_config",
+        "labelstudio/config.xml",
+        "text",
+        "source",
+        "the Label Studio project's labeling config (git): written from the classes by "
+        "`alloop labelstudio connect`, the team's to edit",
+    ),
+    Artifact(
+        "labelstudio_record",
+        "reports/labelstudio.json",
+        "json",
+        "source",
+        "what the round's Label Studio pull and push did, and the batches not yet in the "
+        "project (git): the next round retries them",
+        # written by the flow when the round starts (the pull), read by export for the report
+        read_later_by=("export",),
+    ),
+    Artifact(
+        "labelstudio_state",
+        ".alloop/labelstudio-state.json",
+        "json",
+        "local",
+        "the last Label Studio pull and push, idle rounds' too (not versioned): `alloop status`",
+    ),
+    Artifact(
         "truth",
         "data/simulation/truth.parquet",
         "table",

@@ -162,8 +162,12 @@ def get_round_report(
     files: list[dict[str, Any]],
     *,
     batch_seconds: float | None = None,
+    labelstudio: dict[str, Any] | None = None,
 ) -> str:
     """The round report in Markdown, from every stage's summary and the intake manifest.
+
+    ``labelstudio``: the round's Label Studio pull (``reports/labelstudio.json`` as the round
+    found it when it started), when the workspace is connected.
 
     ``batch_seconds``: the batch's expected annotation time, if known.
     """
@@ -193,14 +197,39 @@ def get_round_report(
         lines += [
             f"- files read: {v.files} (skipped as already consumed: {v.files_already_consumed})",
             f"- rows read: {v.rows_read} = accepted {v.rows_accepted} "
-            f"+ quarantined {v.rows_quarantined}",
+            f"+ quarantined {v.rows_quarantined}"
+            + (
+                f" + already consumed {v.rows_already_consumed} (answers the ledger holds: "
+                "not entered again)"
+                if v.rows_already_consumed
+                else ""
+            ),
         ]
         lines += [f"  - {code}: {n}" for code, n in sorted(v.quarantined_by_reason.items())]
+    if labelstudio is not None and labelstudio.get("pull_ok") is not None:
+        if not labelstudio["pull_ok"]:
+            pulled = (
+                f"the pull FAILED: {labelstudio.get('pull_error')}; the round went on with what "
+                "it had, the next one pulls again"
+            )
+        elif labelstudio.get("pull_file"):
+            pulled = (
+                f"{labelstudio.get('pulled_tasks', 0)} tasks with new answers pulled into "
+                f"`{labelstudio['pull_file']}`"
+            )
+        else:
+            pulled = "nothing new in the project"
+        lines.append(f"- Label Studio (project {labelstudio.get('project_id')}): {pulled}")
     shown = files[:MAX_FILES_LISTED]
     for entry in shown:
         detail = {
             "read": f"{entry.get('rows_read', 0)} rows = {entry.get('accepted', 0)} accepted + "
-            f"{entry.get('quarantined', 0)} quarantined",
+            f"{entry.get('quarantined', 0)} quarantined"
+            + (
+                f" + {entry['already_consumed']} already consumed"
+                if entry.get("already_consumed")
+                else ""
+            ),
             "unreadable": f"refused whole: {entry.get('error', '')}",
             "already_consumed": f"skipped: same content as {entry.get('same_as', '')}",
         }.get(str(entry.get("status")), str(entry.get("status")))
@@ -213,7 +242,7 @@ def get_round_report(
     if m is not None and f is not None:
         lines += [
             f"- ledger: {f.ledger_events} events (+{f.ledger_events_added}: "
-            f"{m.events_label} labels, {m.events_relabel} relabels, "
+            f"{m.events_label} labels, {m.events_relabel} relabels, {m.events_skip} skips, "
             f"{m.events_rejected} rejected, {m.events_resolved} flags resolved, "
             f"{m.events_consensus} consensus changes)",
         ]
@@ -372,7 +401,11 @@ def run(ctx: StageContext) -> ExportSummary:
     ctx.save(
         "round_report",
         get_round_report(
-            ctx.round_id, reports, ctx.load("manifest") or [], batch_seconds=batch_seconds
+            ctx.round_id,
+            reports,
+            ctx.load("manifest") or [],
+            batch_seconds=batch_seconds,
+            labelstudio=ctx.load_before("labelstudio_record"),
         ),
     )
     history = ctx.load_before("history")
