@@ -431,7 +431,9 @@ def get_plan(
     """What select adds to its next batch, by the stated rules:
 
     - a class missed (:func:`get_missed_classes`): an explore slice of
-      ``params.explore_fraction`` of the batch, items the model finds most likely of it;
+      ``params.explore_fraction`` of the batch, items the model finds most likely of it (or
+      nearest its labeled items, while the model has under
+      ``params.explore_model_min_labels`` training labels of it);
     - a model on the random training labels alone scores at least the candidate's macro-F1
       minus ``params.behind_random_tolerance``: the actively chosen labels add nothing, an
       explore slice of uniformly random items;
@@ -444,7 +446,9 @@ def get_plan(
         explore = params.explore_fraction
         reasons.append(
             f"explore {params.explore_fraction:.0%} of the batch, the items most likely of the "
-            "missed classes: " + "; ".join(missed.values())
+            "missed classes (by the model's probability once it has "
+            f"{params.explore_model_min_labels} training labels of a class, before that the "
+            "items nearest its labeled ones): " + "; ".join(missed.values())
         )
     elif (
         random_only_f1 is not None

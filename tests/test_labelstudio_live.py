@@ -251,3 +251,46 @@ def test_a_kill_in_the_middle_of_a_push_or_a_pull_loses_nothing_and_counts_nothi
     events = _events(catalog, 2)
     assert events.get("label", 0) == len(tasks)
     assert catalog.load("ledger").query("event == 'label'")["item_id"].is_unique
+
+
+def test_a_refused_token_a_missing_token_and_a_deleted_project_are_one_line_each(loop, tmp_path):
+    server = loop["server"]
+    root = tmp_path / "ws"
+    make_satimage_workspace(root)
+    connect = ["alloop", "labelstudio", "connect", "--url", server.url, "-w", str(root)]
+
+    os.environ[TOKEN_ENV] = "not-a-token"
+    try:
+        refused = run_cli(connect, root)
+    finally:
+        os.environ[TOKEN_ENV] = server.token
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: ") and len(refused.stderr.splitlines()) == 1
+    assert "refused the API token (HTTP 401)" in refused.stderr
+    assert "not-a-token" not in refused.stderr + refused.stdout
+
+    os.environ.pop(TOKEN_ENV)
+    try:
+        missing = run_cli(connect, root)
+    finally:
+        os.environ[TOKEN_ENV] = server.token
+    assert missing.returncode == 1 and "no Label Studio API token" in missing.stderr
+    assert ".alloop/labelstudio-token" in missing.stderr
+
+    # the token from the workspace's own unversioned file works as well
+    (root / ".alloop").mkdir(exist_ok=True)
+    (root / labelstudio.TOKEN_FILE).write_text(server.token + "\n")
+    os.environ.pop(TOKEN_ENV)
+    try:
+        done = run_cli([*connect, "--title", "to be deleted"], root)
+    finally:
+        os.environ[TOKEN_ENV] = server.token
+    assert done.returncode == 0, done.stderr
+    assert run_cli(["git", "status", "--porcelain"], root).stdout == ""
+    project_id = yaml.safe_load((root / "params.yaml").read_text())["labelstudio"]["project_id"]
+
+    server.request("DELETE", f"/api/projects/{project_id}/")
+    pulled = run_cli(["alloop", "labelstudio", "pull", "-w", str(root)], root)
+    assert pulled.returncode == 1
+    assert f"project {project_id} does not exist" in pulled.stderr
+    assert len(pulled.stderr.splitlines()) == 1
