@@ -197,6 +197,17 @@ class LabelStudioServer:
         self._process.wait()
         self._process = None
 
+    def freeze(self) -> None:
+        """SIGSTOP the server's process group: it accepts connections and answers nothing, as
+        a server stuck under load does (calls time out). :meth:`thaw` resumes it."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT the process group :meth:`freeze` stopped."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGCONT)
+
     def close(self) -> None:
         """Stop the server and remove the temporary folder this object made (not a given one)."""
         self.stop()

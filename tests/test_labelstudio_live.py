@@ -172,6 +172,7 @@ def test_a_team_labels_in_label_studio_and_never_touches_a_file(loop):
     status = run_cli(["alloop", "status", "-w", str(root)], root)
     assert status.returncode == 0, status.stderr
     assert "FAILED" in status.stdout and "not yet in the project" in status.stdout
+    assert "batches of the last rounds" in status.stdout  # out, answered, skipped per round
 
     # back up: the next round pushes what it owed and pulls what was answered meanwhile
     server.restart()
@@ -288,6 +289,23 @@ def test_a_refused_token_a_missing_token_and_a_deleted_project_are_one_line_each
     assert done.returncode == 0, done.stderr
     assert run_cli(["git", "status", "--porcelain"], root).stdout == ""
     project_id = yaml.safe_load((root / "params.yaml").read_text())["labelstudio"]["project_id"]
+
+    # a server that accepts the connection and never answers: the call gives up in time
+    params = (
+        (root / "params.yaml").read_text().replace("timeout_seconds: 30.0", "timeout_seconds: 1.0")
+    )
+    (root / "params.yaml").write_text(params)
+    server.freeze()
+    try:
+        stuck = run_cli(["alloop", "labelstudio", "push", "-w", str(root)], root)
+        stuck_pull = run_cli(["alloop", "labelstudio", "pull", "-w", str(root)], root)
+    finally:
+        server.thaw()
+    assert stuck.returncode == 1 and "no round has run yet" in stuck.stderr
+    assert stuck_pull.returncode == 1, stuck_pull.stdout
+    assert "did not answer within 1 s" in stuck_pull.stderr
+    state = json.loads((root / labelstudio.STATE_FILE).read_text())
+    assert state["pull_ok"] is False and "did not answer" in state["pull_error"]
 
     server.request("DELETE", f"/api/projects/{project_id}/")
     pulled = run_cli(["alloop", "labelstudio", "pull", "-w", str(root)], root)
