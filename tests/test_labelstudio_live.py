@@ -129,6 +129,12 @@ def test_a_team_labels_in_label_studio_and_never_touches_a_file(loop):
     assert len(pulled) == 1
     report = catalog.load("round_report")
     assert f"tasks with new answers pulled into `{pulled[0].name}`" in report
+    # round 2's tasks carry the model's suggestion, as a prediction of model round-0002
+    round2 = [t for t in _tasks(server, project_id) if t["data"]["round_id"] == 2]
+    suggested = catalog.load("issued").query("round_id == 2 and reason != 'relabel'")
+    assert len(round2) == (catalog.load("issued")["round_id"] == 2).sum()
+    with_prediction = {t["data"]["item_id"] for t in round2 if t["total_predictions"] == 1}
+    assert with_prediction == set(suggested["item_id"])
     assert "1 skips" in report
 
     # nothing new: the pull adds nothing, the round is idle
