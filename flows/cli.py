@@ -999,8 +999,9 @@ def labelstudio_pull(workspace: WorkspaceOpt = Path(".")) -> None:
     if not record.pull_ok:
         raise _fail(f"pull failed: {record.pull_error}")
     console.print(
-        f"pulled {record.pulled_tasks} tasks with new answers into data/incoming/{record.pull_file}"
-        if record.pull_file
+        f"pulled {record.pulled_tasks} tasks with new answers into data/incoming: "
+        + ", ".join(record.pull_files)
+        if record.pull_files
         else "nothing new in Label Studio",
         markup=False,
         soft_wrap=True,

@@ -52,6 +52,7 @@ from tasks.labelstudio import (
     get_task_key,
     get_tasks_to_push,
     get_users_map,
+    get_utc_time,
 )
 from tasks.params import LabelStudioParams, Params, load_params
 
@@ -362,7 +363,8 @@ class SyncRecord:
     pull_cursor: str | None = None
     pull_ok: bool | None = None
     pull_error: str | None = None
-    pull_file: str | None = None
+    #: the files the pull wrote into data/incoming (the changed tasks, 500 to a file)
+    pull_files: list[str] = field(default_factory=list)
     pulled_tasks: int = 0
     pushed_at: str | None = None
     push_ok: bool | None = None
@@ -399,7 +401,9 @@ def get_changed_query(since: str | None) -> dict[str, Any] | None:
     """
     if since is None:
         return None
-    moment = datetime.fromisoformat(since.replace("Z", "+00:00")).astimezone(UTC)
+    moment = get_utc_time(since)
+    if moment is None:
+        raise LabelStudioError(f"the pull cursor {since!r} is not a time: delete {STATE_FILE}")
     return {
         "filters": {
             "conjunction": "and",
@@ -408,7 +412,7 @@ def get_changed_query(since: str | None) -> dict[str, Any] | None:
                     "filter": "filter:tasks:updated_at",
                     "operator": "greater",
                     "type": "Datetime",
-                    "value": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "value": moment,
                 }
             ],
         }
@@ -434,8 +438,12 @@ def get_round_query(round_id: int) -> dict[str, Any]:
 
 def pull(catalog: Catalog, params: Params, record: SyncRecord) -> SyncRecord:
     """Fetch the annotations created or updated since ``record.pull_cursor`` into
-    ``data/incoming/``; never raises for Label Studio's faults (they are in the record)."""
-    pulled = SyncRecord(**{**record.to_dict(), "pull_file": None, "pulled_tasks": 0})
+    ``data/incoming/``; never raises for Label Studio's faults (they are in the record).
+
+    The changed tasks are exported :data:`PAGE_SIZE` at a time (their ids go in the URL), each
+    export written as received, when it holds an answer newer than the cursor.
+    """
+    pulled = SyncRecord(**{**record.to_dict(), "pull_files": [], "pulled_tasks": 0})
     pulled.pulled_at = _now()
     try:
         client, project_id = open_client(catalog.root, params)
@@ -445,33 +453,52 @@ def pull(catalog: Catalog, params: Params, record: SyncRecord) -> SyncRecord:
                 for t in client.iter_tasks(project_id, query=get_changed_query(record.pull_cursor))
                 if t.get("total_annotations", 1) or t.get("cancelled_annotations", 0)
             ]
-            content = client.export(project_id, changed) if changed else b"[]"
+            exports = [
+                client.export(project_id, changed[start : start + PAGE_SIZE])
+                for start in range(0, len(changed), PAGE_SIZE)
+            ]
             users = get_users_map(client.list_users()) if changed else None
+        try:
+            tasks = [json.loads(content) for content in exports]
+        except ValueError as exc:
+            raise LabelStudioError(
+                f"export: Label Studio at {client.url} sent an export that is not JSON ({exc})"
+            ) from exc
     except LabelStudioError as exc:
         log.warning("Label Studio pull failed: %s; the next round retries", exc)
         pulled.pull_ok, pulled.pull_error = False, str(exc)
         return pulled
     pulled.pull_ok, pulled.pull_error = True, None
     pulled.project_id, pulled.url = project_id, params.labelstudio.url
-    export = json.loads(content or b"[]")
-    latest = get_latest_update(export)
-    if latest is None or (record.pull_cursor is not None and latest <= record.pull_cursor):
-        log.info("Label Studio: nothing new since %s", record.pull_cursor or "the start")
+    cursor = get_utc_time(record.pull_cursor) if record.pull_cursor else None
+    new = [
+        (content, export, latest)
+        for content, export in zip(exports, tasks, strict=True)
+        if (latest := get_latest_update(export)) is not None and (cursor is None or latest > cursor)
+    ]
+    if not new:
+        log.info("Label Studio: nothing new since %s", cursor or "the start")
         return pulled
-    # named by the latest answer it holds: a pull repeated after a crash writes the same file
-    name = f"labelstudio-p{project_id}-{latest.replace(':', '').replace('.', '-')}.json"
-    write_bytes(catalog.path("incoming") / name, content)
-    crash_point("during:labelstudio-pull")
+    for content, export, latest in new:
+        # named by its first task and its latest answer: a pull repeated after a crash writes
+        # the same file again
+        stamp = latest.replace(":", "").replace(".", "-")
+        name = f"labelstudio-p{project_id}-{stamp}-t{export[0].get('id')}.json"
+        write_bytes(catalog.path("incoming") / name, content)
+        crash_point("during:labelstudio-pull")
+        pulled.pull_files.append(name)
+        pulled.pulled_tasks += len(export)
     if users:
-        known = (
-            json.loads((catalog.root / USERS_FILE).read_text())
-            if (catalog.root / USERS_FILE).is_file()
-            else {}
-        )
+        path = catalog.root / USERS_FILE
+        known = json.loads(path.read_text()) if path.is_file() else {}
         if {**known, **users} != known:
-            write_json(catalog.root / USERS_FILE, {**known, **users})
-    pulled.pull_file, pulled.pulled_tasks, pulled.pull_cursor = name, len(export), latest
-    log.info("Label Studio: %d tasks with new answers pulled into %s", len(export), name)
+            write_json(path, {**known, **users})
+    pulled.pull_cursor = max(latest for _, _, latest in new)
+    log.info(
+        "Label Studio: %d tasks with new answers pulled into %s",
+        pulled.pulled_tasks,
+        ", ".join(pulled.pull_files),
+    )
     return pulled
 
 

@@ -169,8 +169,8 @@ def get_labelstudio_lines(catalog: Catalog) -> list[str]:
     lines = [f"Label Studio: project {ls.project_id} at {ls.url}"]
     if record.pull_ok is not None:
         what = (
-            f"{record.pulled_tasks} tasks with new answers into {record.pull_file}"
-            if record.pull_file
+            f"{record.pulled_tasks} tasks with new answers into {', '.join(record.pull_files)}"
+            if record.pull_files
             else "nothing new"
         )
         lines.append(

@@ -212,10 +212,10 @@ def get_round_report(
                 f"the pull FAILED: {labelstudio.get('pull_error')}; the round went on with what "
                 "it had, the next one pulls again"
             )
-        elif labelstudio.get("pull_file"):
+        elif labelstudio.get("pull_files"):
             pulled = (
                 f"{labelstudio.get('pulled_tasks', 0)} tasks with new answers pulled into "
-                f"`{labelstudio['pull_file']}`"
+                + ", ".join(f"`{name}`" for name in labelstudio["pull_files"])
             )
         else:
             pulled = "nothing new in the project"

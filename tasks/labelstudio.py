@@ -11,6 +11,7 @@ model's suggestion travels as a prediction (a pre-annotation) of ``model_version
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -72,17 +73,34 @@ def get_tasks_to_push(
     return missing
 
 
+#: How a time is written where Label Studio's data manager filters by it (and the cursor).
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def get_utc_time(text: str) -> str | None:
+    """``text`` (ISO 8601) in UTC as :data:`TIME_FORMAT`, in which text order is time order;
+    None when it is not a time (a time without an offset is UTC)."""
+    try:
+        moment = datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
 def get_latest_update(export: Sequence[Mapping[str, Any]]) -> str | None:
     """The latest ``updated_at`` (or ``created_at``) of any annotation in a JSON export, as
-    Label Studio wrote it (ISO 8601 in UTC, so text order is time order); None if none."""
+    :data:`TIME_FORMAT`; None if it has none."""
     times = [
-        str(a.get("updated_at") or a.get("created_at"))
+        get_utc_time(a.get("updated_at") or a.get("created_at"))
         for task in export
         if isinstance(task, Mapping)
         for a in task.get("annotations") or []
         if isinstance(a, Mapping) and (a.get("updated_at") or a.get("created_at"))
     ]
-    return max(times) if times else None
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
 
 
 def get_users_map(users: Sequence[Mapping[str, Any]]) -> dict[str, str]:

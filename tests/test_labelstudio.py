@@ -19,6 +19,7 @@ from tasks.labelstudio import (
     get_task_key,
     get_tasks_to_push,
     get_users_map,
+    get_utc_time,
 )
 from tasks.params import ExportParams
 
@@ -104,3 +105,17 @@ def test_the_latest_update_and_the_users_come_from_real_label_studio_files():
     assert get_latest_update([]) is None
     users = [{"id": 1, "email": "ann@example.org"}, {"id": 2, "email": ""}, {"id": 3}]
     assert get_users_map(users) == {"1": "ann@example.org"}
+
+
+def test_times_compare_as_times_whatever_their_spelling():
+    # Label Studio drops the fraction of a whole second; text order would put it last
+    export = [
+        {"annotations": [{"updated_at": "2026-11-30T23:01:33.205074Z"}]},
+        {"annotations": [{"updated_at": "2026-11-30T23:01:33Z"}, {"created_at": "bad"}]},
+        {"annotations": [{"created_at": "2026-11-30T22:01:40+00:00"}]},
+    ]
+    assert get_latest_update(export) == "2026-11-30T23:01:33.205074Z"
+    assert get_utc_time("2026-11-30T23:01:33Z") == "2026-11-30T23:01:33.000000Z"
+    assert get_utc_time("2026-12-01T00:01:33+01:00") == "2026-11-30T23:01:33.000000Z"
+    assert get_utc_time("2026-11-30 23:01:33") == "2026-11-30T23:01:33.000000Z"  # UTC
+    assert get_utc_time("yesterday") is None
