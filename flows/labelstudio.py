@@ -386,6 +386,10 @@ class SyncRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def last_change(self) -> str:
+        """When the last pull or push of this record was made ("" for none)."""
+        return max(self.pulled_at or "", self.pushed_at or "")
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -555,10 +559,11 @@ def push(catalog: Catalog, params: Params, record: SyncRecord, round_id: int) ->
 
 # -- state ----------------------------------------------------------------------------------
 def read_record(catalog: Catalog) -> SyncRecord:
-    """The newer of the last committed record and the local state (an idle round's pull)."""
+    """The newer of the last committed record and the local state (an idle round's pull, a
+    push by hand)."""
     committed = SyncRecord.read(catalog.root / RECORD_FILE)
     local = SyncRecord.read(catalog.root / STATE_FILE)
-    return local if (local.pulled_at or "") > (committed.pulled_at or "") else committed
+    return local if local.last_change() > committed.last_change() else committed
 
 
 def save_state(catalog: Catalog, record: SyncRecord) -> None:
