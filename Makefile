@@ -76,8 +76,9 @@ labelstudio: $(LS_STAMP)
 demo: $(STAMP)
 	$(BIN)/alloop demo --rounds $(DEMO_ROUNDS) --path $(DEMO_PATH) --force
 
-# CI's command: every test not marked slow (the lanes: unit, contract, property, flow)
-test: $(STAMP)
+# CI's command: every test not marked slow (the lanes: unit, contract, property, flow); the
+# Label Studio tests need its server, built once here (about a minute) like the venv
+test: $(STAMP) $(LS_STAMP)
 	$(BIN)/pytest
 
 # an engineer's own loop: unit, contract and property tests; no workspace, round or command
@@ -87,7 +88,7 @@ test-fast: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(LS_STAMP)
 	$(BIN)/pytest -m "slow or not slow"
 
 bench: $(STAMP)
