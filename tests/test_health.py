@@ -462,3 +462,103 @@ def test_explore_ranks_a_class_the_model_never_saw_by_nearness_to_its_random_ite
     # interleaved: the even places are the rare class's nearest items
     first = rows.set_index("item_id").loc[ranked.iloc[0:20:2].to_numpy()]
     assert (first["x"] > 1.5).mean() >= 0.9
+
+
+# -- the stage's pure core --------------------------------------------------------------------
+def _health_inputs(round_id: int, history: pd.DataFrame, stop_predictions: pd.DataFrame):
+    """A pool of three separable classes, 150 random and 50 active training labels, 90 test
+    items, and the model trained on them: what the health stage loads, in memory."""
+    from tasks.health import HealthInputs, get_balance_sample
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    codes = rng.integers(0, 3, size=n)
+    pool = pd.DataFrame(
+        {
+            "item_id": pd.Series([f"i{k}" for k in range(n)], dtype="string"),
+            "x": codes * 5.0 + rng.normal(size=n),
+            "y": rng.normal(size=n),
+        }
+    )
+    labels = np.array(["a", "b", "c"])[codes]
+    ids = pool["item_id"]
+    train_ids, test_ids = ids.iloc[:200], ids.iloc[200:290]
+    reasons = ["seed"] * 150 + ["active"] * 50 + ["test"] * 90
+    current = schema.conform(
+        pd.DataFrame(
+            {
+                "item_id": ids.iloc[:290],
+                "label": labels[:290],
+                "split": ["train"] * 200 + ["test"] * 90,
+                "n_votes": 1,
+                "agreement": 1.0,
+                "last_round": round_id,
+                "method": "majority",
+            }
+        ),
+        schema.CURRENT,
+    )
+    issued = schema.conform(
+        pd.DataFrame(
+            {
+                "item_id": ids.iloc[:290],
+                "round_id": 1,
+                "split": ["train"] * 200 + ["test"] * 90,
+                "reason": reasons,
+                "utility": 0.0,
+            }
+        ),
+        schema.ISSUED,
+    )
+    booster = fit_booster(
+        pool.loc[:199, ["x", "y"]], codes[:200], params=TRAIN, n_classes=3, random_state=0
+    )
+    stop_set = draw_stop_set(ids, size=500, round_id=1, random_state=1)
+    return HealthInputs(
+        current=current,
+        issued=issued,
+        stop_set=stop_set,
+        stop_predictions=stop_predictions,
+        history=history,
+        detail_before={},
+        booster=booster,
+        test_cache=None,
+        rows=pool.set_index("item_id"),
+        balance_sample=get_balance_sample(ids, size=1000, random_state=2),
+    ), (train_ids, test_ids)
+
+
+def test_the_health_core_rates_a_model_from_frames_alone_and_the_next_round_compares_with_it():
+    from tasks.health import HealthSeeds, get_health
+    from tasks.params import Params, ProjectParams
+
+    params = Params(project=ProjectParams(classes=["a", "b", "c"]), train=TRAIN)
+    seeds = HealthSeeds(balance_cv=1, balance_fit=2, random_only=3)
+    empty_history = schema.empty(schema.HEALTH_HISTORY)
+    inputs, _ = _health_inputs(2, empty_history, schema.empty(schema.STOP_PREDICTIONS))
+    fields = {"round_id": 2, "stop_set_size": 500}
+    frames = ("current", "issued", "stop_set", "stop_predictions", "history", "rows")
+    before = {name: getattr(inputs, name).copy(deep=True) for name in frames}
+    first = get_health(inputs, fields, params=params, round_id=2, seeds=seeds)
+    for name in frames:  # pure: no input is changed
+        pd.testing.assert_frame_equal(getattr(inputs, name), before[name])
+    again = get_health(inputs, fields, params=params, round_id=2, seeds=seeds)
+    assert first.summary == again.summary  # seeded: the same inputs, the same answer
+    s = first.summary
+    assert s.kappa is None and "compares" not in (s.not_rated_because or "")
+    assert s.all_labels > 90 and s.balance is not None and s.balance > 70  # random-ish labels
+    assert s.random_share == pytest.approx(150 / 200)
+    assert first.models == {}  # balance is fine: no rebalance model for select
+    stop = first.stop_predictions
+    assert len(stop) == 500 and set(stop["round_id"]) == {2}
+    assert first.detail["random_training_labels"] == 150
+
+    # the next round: the same model predicts the stop set the same way
+    history = pd.DataFrame(
+        [{"round_id": 2, "train_items": 200, "kappa": np.nan}], columns=list(schema.HEALTH_HISTORY)
+    )
+    later, _ = _health_inputs(3, history, stop)
+    second = get_health(later, {**fields, "round_id": 3}, params=params, round_id=3, seeds=seeds)
+    assert second.summary.kappa == 1.0 and second.summary.changed_share == 0.0
+    assert len(second.stop_predictions) == 1000  # this round's rows added, none rewritten
+    pd.testing.assert_frame_equal(second.stop_predictions.iloc[:500], stop)
