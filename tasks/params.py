@@ -120,7 +120,12 @@ class TrainParams(_Section):
     feature_fraction: float = Field(default=0.9, gt=0.0, le=1.0)
     lambda_l2: float = Field(default=1.0, ge=0.0)
     class_weight: Literal["balanced", "none"] = "balanced"
-    num_threads: int = Field(default=2, ge=1)
+    # One thread. Measured on 2 idle cores (bench/README.md, "Threads"): one thread fits 500
+    # labels faster (0.022 s against 0.034 s), 5,000 as fast, 20,000 and 100,000 1.5-1.75x
+    # slower; with another process holding a core, two threads collapse (OpenMP waits for the
+    # busy core): a 200,000-item round took 18.3 s with 2, 4.7 s with 1. Set 2 or more for
+    # large label sets on a machine of its own.
+    num_threads: int = Field(default=1, ge=1)
 
 
 class EvaluateParams(_Section):
