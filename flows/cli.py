@@ -276,14 +276,16 @@ def round_(
         check_code(root)
         check_no_interrupted_rollback(catalog)
         params = catalog.read_params()  # a typo is named now, not after Prefect started
+        pulled = False
         if not force:
             # the git tag a crash may have left missing; the MLflow link, if any, is repaired
             # by the next round that runs (its flow repairs everything first)
             repair_after_crash(catalog, mlflow=False)
-            if params.labelstudio.url:  # the answers given in Label Studio are work too
+            if params.labelstudio.connected:  # answers given in Label Studio are work
                 from flows import labelstudio
 
                 labelstudio.pull_into_incoming(catalog, params)
+                pulled = True
             idle = get_idle_reason(catalog)
             if idle is not None:
                 console.print(idle, soft_wrap=True, markup=False)
@@ -292,7 +294,9 @@ def round_(
         from flows.round import al_round
 
         with _quiet_prefect():
-            result = al_round(str(root), started_at=started_at, force=force)
+            result = al_round(
+                str(root), started_at=started_at, force=force, labelstudio_pulled=pulled
+            )
     if result.skipped:
         console.print(result.skipped)
         return

@@ -256,7 +256,7 @@ class LabelStudioClient:
 def open_client(root: Path, params: Params) -> tuple[LabelStudioClient, int]:
     """A client of the workspace's connected project, and the project's id."""
     settings = params.labelstudio
-    if not settings.url or settings.project_id is None:
+    if not settings.connected:
         raise LabelStudioError(
             "this workspace is not connected to Label Studio: `alloop labelstudio connect "
             "--url URL` first"
@@ -573,7 +573,3 @@ def save_state(catalog: Catalog, record: SyncRecord) -> None:
 def save_record(catalog: Catalog, record: SyncRecord) -> None:
     save_state(catalog, record)
     write_text(catalog.root / RECORD_FILE, json_text(record.to_dict()))
-
-
-def is_connected(params: Params) -> bool:
-    return bool(params.labelstudio.url) and params.labelstudio.project_id is not None

@@ -114,6 +114,7 @@ def al_round(
     started_at: str | None = None,
     force: bool = False,
     rerun_of: str | None = None,
+    labelstudio_pulled: bool = False,
 ) -> RoundResult:
     """One active-learning round in ``workspace``, recorded as commit and tag ``round-NNNN``.
 
@@ -121,7 +122,9 @@ def al_round(
     keeps the clock it started with. A round with nothing new to work on is skipped unless
     ``force`` (see :func:`get_idle_reason`); the log says which. ``rerun_of`` is set by
     ``alloop rerun``: ``workspace`` is then a worktree of that workspace, the round is committed
-    without a tag and its MLflow run goes to that workspace's store.
+    without a tag and its MLflow run goes to that workspace's store. ``labelstudio_pulled``:
+    the caller has just pulled Label Studio's answers (``alloop round``, to know whether the
+    night has work); the round uses that pull instead of making another.
     """
     logger = get_run_logger()
     catalog = Catalog(Path(workspace).resolve())
@@ -142,8 +145,16 @@ def al_round(
         repair_after_crash(catalog)
         # Label Studio's new answers land in data/incoming first: they are what a round has
         # to work on (never in a rerun, which replays a recorded round)
-        live = labelstudio.is_connected(params) and not rerun_of
-        sync = labelstudio.pull_into_incoming(catalog, params) if live else None
+        live = params.labelstudio.connected and not rerun_of
+        sync = (
+            (
+                labelstudio.read_record(catalog)
+                if labelstudio_pulled
+                else labelstudio.pull_into_incoming(catalog, params)
+            )
+            if live
+            else None
+        )
         idle = None if force else get_idle_reason(catalog)
         if idle is not None:
             logger.info(idle)

@@ -156,14 +156,14 @@ def get_batch_rounds(issued: pd.DataFrame, ledger: pd.DataFrame, *, last: int) -
 def get_labelstudio_lines(catalog: Catalog) -> list[str]:
     """What the Label Studio connection did last: the pull, the push, the batches it still
     owes the project. Empty when the workspace is not connected."""
-    from flows import labelstudio
-
     try:
         params = catalog.read_params()
     except Exception:  # noqa: BLE001 (status answers even with a broken params.yaml)
         return []
-    if not labelstudio.is_connected(params):
+    if not params.labelstudio.connected:
         return []
+    from flows import labelstudio
+
     ls = params.labelstudio
     record = labelstudio.read_record(catalog)
     lines = [f"Label Studio: project {ls.project_id} at {ls.url}"]

@@ -325,6 +325,11 @@ class LabelStudioParams(_Section):
     # tasks per import request
     push_chunk: int = Field(default=500, ge=1)
 
+    @property
+    def connected(self) -> bool:
+        """Whether rounds pull from and push to a project (both the URL and the id set)."""
+        return bool(self.url) and self.project_id is not None
+
 
 class Params(_Section):
     project: ProjectParams

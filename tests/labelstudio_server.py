@@ -77,6 +77,19 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
+def require() -> None:
+    """Skip the calling test, with the reason, when `make labelstudio` has not been run (`make
+    test` runs it); in CI (``CI=true``), which must build it, fail instead."""
+    import pytest
+
+    ok, why = available()
+    if ok:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must build Label Studio (.ci/run runs `make labelstudio`): {why}")
+    pytest.skip(why)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import BIN, make_satimage_workspace, run_cli
-from labelstudio_server import LabelStudioServer, available
+from labelstudio_server import LabelStudioServer, require
 
 from flows import labelstudio
 from flows.round import al_round
@@ -25,15 +25,6 @@ from tasks.catalog import Catalog
 from tasks.faults import CRASH_ENV
 
 TOKEN_ENV = "ALLOOP_LABELSTUDIO_TOKEN"
-
-
-def _require_labelstudio() -> None:
-    ok, why = available()
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must build Label Studio (.ci/run runs `make labelstudio`): {why}")
-    pytest.skip(why)
 
 
 def _tasks(server: LabelStudioServer, project_id: int) -> list[dict]:
@@ -49,7 +40,7 @@ def _events(catalog: Catalog, round_id: int) -> pd.Series:
 @pytest.fixture(scope="module")
 def loop(prefect_api, tmp_path_factory):
     """A satimage workspace connected to a fresh project of a real server, after round 1."""
-    _require_labelstudio()
+    require()
     work = tmp_path_factory.mktemp("labelstudio")
     with LabelStudioServer(work / "server") as server:
         root = work / "ws"

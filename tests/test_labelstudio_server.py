@@ -7,13 +7,12 @@ Skips when `make labelstudio` has not been run, except in CI (``CI=true``), whic
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 
 import httpx
 import pytest
-from labelstudio_server import LabelStudioServer, available
+from labelstudio_server import LabelStudioServer, require
 
 # it starts a server process (about 10 s in all): kept out of `make test-fast` with the flow lane
 pytestmark = pytest.mark.flow
@@ -25,15 +24,6 @@ LABEL_CONFIG = """<View>
   </Choices>
 </View>"""
 ITEM_IDS = (100, 101, 102)
-
-
-def _require_labelstudio() -> None:
-    ok, why = available()
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must build Label Studio (.ci/run runs `make labelstudio`): {why}")
-    pytest.skip(why)
 
 
 def _task(item_id: int) -> dict:
@@ -76,7 +66,7 @@ def _export(server: LabelStudioServer, project_id: int) -> dict[int, list[dict]]
 
 
 def test_annotations_of_two_users_survive_a_killed_server(tmp_path):
-    _require_labelstudio()
+    require()
     with LabelStudioServer(tmp_path / "labelstudio") as server:
         project = server.request(
             "POST", "/api/projects", json={"title": "alloop test", "label_config": LABEL_CONFIG}
