@@ -101,7 +101,8 @@ def _old_flags(rows: pd.DataFrame, given: np.ndarray, max_fraction: float = 0.05
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    from tasks.model import get_feature_frame, get_out_of_fold_pred_probs
+    from tasks.features import get_feature_frame
+    from tasks.model import get_out_of_fold_pred_probs
 
     present = np.unique(given)
     compact = np.searchsorted(present, given)
@@ -159,7 +160,8 @@ def _best_f1(probs: pd.DataFrame, sample: dict) -> float:
 def _test_f1(sample: dict, keep: np.ndarray) -> float:
     from sklearn.metrics import f1_score
 
-    from tasks.model import fit_booster, get_feature_frame, predict_proba
+    from tasks.features import get_feature_frame
+    from tasks.model import fit_booster, predict_proba
 
     k = len(sample["names"])
     booster = fit_booster(

@@ -6,7 +6,7 @@
 
 Every column of ``../shared/data/<set>.parquet`` except ``label`` is a feature. adult's integer
 columns are PMLB's codes of categorical columns; they are given to ``find_drift`` as pandas
-categories of their codes as text, as ``tasks.model.get_feature_frame`` makes of text columns,
+categories of their codes as text, as ``tasks.features.get_feature_frame`` makes of text columns,
 so the chi-square path is measured on real data. The other sets are all numeric.
 
 Each comparison draws its reference and its new items without replacement from the set's

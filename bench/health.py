@@ -88,10 +88,10 @@ from flows.simulate import (  # noqa: E402
     simulate,
 )
 from tasks.evaluate import get_classification_metrics  # noqa: E402
+from tasks.features import get_feature_frame  # noqa: E402
 from tasks.model import (  # noqa: E402
     encode_labels,
     fit_booster,
-    get_feature_frame,
     get_out_of_fold_pred_probs,
     predict_proba,
 )

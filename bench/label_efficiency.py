@@ -82,7 +82,7 @@ def run_skactiveml_campaign(args: tuple) -> pd.DataFrame:
     from skactiveml.utils import MISSING_LABEL
 
     from tasks.evaluate import get_classification_metrics
-    from tasks.model import get_feature_frame
+    from tasks.features import get_feature_frame
     from tasks.params import load_params
 
     params = load_params(json.loads(params_json))

@@ -140,7 +140,9 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.1f} / "
         f"{load[1]:.1f} / {load[2]:.1f}\n"
     )
-    print("| round | round s | pull s | push s | pull + push s | tasks pulled | tasks pushed | ok |")
+    print(
+        "| round | round s | pull s | push s | pull + push s | tasks pulled | tasks pushed | ok |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(

@@ -13,10 +13,11 @@ the round exported is answered with ``flows.demo.annotate_outbox``; that is not 
 For every round it reports:
 
 * the wall clock of the whole ``al_round`` call;
-* each stage (validate, merge, flag, train, evaluate, score, select, export): the wall time and
-  the process CPU time of the stage body (the task's function, wrapped here through the Prefect
-  task object's ``fn``), and, as a cross-check, the task run's duration from the Prefect API
-  (``end_time - start_time`` of the task runs of the flow run);
+* each stage (validate, features, merge, flag, train, evaluate, health, score, select,
+  export): the wall time and the process CPU time of the stage body (the task's function,
+  wrapped here through the Prefect task object's ``fn``), and, as a cross-check, the task
+  run's duration from the Prefect API (``end_time - start_time`` of the task runs of the
+  flow run);
 * peak resident memory (RSS) of this process per stage and per step outside the stages: at every
   phase change the kernel's high-water mark ``VmHWM`` is read and reset (``5`` written to
   ``/proc/self/clear_refs``), and a background thread samples ``VmRSS`` every 10 ms; the larger
@@ -71,7 +72,18 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results-round.md"
 DEFAULT_DATASET = REPO.parent / "shared" / "data" / "sleep.parquet"
 #: the pipeline's stages (flows.pipeline.STAGE_NAMES; tests/test_bench.py keeps them equal)
-STAGES = ("validate", "merge", "flag", "train", "evaluate", "health", "score", "select", "export")
+STAGES = (
+    "validate",
+    "features",
+    "merge",
+    "flag",
+    "train",
+    "evaluate",
+    "health",
+    "score",
+    "select",
+    "export",
+)
 GOAL_SIZE = 200_000
 GOAL_ROUND_S = 60.0
 GOAL_OUTSIDE_SHARE = 0.20

@@ -2,8 +2,8 @@
 
 ``mlflow.pyfunc.load_model("models:/alloop@champion")`` gives a model whose ``predict`` takes
 rows shaped like the pool (``data/pool/*.parquet``: the feature columns, ``item_id`` optional
-and ignored) and applies alloop's own encoding (:func:`tasks.model.get_feature_frame`, then
-:func:`tasks.model.predict_proba`), so a user never rebuilds it.
+and ignored) and applies alloop's own encoding (the feature space the model was trained in,
+:mod:`tasks.features`, then :func:`tasks.model.predict_proba`), so a user never rebuilds it.
 
 The model's code is this module, imported by reference (the pickled model names
 ``flows.mlflow_model.ChampionModel``; nothing is copied with ``code_paths``): it loads wherever
@@ -113,7 +113,7 @@ def save_pyfunc_model(
 
 def get_pool_rows_as_trained(rows: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
     """``rows`` with the pool's feature columns, in order and cast to the pool's dtypes, and a
-    placeholder ``item_id``: what :func:`tasks.model.get_feature_frame` expects.
+    placeholder ``item_id``: what :meth:`tasks.features.FeatureSpace.transform` expects.
 
     Raises
     ------
@@ -143,8 +143,17 @@ class ChampionModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import lightgbm as lgb
 
+        from tasks.features import COMPONENTS_FILE, SPACE_FILE, FeatureSpace
+
         self._booster = lgb.Booster(model_file=context.artifacts["model"])
         self._spec = json.loads(Path(context.artifacts["spec"]).read_text())
+        # a text model's feature space, saved beside it (tasks/features.py); else tabular
+        files = {
+            name: Path(context.artifacts[Path(name).stem]).read_bytes()
+            for name in (SPACE_FILE, COMPONENTS_FILE)
+            if Path(name).stem in context.artifacts
+        }
+        self._space = FeatureSpace.from_files(files)
 
     def predict(
         self,
@@ -152,12 +161,14 @@ class ChampionModel(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,  # noqa: ARG002
     ) -> pd.DataFrame:
-        from tasks.model import get_feature_frame, predict_proba
+        from tasks.model import predict_proba
 
         rows = pd.DataFrame(model_input)
         classes = self._spec["classes"]
-        features = get_feature_frame(get_pool_rows_as_trained(rows, self._spec))
-        probs = predict_proba(self._booster, features.reset_index(drop=True), len(classes))
+        features = self._space.transform(
+            get_pool_rows_as_trained(rows, self._spec).reset_index(drop=True)
+        )
+        probs = predict_proba(self._booster, features, len(classes))
         out = pd.DataFrame(probs, columns=classes, index=rows.index)
         out[LABEL] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
         return out

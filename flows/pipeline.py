@@ -10,7 +10,18 @@ from typing import Any
 
 import yaml
 
-from tasks import evaluate, export, flag, health, merge, score, selection, train, validate
+from tasks import (
+    evaluate,
+    export,
+    features,
+    flag,
+    health,
+    merge,
+    score,
+    selection,
+    train,
+    validate,
+)
 from tasks.catalog import ARTIFACTS, ROUND_FILE
 from tasks.context import StageContext, StageSpec
 from tasks.summaries import Summary
@@ -18,6 +29,7 @@ from tasks.summaries import Summary
 #: The stage modules in the order a round runs them. Each has ``STAGE`` and ``run(ctx)``.
 STAGE_MODULES: tuple[ModuleType, ...] = (
     validate,
+    features,
     merge,
     flag,
     train,

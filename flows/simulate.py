@@ -45,7 +45,8 @@ from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import Catalog, RoundInfo, write_csv, write_text
 from tasks.context import StageContext
 from tasks.evaluate import get_classification_metrics
-from tasks.model import encode_labels, fit_booster, get_feature_frame, predict_proba
+from tasks.features import get_feature_frame
+from tasks.model import encode_labels, fit_booster, predict_proba
 from tasks.params import Params, ParamsError, ScoreParams, dump_params, load_params
 from tasks.simulate import (
     answer_batch,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.runtime import mlflow_uri
-from tasks.catalog import MODEL_FILE, Catalog, round_name
+from tasks.catalog import FEATURES, MODEL_FILE, Catalog, round_name
 from tasks.params import Params, dump_params
 from tasks.summaries import RoundSummaries
 
@@ -171,13 +171,15 @@ def _log_model(
     example = catalog.read_pool_head(2)
     folder = folder or catalog.path("candidate")
     meta = folder / "meta.json"
+    # a text model's feature space (its vocabularies and SVD) goes with it
+    space = sorted((folder / FEATURES).glob("*")) if (folder / FEATURES).is_dir() else []
     with tempfile.TemporaryDirectory(prefix="alloop-model-") as tmp, _quiet_mlflow():
         path = Path(tmp) / "model"
         save_pyfunc_model(
             path,
             (folder / "model.txt").read_text(),
             get_feature_spec(example, classes),
-            extra_files=[meta] if meta.exists() else [],
+            extra_files=([meta] if meta.exists() else []) + space,
             input_example=example,
         )
         client.log_artifacts(run_id, str(path), artifact_path)

@@ -207,6 +207,17 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         table_schema=schema.QUARANTINED,
     ),
     Artifact("validate_report", "reports/validate.json", "json", "metric", "validate's summary"),
+    # -- features -------------------------------------------------------------------------
+    Artifact(
+        "feature_space",
+        "models/features",
+        "folder",
+        "persist",
+        "the feature space fitted on the pool (text columns' vocabularies); empty for a tabular "
+        "pool",
+        read_later_by=("features",),
+    ),
+    Artifact("features_report", "reports/features.json", "json", "metric", "features' summary"),
     # -- merge ----------------------------------------------------------------------------
     Artifact(
         "current",
@@ -470,12 +481,16 @@ class SavedModel:
     meta: Mapping[str, Any] = field(default_factory=dict)
     test_probs: pd.DataFrame | None = None
     previous: SavedModel | None = None
+    #: the feature space the model was trained in (:meth:`tasks.features.FeatureSpace.to_files`;
+    #: empty: the tabular space)
+    features: Mapping[str, bytes] = field(default_factory=dict)
 
 
 MODEL_FILE = "model.txt"
 META_FILE = "meta.json"
 PROBS_FILE = "test_probs.parquet"
 PREVIOUS = "previous"
+FEATURES = "features"
 
 
 @dataclass(frozen=True)
@@ -771,7 +786,13 @@ def _read_model(folder: Path) -> SavedModel:
     if text is not None and probs_path.exists() and probs_of == _digest(text):
         probs = pd.read_parquet(probs_path)
     previous = _read_model(folder / PREVIOUS) if (folder / PREVIOUS).is_dir() else None
-    return SavedModel(text=text, meta=meta, test_probs=probs, previous=previous)
+    space = folder / FEATURES
+    features = (
+        {p.name: p.read_bytes() for p in sorted(space.iterdir()) if p.is_file()}
+        if space.is_dir()
+        else {}
+    )
+    return SavedModel(text=text, meta=meta, test_probs=probs, previous=previous, features=features)
 
 
 def _write_model(folder: Path, model: SavedModel) -> None:
@@ -786,6 +807,9 @@ def _write_model(folder: Path, model: SavedModel) -> None:
             meta["test_probs_of"] = _digest(model.text)
     if model.previous is not None:
         _write_model(folder / PREVIOUS, model.previous)
+    if model.features:
+        (folder / FEATURES).mkdir(parents=True, exist_ok=True)
+        _write_files(folder / FEATURES, model.features)
     write_json(folder / META_FILE, meta)
 
 

@@ -149,6 +149,11 @@ class StageContext:
         self._check_pool()
         return self.catalog.read_pool_partition_ids(names)
 
+    def pool_head(self, n: int) -> pd.DataFrame:
+        """The first ``n`` pool rows: the pool's columns and types, without a scan."""
+        self._check_pool()
+        return self.catalog.read_pool_head(n)
+
     def pool_rows(self, item_ids: pd.Series, *, ordered: bool = True) -> pd.DataFrame:
         """Pool rows of ``item_ids``: in that order, or in pool order when not ``ordered``."""
         self._check_pool()

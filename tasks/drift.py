@@ -1,6 +1,6 @@
 """Drift on arriving items: are the items that join the pool like the pool they join?
 
-:func:`find_drift` compares two feature frames (as :func:`tasks.model.get_feature_frame`
+:func:`find_drift` compares two feature frames (as :func:`tasks.features.get_feature_frame`
 returns them) three ways, and only reports; it never blocks a round.
 
 - **Per feature**: a two-sample Kolmogorov-Smirnov test for numeric columns, a chi-square
@@ -206,7 +206,7 @@ def find_drift(
     Parameters
     ----------
     reference : pd.DataFrame, shape (n_reference, n_features)
-        The pool's items, as :func:`tasks.model.get_feature_frame` returns them: numeric (or
+        The pool's items, as :func:`tasks.features.get_feature_frame` returns them: numeric (or
         boolean) and pandas categorical columns, NaN allowed. When it has more than
         ``params.drift_reference_sample`` rows, that many are drawn at random.
     arriving : pd.DataFrame, shape (n_new, n_features)

@@ -26,14 +26,15 @@ from tasks import schema
 from tasks.catalog import SavedModel
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
-from tasks.model import encode_labels, get_feature_frame, predict_proba
+from tasks.features import Features, FeatureSpace, count_rows, model_space, take_rows
+from tasks.model import encode_labels, predict_proba
 from tasks.params import EvaluateParams
 from tasks.summaries import EvaluateSummary
 
 STAGE = StageSpec(
     name="evaluate",
     module=__name__,
-    code=("tasks/model.py",),
+    code=("tasks/model.py", "tasks/features.py"),
     reads=("candidate", "current", "pool"),
     writes=("champion", "metrics", "test_predictions"),
     params=("project", "evaluate"),
@@ -80,8 +81,24 @@ class Evaluation:
     champion_probs: pd.DataFrame | None = None
 
 
-def get_row_hashes(features: pd.DataFrame) -> np.ndarray:
-    """A 64-bit hash of each row's feature values (column names and order included)."""
+def get_row_hashes(features: Features) -> np.ndarray:
+    """A 64-bit hash of each row's feature values (column names and order included; for a
+    sparse matrix, each row's column positions and values)."""
+    if not isinstance(features, pd.DataFrame):
+        matrix = features.tocsr()
+        return np.array(
+            [
+                int.from_bytes(
+                    hashlib.blake2b(
+                        matrix.indices[start:end].tobytes() + matrix.data[start:end].tobytes(),
+                        digest_size=8,
+                    ).digest(),
+                    "little",
+                )
+                for start, end in zip(matrix.indptr[:-1], matrix.indptr[1:], strict=True)
+            ],
+            dtype=np.uint64,
+        )
     salt = np.uint64(
         int(hashlib.sha256("\x1f".join(features.columns).encode()).hexdigest()[:15], 16)
     )
@@ -91,7 +108,7 @@ def get_row_hashes(features: pd.DataFrame) -> np.ndarray:
 def get_cached_probs(
     booster: lgb.Booster,
     item_ids: pd.Series,
-    features: pd.DataFrame,
+    features: Features,
     n_classes: int,
     cache: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
@@ -109,7 +126,7 @@ def get_cached_probs(
     """
     columns = [f"p{k}" for k in range(n_classes)]
     hashes = get_row_hashes(features)
-    probs = np.full((len(features), n_classes), np.nan)
+    probs = np.full((count_rows(features), n_classes), np.nan)
     if cache is not None and list(cache.columns) == ["item_id", "row_hash", *columns]:
         known = cache.drop_duplicates("item_id").set_index("item_id")
         ids = item_ids.astype("string").to_numpy()
@@ -121,11 +138,15 @@ def get_cached_probs(
             probs[rows] = hit[columns].to_numpy(dtype=float)[same]
     missing = np.isnan(probs).any(axis=1)
     if missing.any():
-        probs[missing] = predict_proba(booster, features[missing].reset_index(drop=True), n_classes)
+        probs[missing] = predict_proba(booster, _rows_anew(take_rows(features, missing)), n_classes)
     table = pd.DataFrame(probs, columns=columns)
     table.insert(0, "row_hash", hashes)
     table.insert(0, "item_id", item_ids.astype("string").to_numpy())
     return probs, table
+
+
+def _rows_anew(features: Features) -> Features:
+    return features.reset_index(drop=True) if isinstance(features, pd.DataFrame) else features
 
 
 def evaluate_models(
@@ -137,6 +158,8 @@ def evaluate_models(
     classes: tuple[str, ...],
     params: EvaluateParams,
     champion_cache: pd.DataFrame | None = None,
+    candidate_space: FeatureSpace | None = None,
+    champion_space: FeatureSpace | None = None,
 ) -> Evaluation:
     """Score both models on the test items and apply the promotion gate.
 
@@ -145,8 +168,11 @@ def evaluate_models(
     no evidence either way: a first model is promoted, a later one is not.
 
     ``champion_cache`` holds the champion's probabilities from earlier rounds (see
-    :func:`get_cached_probs`); the result carries both models' probabilities to cache.
+    :func:`get_cached_probs`); the result carries both models' probabilities to cache. Each
+    model sees the test items in the feature space it was trained in (default: tabular).
     """
+    candidate_space = candidate_space or FeatureSpace()
+    champion_space = champion_space or FeatureSpace()
     if candidate is None:
         return Evaluation(None, None, False, "no candidate model this round")
     if test_labels.empty:
@@ -154,15 +180,18 @@ def evaluate_models(
             return Evaluation(None, None, True, "first model; no test labels yet")
         return Evaluation(None, None, False, "no test labels to compare against the champion")
     rows = test_rows.reset_index(drop=True)
-    features = get_feature_frame(rows)
+    features = candidate_space.transform(rows)
     codes = encode_labels(test_labels.reset_index(drop=True), classes)
     probs, candidate_probs = get_cached_probs(candidate, rows["item_id"], features, len(classes))
     ours = get_classification_metrics(codes, probs, classes)
     predicted = pd.Series(np.asarray(classes, dtype=object)[probs.argmax(axis=1)], dtype="string")
     if champion is None:
         return Evaluation(ours, None, True, "first model", predicted, candidate_probs)
+    champion_features = (
+        features if champion_space.same_as(candidate_space) else champion_space.transform(rows)
+    )
     champion_probs, champion_table = get_cached_probs(
-        champion, rows["item_id"], features, len(classes), champion_cache
+        champion, rows["item_id"], champion_features, len(classes), champion_cache
     )
     theirs = get_classification_metrics(codes, champion_probs, classes)
     metric = params.gate_metric
@@ -198,7 +227,7 @@ def get_new_champion(
     ``previous``; or the champion from before, unchanged; each with its test probabilities."""
     if result.promote and candidate.text is not None:
         previous = (
-            SavedModel(before.text, before.meta, result.champion_probs)
+            SavedModel(before.text, before.meta, result.champion_probs, features=before.features)
             if before.text is not None
             else None
         )
@@ -207,9 +236,10 @@ def get_new_champion(
             {"promoted_in_round": round_id, **(result.candidate or {})},
             result.candidate_probs,
             previous,
+            features=candidate.features,
         )
     if before.text is not None:
-        return SavedModel(before.text, before.meta, result.champion_probs)
+        return SavedModel(before.text, before.meta, result.champion_probs, features=before.features)
     return SavedModel(meta={"promoted_in_round": None})
 
 
@@ -252,6 +282,8 @@ def run(ctx: StageContext) -> EvaluateSummary:
         classes=ctx.params.project.classes,
         params=ctx.params.evaluate,
         champion_cache=before.test_probs,
+        candidate_space=model_space(candidate),
+        champion_space=model_space(before),
     )
     ctx.save("champion", get_new_champion(result, candidate, before, round_id=ctx.round_id))
     crash_point("during:evaluate")

@@ -264,6 +264,8 @@ def get_round_report(
                 "confirmed (they stay confirmed until a new vote arrives)"
             )
     lines += ["", "## Model"]
+    if reports.features is not None and reports.features.describe():
+        lines.append(f"- features: {reports.features.describe()}")
     if t is not None:
         lines.append(f"- trained: {t.trained} on {t.n_used} labels ({t.n_excluded} excluded)")
     if ev is not None:

@@ -19,16 +19,17 @@ from cleanlab.rank import get_label_quality_scores
 from tasks import schema
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
+from tasks.features import FeatureSpace, load_space
 from tasks.ledger import get_active_events
-from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
+from tasks.model import encode_labels, get_out_of_fold_pred_probs
 from tasks.params import FlagParams, TrainParams
 from tasks.summaries import FlagSummary
 
 STAGE = StageSpec(
     name="flag",
     module=__name__,
-    code=("tasks/model.py", "tasks/ledger.py"),
-    reads=("current", "events", "pool"),
+    code=("tasks/model.py", "tasks/features.py", "tasks/ledger.py"),
+    reads=("current", "events", "pool", "feature_space"),
     writes=("flags", "ledger", "label_probs", "flag_report"),
     params=("project", "flag", "train"),
 )
@@ -55,6 +56,7 @@ def get_label_probs(
     params: FlagParams,
     train_params: TrainParams,
     random_state: int,
+    space: FeatureSpace | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Out-of-fold class probabilities of the training labels.
 
@@ -69,6 +71,8 @@ def get_label_probs(
         Pool rows (``item_id`` plus features) of the training items, shape (n, 1 + d).
     labels : pd.Series of str, shape (n,)
         The current label of each row, aligned with ``labeled_rows``.
+    space : FeatureSpace, optional
+        The round's feature space (default: tabular).
 
     Returns
     -------
@@ -98,13 +102,15 @@ def get_label_probs(
     n_folds = int(min(params.cv_folds, np.bincount(compact).min()))
     if n_folds < 2:
         return none, "a class has a single training label: no out-of-fold estimate possible"
+    space = space or FeatureSpace()
     pred_probs = get_out_of_fold_pred_probs(
-        get_feature_frame(labeled_rows.reset_index(drop=True)),
+        space.transform(labeled_rows.reset_index(drop=True)),
         compact,
         n_classes=present.size,
         n_folds=n_folds,
         train_params=train_params.model_copy(update={"class_weight": "none"}),
         random_state=random_state,
+        categorical=space.categorical,
     )
     probs = np.zeros((len(labels), len(classes)))
     probs[:, present] = pred_probs
@@ -204,6 +210,7 @@ def find_mislabels(
     train_params: TrainParams,
     random_state: int,
     confirmed_ids: pd.Series | None = None,
+    space: FeatureSpace | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Find training labels that are likely wrong: :func:`get_label_probs`, then
     :func:`find_mislabels_from_probs`.
@@ -232,6 +239,7 @@ def find_mislabels(
         params=params,
         train_params=train_params,
         random_state=random_state,
+        space=space,
     )
     if skipped:
         return schema.empty(FOUND_COLUMNS), skipped
@@ -346,6 +354,7 @@ def run(ctx: StageContext) -> FlagSummary:
         params=ctx.params.flag,
         train_params=ctx.params.train,
         random_state=ctx.random_state("flag"),
+        space=load_space(ctx),
     )
     found = (
         schema.empty(FOUND_COLUMNS)

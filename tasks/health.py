@@ -31,11 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy.stats import binom
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
@@ -44,10 +45,10 @@ from tasks.context import StageContext, StageSpec
 from tasks.drift import DriftResult, find_drift
 from tasks.evaluate import get_cached_probs
 from tasks.faults import crash_point
+from tasks.features import Features, FeatureSpace, model_space
 from tasks.model import (
     encode_labels,
     fit_booster,
-    get_feature_frame,
     get_out_of_fold_pred_probs,
     predict_proba,
 )
@@ -57,7 +58,7 @@ from tasks.summaries import HealthSummary
 STAGE = StageSpec(
     name="health",
     module=__name__,
-    code=("tasks/model.py", "tasks/drift.py", "tasks/evaluate.py"),
+    code=("tasks/model.py", "tasks/features.py", "tasks/drift.py", "tasks/evaluate.py"),
     reads=("candidate", "champion", "current", "pool"),
     writes=(
         "stop_set",
@@ -191,12 +192,13 @@ def get_stop_signal(
 
 # -- the rating -------------------------------------------------------------------------------
 def get_balance_auc(
-    labeled: pd.DataFrame,
-    pool_sample: pd.DataFrame,
+    labeled: Features,
+    pool_sample: Features,
     *,
     params: HealthParams,
     train_params: TrainParams,
     random_state: int,
+    categorical: tuple[int, ...] = (),
 ) -> float:
     """Out-of-fold AUC of a classifier telling ``labeled`` rows from ``pool_sample`` rows.
 
@@ -205,8 +207,9 @@ def get_balance_auc(
 
     Parameters
     ----------
-    labeled, pool_sample : pd.DataFrame
-        Feature frames (:func:`tasks.model.get_feature_frame`) with the same columns.
+    labeled, pool_sample : pd.DataFrame or sparse matrix
+        Features in one space (:meth:`tasks.features.FeatureSpace.transform`), with the same
+        columns; ``categorical``: the space's categorical positions.
     """
     features, target = _balance_data(labeled, pool_sample)
     probs = get_out_of_fold_pred_probs(
@@ -216,36 +219,47 @@ def get_balance_auc(
         n_folds=params.balance_cv_folds,
         train_params=train_params,
         random_state=random_state,
+        categorical=categorical,
     )
     return float(roc_auc_score(target, probs[:, 1]))
 
 
 def fit_balance_model(
-    labeled: pd.DataFrame,
-    pool_sample: pd.DataFrame,
+    labeled: Features,
+    pool_sample: Features,
     *,
     train_params: TrainParams,
     random_state: int,
+    categorical: tuple[int, ...] = (),
 ) -> lgb.Booster:
     """The balance classifier on every row: the probability that an item looks labeled.
     Select's rebalance slice takes the items it finds least like the labeled set."""
     features, target = _balance_data(labeled, pool_sample)
     return fit_booster(
-        features, target, params=train_params, n_classes=2, random_state=random_state
+        features,
+        target,
+        params=train_params,
+        n_classes=2,
+        random_state=random_state,
+        categorical=categorical,
     )
 
 
-def _balance_data(
-    labeled: pd.DataFrame, pool_sample: pd.DataFrame
-) -> tuple[pd.DataFrame, np.ndarray]:
+def _balance_data(labeled: Features, pool_sample: Features) -> tuple[Features, np.ndarray]:
+    target = np.r_[np.ones(labeled.shape[0], dtype=int), np.zeros(pool_sample.shape[0], dtype=int)]
+    if not isinstance(labeled, pd.DataFrame):
+        if labeled.shape[1] != pool_sample.shape[1]:
+            raise ValueError(
+                f"labeled and pool_sample need the same columns, got {labeled.shape[1]} and "
+                f"{pool_sample.shape[1]}"
+            )
+        return sp.vstack([labeled, pool_sample], format="csr"), target
     if list(labeled.columns) != list(pool_sample.columns):
         raise ValueError(
             f"labeled and pool_sample need the same columns, got {list(labeled.columns)} and "
             f"{list(pool_sample.columns)}"
         )
-    features = pd.concat([labeled, pool_sample], ignore_index=True)
-    target = np.r_[np.ones(len(labeled), dtype=int), np.zeros(len(pool_sample), dtype=int)]
-    return features, target
+    return pd.concat([labeled, pool_sample], ignore_index=True), target
 
 
 def get_balance_rating(auc: float) -> float:
@@ -511,23 +525,27 @@ def _class_counts_by_origin(
 def get_random_only_f1(
     rows: pd.DataFrame,
     labels: pd.Series,
-    test_features: pd.DataFrame,
+    test_features: Features,
     test_codes: np.ndarray,
     *,
     params: Params,
     random_state: int,
+    space: FeatureSpace | None = None,
 ) -> float | None:
-    """Test macro-F1 of a model fitted on the randomly chosen training labels alone."""
+    """Test macro-F1 of a model fitted on the randomly chosen training labels alone (in
+    ``space``, the test features' space; default tabular)."""
+    space = space or FeatureSpace()
     classes = params.project.classes
     codes = encode_labels(labels.reset_index(drop=True), classes)
     if len(codes) < params.health.min_labels or np.unique(codes).size < 2 or not len(test_codes):
         return None
     booster = fit_booster(
-        get_feature_frame(rows),
+        space.transform(rows),
         codes,
         params=params.train,
         n_classes=len(classes),
         random_state=random_state,
+        categorical=space.categorical,
     )
     probs = predict_proba(booster, test_features, len(classes))
     return float(
@@ -543,14 +561,18 @@ def get_random_only_f1(
 
 # -- drift on arriving items ------------------------------------------------------------------
 def check_arrivals(
-    ctx: StageContext, arrivals: pd.DataFrame, booster: lgb.Booster | None
+    ctx: StageContext,
+    arrivals: pd.DataFrame,
+    booster: lgb.Booster | None,
+    space: FeatureSpace | None = None,
 ) -> tuple[DriftResult | None, pd.DataFrame]:
     """Compare the pool partitions no earlier round saw with the pool they join.
 
     The first round's partitions are the pool itself: recorded, not compared. Later ones are
     compared (:func:`tasks.drift.find_drift`) when they hold at least
     ``health.drift_min_items`` items, each side a random sample of at most
-    ``health.drift_reference_sample``; with a model, its predicted probabilities too.
+    ``health.drift_reference_sample``; with a model, its predicted probabilities too. The
+    features compared are ``space``'s :meth:`~tasks.features.FeatureSpace.drift_frame`.
 
     Returns
     -------
@@ -568,18 +590,19 @@ def check_arrivals(
     n_new = sum(sizes[name] for name in new)
     result = None
     if params.enabled and old and n_new >= params.drift_min_items:
+        space = space or FeatureSpace()
         rng = np.random.default_rng(ctx.random_state("health-drift"))
         samples = []
         for names in (old, new):
             ids = ctx.pool_partition_ids(names)
             take = np.sort(rng.permutation(len(ids))[: params.drift_reference_sample])
-            samples.append(get_feature_frame(ctx.pool_rows(ids.iloc[take], ordered=False)))
-        reference, arriving = samples
+            samples.append(ctx.pool_rows(ids.iloc[take], ordered=False))
+        reference, arriving = (space.drift_frame(rows) for rows in samples)
         n_classes = len(ctx.params.project.classes)
         probs = (
             {
-                "reference_probs": predict_proba(booster, reference, n_classes),
-                "arriving_probs": predict_proba(booster, arriving, n_classes),
+                f"{side}_probs": predict_proba(booster, space.transform(rows), n_classes)
+                for side, rows in zip(("reference", "arriving"), samples, strict=True)
             }
             if booster is not None
             else {}
@@ -654,6 +677,8 @@ class HealthInputs:
     balance_sample : pd.Series
         Item ids of the random pool sample the balance classifier compares the training items
         with (empty: too few training labels to fit it).
+    space : FeatureSpace
+        The model's feature space (its folder's); the health stage's own models use it too.
     test_cache : object
         Evaluate's probabilities of this model on the test items, when it promoted it.
     """
@@ -668,6 +693,7 @@ class HealthInputs:
     test_cache: object
     rows: pd.DataFrame
     balance_sample: pd.Series
+    space: FeatureSpace = field(default_factory=FeatureSpace)
 
 
 @dataclass(frozen=True)
@@ -711,7 +737,8 @@ def run(ctx: StageContext) -> HealthSummary:
         )
     ctx.save("stop_set", stop_set)
     booster = lgb.Booster(model_str=candidate.text) if candidate.text is not None else None
-    drift, arrived = check_arrivals(ctx, ctx.load_before("arrivals"), booster)
+    space = model_space(candidate)
+    drift, arrived = check_arrivals(ctx, ctx.load_before("arrivals"), booster, space)
     ctx.save("arrivals", arrived)
     fields: dict[str, object] = {
         "round_id": round_id,
@@ -750,6 +777,7 @@ def run(ctx: StageContext) -> HealthSummary:
         test_cache=champion.test_probs if champion.text == candidate.text else None,
         rows=ctx.pool_rows(wanted, ordered=False).set_index("item_id"),
         balance_sample=balance_sample,
+        space=space,
     )
     seeds = HealthSeeds(
         balance_cv=ctx.random_state("health-balance-cv"),
@@ -794,8 +822,8 @@ def get_health(
     aux_train = params.train.model_copy(update={"num_threads": params.health.num_threads})
     booster, rows, current = inputs.booster, inputs.rows, inputs.current
 
-    def features(item_ids: pd.Series) -> pd.DataFrame:
-        return get_feature_frame(rows.loc[item_ids.to_numpy()].reset_index())
+    def features(item_ids: pd.Series) -> Features:
+        return inputs.space.transform(rows.loc[item_ids.to_numpy()].reset_index())
 
     stop_set = inputs.stop_set
     stop_probs = predict_proba(booster, features(stop_set["item_id"]), len(classes))
@@ -870,11 +898,16 @@ def get_health(
             params=params.health,
             train_params=aux_train,
             random_state=seeds.balance_cv,
+            categorical=inputs.space.categorical,
         )
         balance = get_balance_rating(balance_auc)
         if balance < params.health.rebalance_below:
             models[BALANCE_MODEL] = fit_balance_model(
-                labeled, pool_sample, train_params=aux_train, random_state=seeds.balance_fit
+                labeled,
+                pool_sample,
+                train_params=aux_train,
+                random_state=seeds.balance_fit,
+                categorical=inputs.space.categorical,
             ).model_to_string()
 
     random_train = train[schema.is_in(train["item_id"], random_ids)]
@@ -892,6 +925,7 @@ def get_health(
             test_codes,
             params=params.model_copy(update={"train": aux_train}),
             random_state=seeds.random_only,
+            space=inputs.space,
         )
         if test_features is not None and len(random_train) < len(train)
         else None

@@ -30,8 +30,9 @@ from cleanlab.multiannotator import get_label_quality_multiannotator
 from tasks import schema
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
+from tasks.features import FeatureSpace, load_space
 from tasks.ledger import get_active_events
-from tasks.model import encode_labels, get_feature_frame, get_out_of_fold_pred_probs
+from tasks.model import encode_labels, get_out_of_fold_pred_probs
 from tasks.params import MergeParams, TrainParams
 from tasks.summaries import MergeSummary
 
@@ -42,8 +43,8 @@ SKIP = "skip"
 STAGE = StageSpec(
     name="merge",
     module=__name__,
-    code=("tasks/ledger.py", "tasks/model.py"),
-    reads=("accepted", "rejected", "pool"),
+    code=("tasks/ledger.py", "tasks/model.py", "tasks/features.py"),
+    reads=("accepted", "rejected", "pool", "feature_space"),
     writes=("current", "events", "annotators", "merge_report"),
     params=("project", "merge", "train"),
 )
@@ -196,6 +197,7 @@ def resolve_labels(
     params: MergeParams,
     train_params: TrainParams,
     random_state: int,
+    space: FeatureSpace | None = None,
 ) -> Consensus:
     """The current label of every voted item.
 
@@ -207,6 +209,8 @@ def resolve_labels(
         ``train``/``test`` by ``item_id``.
     features : pd.DataFrame or None
         Pool rows of the training items (for CROWDLAB's model); None means majority only.
+    space : FeatureSpace, optional
+        The round's feature space the model sees the rows in (default: tabular).
     """
     majority = get_majority_labels(votes).assign(method="majority")
     train_ids = set(split.index[split == "train"])
@@ -223,8 +227,9 @@ def resolve_labels(
         present = np.unique(encode_labels(seed, classes))
         compact = pd.Series(np.searchsorted(present, encode_labels(seed, classes)), index=items)
         rows = features.set_index("item_id").loc[items].reset_index()
+        space = space or FeatureSpace()
         probs_compact = get_out_of_fold_pred_probs(
-            get_feature_frame(rows),
+            space.transform(rows),
             compact.to_numpy(),
             n_classes=present.size,
             n_folds=params.cv_folds,
@@ -233,6 +238,7 @@ def resolve_labels(
             # on 0.827 of the items, the unweighted one on 0.916; consensus 0.913 -> 0.917)
             train_params=train_params.model_copy(update={"class_weight": "none"}),
             random_state=random_state,
+            categorical=space.categorical,
         )
         pred_probs = np.full((len(items), len(classes)), 1e-6)
         pred_probs[:, present] = probs_compact
@@ -412,12 +418,13 @@ def merge_round(
     params: MergeParams,
     train_params: TrainParams,
     random_state: int,
+    space: FeatureSpace | None = None,
 ) -> Merge:
     """Resolve every item's label from its votes and record the round's events.
 
-    ``features``: pool rows of ``round_votes.train_ids`` for CROWDLAB's model, or None for
-    majority only; ``prior``: the active ledger events of earlier rounds; ``flags``: the
-    flags of earlier rounds.
+    ``features``: pool rows of ``round_votes.train_ids`` for CROWDLAB's model (seen in
+    ``space``, default tabular), or None for majority only; ``prior``: the active ledger
+    events of earlier rounds; ``flags``: the flags of earlier rounds.
     """
     votes, split = round_votes.votes, round_votes.split
     consensus = resolve_labels(
@@ -428,6 +435,7 @@ def merge_round(
         params=params,
         train_params=train_params,
         random_state=random_state,
+        space=space,
     )
     last_round = votes.groupby("item_id")["round_id"].max()
     current = (
@@ -494,6 +502,7 @@ def run(ctx: StageContext) -> MergeSummary:
         params=p.merge,
         train_params=p.train,
         random_state=ctx.random_state("merge"),
+        space=load_space(ctx),
     )
     ctx.save("current", merged.current)
     crash_point("during:merge")

@@ -1,4 +1,4 @@
-"""LightGBM as alloop uses it: features, parameters that work from a few dozen labels up to
+"""LightGBM as alloop uses it: parameters that work from a few dozen labels up to
 millions, class weights, fitting and predicting. Pure functions; no files.
 """
 
@@ -11,27 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from tasks.features import Features, count_rows, take_rows
 from tasks.params import TrainParams
-from tasks.schema import ITEM_ID
-
-
-def get_feature_frame(pool_rows: pd.DataFrame) -> pd.DataFrame:
-    """The model's view of pool rows: every column but ``item_id``; text becomes categorical.
-
-    pandas 3 string columns cannot be fed to LightGBM; as ``category`` they become native
-    categorical splits, and LightGBM maps the categories of later frames onto the training ones.
-    """
-    features = pool_rows.drop(columns=[ITEM_ID])
-    converted = {
-        name: features[name].astype("category")
-        for name in features.columns
-        if not (
-            pd.api.types.is_numeric_dtype(features[name])
-            or pd.api.types.is_bool_dtype(features[name])
-            or isinstance(features[name].dtype, pd.CategoricalDtype)
-        )
-    }
-    return features.assign(**converted) if converted else features
 
 
 def get_min_child_samples(params: TrainParams, n_labels: int) -> int:
@@ -114,7 +95,7 @@ def get_class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarr
 
 
 def fit_booster(
-    features: pd.DataFrame,
+    features: Features,
     labels: np.ndarray,
     *,
     params: TrainParams,
@@ -123,9 +104,13 @@ def fit_booster(
     sample_weight: np.ndarray | None = None,
     bagging_fraction: float | None = None,
     bagging_freq: int | None = None,
+    categorical: Sequence[int] = (),
 ) -> lgb.Booster:
     """Fit a LightGBM booster on ``features`` and class codes ``labels`` (shape ``(n,)``).
 
+    ``features``: a frame (:func:`tasks.features.get_feature_frame`, whose ``category`` columns
+    LightGBM splits as categories) or a text space's sparse matrix, whose categorical columns
+    are the positions ``categorical`` (:attr:`tasks.features.FeatureSpace.categorical`).
     ``bagging_fraction`` and ``bagging_freq``: see :func:`get_lgb_params`.
     """
     labels = np.asarray(labels, dtype=int)
@@ -141,7 +126,12 @@ def fit_booster(
         bagging_freq=bagging_freq,
     )
     dataset = lgb.Dataset(
-        features, label=labels, weight=weight, params={"verbosity": -1}, free_raw_data=True
+        features,
+        label=labels,
+        weight=weight,
+        params={"verbosity": -1},
+        free_raw_data=True,
+        categorical_feature=list(categorical) if categorical else "auto",
     )
     # keep_training_booster: lgb.train otherwise copies the model through its text form
     # (serialise, parse) to free the dataset, a cost that grows with trees x classes
@@ -150,7 +140,7 @@ def fit_booster(
     )
 
 
-def predict_proba(booster: lgb.Booster, features: pd.DataFrame, n_classes: int) -> np.ndarray:
+def predict_proba(booster: lgb.Booster, features: Features, n_classes: int) -> np.ndarray:
     """Predicted class probabilities.
 
     Returns
@@ -161,7 +151,7 @@ def predict_proba(booster: lgb.Booster, features: pd.DataFrame, n_classes: int) 
     raw = np.asarray(booster.predict(features), dtype=float)
     if n_classes == 2 and raw.ndim == 1:
         return np.column_stack([1.0 - raw, raw])
-    return raw.reshape(len(features), n_classes)
+    return raw.reshape(count_rows(features), n_classes)
 
 
 def encode_labels(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
@@ -180,13 +170,14 @@ def encode_labels(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
 
 
 def get_out_of_fold_pred_probs(
-    features: pd.DataFrame,
+    features: Features,
     labels: np.ndarray,
     *,
     n_classes: int,
     n_folds: int,
     train_params: TrainParams,
     random_state: int,
+    categorical: Sequence[int] = (),
 ) -> np.ndarray:
     """Predicted probabilities of each row from a model fitted on the other folds.
 
@@ -203,11 +194,12 @@ def get_out_of_fold_pred_probs(
     pred_probs = np.zeros((labels.size, n_classes), dtype=float)
     for fold, (fit_idx, held_idx) in enumerate(folds.split(np.zeros(labels.size), labels)):
         booster = fit_booster(
-            features.iloc[fit_idx],
+            take_rows(features, fit_idx),
             labels[fit_idx],
             params=train_params,
             n_classes=n_classes,
             random_state=random_state + fold,
+            categorical=categorical,
         )
-        pred_probs[held_idx] = predict_proba(booster, features.iloc[held_idx], n_classes)
+        pred_probs[held_idx] = predict_proba(booster, take_rows(features, held_idx), n_classes)
     return pred_probs

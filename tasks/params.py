@@ -26,6 +26,10 @@ class ProjectParams(_Section):
     # false: a label outside ``classes`` is quarantined (unknown_class). true: it is accepted
     # into the ledger and waits (counted in merge's report) until the class is added here
     allow_new_classes: bool = False
+    # the columns that hold prose (tickets, emails, news): each becomes TF-IDF features (the
+    # ``text`` section). None: detected, a string column whose median value has 4 words or
+    # more (the features stage's report names them); []: none, every string is a category
+    text_columns: tuple[str, ...] | None = None
 
     @field_validator("classes")
     @classmethod
@@ -35,6 +39,27 @@ class ProjectParams(_Section):
         if any(not name.strip() for name in value):
             raise ValueError(f"class names must be non-empty, got {list(value)}")
         return value
+
+
+class TextParams(_Section):
+    """How text columns become features (scikit-learn's ``TfidfVectorizer``) and how the
+    diversity strategy embeds a text item (truncated SVD of its TF-IDF row)."""
+
+    lowercase: bool = True
+    # words (1) or words and pairs of words (2)
+    ngram_max: int = Field(default=1, ge=1, le=3)
+    # a term is kept if it occurs in at least this many of the fitted documents ...
+    min_df: int = Field(default=2, ge=1)
+    # ... and in at most this share of them
+    max_df: float = Field(default=1.0, gt=0.0, le=1.0)
+    # the most frequent terms kept per text column
+    max_features: int = Field(default=20000, ge=1)
+    # 1 + log(tf): a word repeated ten times is not ten times the evidence
+    sublinear_tf: bool = True
+    # the vocabulary and the SVD are fitted on at most this many pool rows (drawn at random)
+    fit_rows: int = Field(default=100000, ge=10)
+    # dimensions of the text embedding the diversity strategy spreads its batch in
+    svd_components: int = Field(default=64, ge=1)
 
 
 class ValidateParams(_Section):
@@ -333,6 +358,7 @@ class LabelStudioParams(_Section):
 
 class Params(_Section):
     project: ProjectParams
+    text: TextParams = Field(default_factory=TextParams)
     validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     merge: MergeParams = Field(default_factory=MergeParams)
     flag: FlagParams = Field(default_factory=FlagParams)

@@ -2,7 +2,8 @@
 
 The strategy's :class:`~tasks.strategies.PoolView` is built only with what the strategy
 declares it needs: a committee trained on the current training labels, an embedding (the
-numeric features standardized with the training rows' mean and standard deviation), the
+numeric features, and a text pool's SVD coordinates, standardized with the training rows'
+mean and standard deviation), the
 training labels per class, the expected annotation seconds of each item, the batch size.
 
 Items already issued in an earlier round are not selectable (NaN utility): they are waiting
@@ -24,7 +25,7 @@ whole pool: memory then grows with ``n_pool * (n_classes + n_dims)`` floats.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightgbm as lgb
 import numpy as np
@@ -34,7 +35,8 @@ from tasks import schema
 from tasks.annotation_time import get_item_seconds
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
-from tasks.model import fit_booster, get_feature_frame, predict_proba
+from tasks.features import FeatureSpace, model_space
+from tasks.model import fit_booster, predict_proba
 from tasks.params import AnnotationParams, ScoreParams, SelectParams, TrainParams
 from tasks.selection import get_relabel_candidates
 from tasks.strategies import PoolView, StrategyInfo, get_strategy, get_strategy_info
@@ -48,6 +50,7 @@ STAGE = StageSpec(
         "tasks/strategies.py",
         "tasks/annotation_time.py",
         "tasks/model.py",
+        "tasks/features.py",
         "tasks/train.py",
         "tasks/selection.py",
     ),
@@ -75,12 +78,17 @@ class ScoringInputs:
     committee : tuple of lgb.Booster
         The committee of query-by-committee strategies (see :func:`get_committee`).
     embedding_stats : pd.DataFrame, optional
-        Index: numeric feature names; columns ``mean`` and ``std`` of the training rows.
+        Index: embedding columns (:func:`get_embedding_stats`); ``mean`` and ``std`` of the
+        training rows.
     class_counts : np.ndarray of float, shape (n_classes,), optional
         Training labels per class.
     annotation : AnnotationParams, optional
         The annotation-time model giving each item's expected seconds.
     batch_size : int, optional
+    space : FeatureSpace
+        The champion's feature space (its model folder's): the committee is fitted, and every
+        model predicts, in it. A text space embeds items by its SVD too (``embedding_stats``
+        then has the ``text_svd<i>`` columns).
     """
 
     committee: tuple[lgb.Booster, ...] = ()
@@ -88,6 +96,7 @@ class ScoringInputs:
     class_counts: np.ndarray | None = None
     annotation: AnnotationParams | None = None
     batch_size: int | None = None
+    space: FeatureSpace = field(default_factory=FeatureSpace)
 
 
 # -- what a view is made of ---------------------------------------------------------------------
@@ -100,22 +109,24 @@ def get_committee(
     train_params: TrainParams,
     params: ScoreParams,
     random_state: int,
+    space: FeatureSpace | None = None,
 ) -> tuple[lgb.Booster, ...]:
     """``params.committee_size`` boosters fitted on the training labels as train fits the
     champion, each with its own seed and ``params.bagging_fraction`` of the rows per tree.
 
     Parameters
     ----------
-    labeled_rows, labels, weights
-        As for :func:`tasks.train.train_model`.
+    labeled_rows, labels, weights, space
+        As for :func:`tasks.train.train_model` (``space`` default: tabular).
 
     Returns
     -------
     tuple of lgb.Booster
         Empty when the usable labels cover fewer than two classes.
     """
+    space = space or FeatureSpace()
     features, codes, used_weights = get_training_data(
-        labeled_rows, labels, weights, classes=classes
+        labeled_rows, labels, weights, classes=classes, space=space
     )
     if np.unique(codes).size < 2:
         return ()
@@ -131,12 +142,15 @@ def get_committee(
             sample_weight=used_weights,
             bagging_fraction=params.bagging_fraction,
             bagging_freq=params.bagging_freq,
+            categorical=space.categorical,
         )
         for seed in seeds
     )
 
 
-def _numeric_features(rows: pd.DataFrame) -> pd.DataFrame:
+def _embedding_columns(rows: pd.DataFrame, space: FeatureSpace | None) -> pd.DataFrame:
+    """The columns items are embedded by: the numeric features, and in a text space the SVD
+    coordinates of the text (``text_svd<i>``)."""
     features = rows.drop(columns=[schema.ITEM_ID])
     numeric = [
         name
@@ -144,37 +158,48 @@ def _numeric_features(rows: pd.DataFrame) -> pd.DataFrame:
         if pd.api.types.is_numeric_dtype(features[name])
         or pd.api.types.is_bool_dtype(features[name])
     ]
-    return features[numeric].astype(float)
+    columns = features[numeric].astype(float).reset_index(drop=True)
+    if space is None or space.components is None:
+        return columns
+    embedded = space.embed(rows)
+    text = pd.DataFrame(embedded, columns=[f"text_svd{i}" for i in range(embedded.shape[1])])
+    return pd.concat([columns, text], axis=1)
 
 
-def get_embedding_stats(labeled_rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation of each numeric feature over the training rows.
+def get_embedding_stats(
+    labeled_rows: pd.DataFrame, space: FeatureSpace | None = None
+) -> pd.DataFrame:
+    """Mean and standard deviation of each embedding column over the training rows.
 
-    Text and categorical features are left out of the embedding: they have no distance.
-    A constant (or all-missing) feature gets a standard deviation of 1.
+    Categorical features are left out of the embedding: they have no distance. In a text
+    space the text's SVD coordinates are columns too, standardized like the numbers, so
+    neither outweighs the other by its units. A constant (or all-missing) column gets a
+    standard deviation of 1.
 
     Returns
     -------
     pd.DataFrame
-        Index: feature names; columns ``mean``, ``std``.
+        Index: column names; columns ``mean``, ``std``.
     """
-    numeric = _numeric_features(labeled_rows)
-    std = numeric.std(ddof=0)
+    columns = _embedding_columns(labeled_rows, space)
+    std = columns.std(ddof=0)
     return pd.DataFrame(
-        {"mean": numeric.mean().fillna(0.0), "std": std.where(std > 0, 1.0).fillna(1.0)}
+        {"mean": columns.mean().fillna(0.0), "std": std.where(std > 0, 1.0).fillna(1.0)}
     )
 
 
-def get_embedding(pool_rows: pd.DataFrame, stats: pd.DataFrame) -> np.ndarray:
-    """Standardized numeric features: ``(x - mean) / std``; a missing value becomes 0 (the
+def get_embedding(
+    pool_rows: pd.DataFrame, stats: pd.DataFrame, space: FeatureSpace | None = None
+) -> np.ndarray:
+    """Standardized embedding columns: ``(x - mean) / std``; a missing value becomes 0 (the
     training mean).
 
     Returns
     -------
     np.ndarray of float, shape (len(pool_rows), len(stats))
     """
-    numeric = _numeric_features(pool_rows).reindex(columns=stats.index)
-    scaled = (numeric - stats["mean"]) / stats["std"]
+    columns = _embedding_columns(pool_rows, space).reindex(columns=stats.index)
+    scaled = (columns - stats["mean"]) / stats["std"]
     return scaled.fillna(0.0).to_numpy(dtype=float)
 
 
@@ -212,14 +237,16 @@ def get_pool_view(
     fields: dict[str, object] = {}
     if "committee_probs" in needs:
         wanted = np.ones(len(pool_rows), dtype=bool) if rows is None else rows
-        features = get_feature_frame(pool_rows[wanted])
+        features = inputs.space.transform(pool_rows[wanted])
         members = np.full((len(inputs.committee), len(pool_rows), len(classes)), np.nan)
         for i, member in enumerate(inputs.committee):
             if wanted.any():
                 members[i, wanted] = predict_proba(member, features, len(classes))
         fields["committee_probs"] = members
     if "embedding" in needs:
-        fields["embedding"] = get_embedding(pool_rows, _required(inputs.embedding_stats))
+        fields["embedding"] = get_embedding(
+            pool_rows, _required(inputs.embedding_stats), inputs.space
+        )
     if "class_counts" in needs:
         fields["class_counts"] = _required(inputs.class_counts)
     if "seconds" in needs:
@@ -305,12 +332,12 @@ def _predict(
     if keep_ids is not None and excluded.any():
         wanted |= schema.is_in(pool_rows["item_id"], keep_ids)
     if wanted.all():
-        pred_probs = predict_proba(booster, get_feature_frame(pool_rows), len(classes))
+        pred_probs = predict_proba(booster, inputs.space.transform(pool_rows), len(classes))
     else:
         pred_probs = np.full((n_rows, len(classes)), np.nan)
         if wanted.any():
             pred_probs[wanted] = predict_proba(
-                booster, get_feature_frame(pool_rows[wanted]), len(classes)
+                booster, inputs.space.transform(pool_rows[wanted]), len(classes)
             )
     view = get_pool_view(
         pool_rows, pred_probs, needs=needs, inputs=inputs, classes=classes, rows=wanted
@@ -487,11 +514,11 @@ def get_pool_scores(
 
 
 def _read_scoring_inputs(
-    ctx: StageContext, needs: tuple[str, ...], champion: lgb.Booster
+    ctx: StageContext, needs: tuple[str, ...], champion: lgb.Booster, space: FeatureSpace
 ) -> ScoringInputs:
-    """Read and build only what the strategy's view needs."""
+    """Read and build only what the strategy's view needs (in the champion's ``space``)."""
     classes = ctx.params.project.classes
-    fields: dict[str, object] = {}
+    fields: dict[str, object] = {"space": space}
     if {"committee_probs", "embedding", "class_counts"} & set(needs):
         train_labels, rows, weights = load_training_set(ctx)
         if "committee_probs" in needs:
@@ -503,12 +530,13 @@ def _read_scoring_inputs(
                 train_params=ctx.params.train,
                 params=ctx.params.score,
                 random_state=ctx.random_state("score.committee"),
+                space=space,
             )
             # the champion exists, so labels of two classes existed; if this round's flags
             # leave fewer, the champion alone is the committee
             fields["committee"] = committee or (champion,)
         if "embedding" in needs:
-            fields["embedding_stats"] = get_embedding_stats(rows)
+            fields["embedding_stats"] = get_embedding_stats(rows, space)
         if "class_counts" in needs:
             fields["class_counts"] = get_class_counts(train_labels["label"], classes)
     if "seconds" in needs:
@@ -538,7 +566,9 @@ def run(ctx: StageContext) -> ScoreSummary:
     booster = None if champion.text is None else lgb.Booster(model_str=champion.text)
     info = get_strategy_info(ctx.params.score.strategy)  # fail before reading the pool
     inputs = (
-        _read_scoring_inputs(ctx, info.needs, booster) if booster is not None else ScoringInputs()
+        _read_scoring_inputs(ctx, info.needs, booster, model_space(champion))
+        if booster is not None
+        else ScoringInputs()
     )
     issued = ctx.load_before("issued")
     # issued items are predicted only if select may send them back (it exports the prediction)

@@ -33,17 +33,24 @@ from tasks.activelab import get_relabel_plan
 from tasks.catalog import SavedModel
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
+from tasks.features import FeatureSpace, model_space
 from tasks.health import BALANCE_MODEL
 from tasks.ledger import get_active_events
 from tasks.merge import get_votes
-from tasks.model import get_feature_frame, predict_proba
+from tasks.model import predict_proba
 from tasks.params import FlagParams, SelectParams
 from tasks.summaries import HealthSummary, SelectSummary
 
 STAGE = StageSpec(
     name="select",
     module=__name__,
-    code=("tasks/model.py", "tasks/activelab.py", "tasks/health.py", "tasks/merge.py"),
+    code=(
+        "tasks/model.py",
+        "tasks/features.py",
+        "tasks/activelab.py",
+        "tasks/health.py",
+        "tasks/merge.py",
+    ),
     reads=(
         "champion",
         "pool",
@@ -211,9 +218,10 @@ def rank_for_explore(
     classes: tuple[str, ...],
     explore_classes: tuple[str, ...],
     examples: Mapping[str, pd.DataFrame] | None = None,
+    space: FeatureSpace | None = None,
 ) -> pd.Series:
     """Candidate ids, the most likely of ``explore_classes`` first; in the given (random)
-    order when no class is named.
+    order when no class is named. ``space``: the model's feature space (default: tabular).
 
     Each class ranks the candidates by the model's probability of it, or, for a class in
     ``examples``, by the distance (standardized numeric features) to the nearest of its
@@ -231,39 +239,45 @@ def rank_for_explore(
     if not explore_classes or rows.empty:
         return rows["item_id"].reset_index(drop=True)
     examples = examples or {}
+    space = space or FeatureSpace()
     probs = None
     rankings = []
     for name in explore_classes:
         if name in examples and len(examples[name]):
-            rankings.append(_nearest_first(rows, examples[name]))
+            rankings.append(_nearest_first(rows, examples[name], space))
             continue
         if probs is None:
-            probs = predict_proba(booster, get_feature_frame(rows), len(classes))
+            probs = predict_proba(booster, space.transform(rows), len(classes))
         rankings.append(np.argsort(-probs[:, classes.index(name)], kind="stable"))
     order = pd.unique(np.column_stack(rankings).ravel())  # round robin over the classes
     return rows["item_id"].iloc[order].reset_index(drop=True)
 
 
-def _nearest_first(rows: pd.DataFrame, examples: pd.DataFrame) -> np.ndarray:
-    """Positions of ``rows``, nearest to any of ``examples`` first (standardized numeric
-    features, with the candidates' mean and standard deviation)."""
+def _nearest_first(rows: pd.DataFrame, examples: pd.DataFrame, space: FeatureSpace) -> np.ndarray:
+    """Positions of ``rows``, nearest to any of ``examples`` first (the embedding of
+    :func:`tasks.score.get_embedding`, standardized with the candidates' mean and standard
+    deviation: numeric features, and a text space's SVD coordinates)."""
     # score imports this module (the relabel queue): import its embedding here
     from tasks.score import get_embedding, get_embedding_stats
 
-    stats = get_embedding_stats(rows)
-    points, known = get_embedding(rows, stats), get_embedding(examples, stats)
+    stats = get_embedding_stats(rows, space)
+    points, known = get_embedding(rows, stats, space), get_embedding(examples, stats, space)
     nearest = np.full(len(points), np.inf)
     for example in known:  # a few dozen examples at most: no n x m matrix
         nearest = np.minimum(nearest, ((points - example) ** 2).sum(axis=1))
     return np.argsort(nearest, kind="stable")
 
 
-def rank_for_rebalance(rows: pd.DataFrame, balance_model: lgb.Booster) -> pd.Series:
+def rank_for_rebalance(
+    rows: pd.DataFrame, balance_model: lgb.Booster, space: FeatureSpace | None = None
+) -> pd.Series:
     """Candidate ids, the least like the labeled set first (lowest probability of the
-    balance classifier, :func:`tasks.health.fit_balance_model`, that an item is labeled)."""
+    balance classifier, :func:`tasks.health.fit_balance_model`, fitted in ``space``, that an
+    item is labeled)."""
     if rows.empty:
         return rows["item_id"].reset_index(drop=True)
-    looks_labeled = predict_proba(balance_model, get_feature_frame(rows), 2)[:, 1]
+    space = space or FeatureSpace()
+    looks_labeled = predict_proba(balance_model, space.transform(rows), 2)[:, 1]
     order = np.argsort(looks_labeled, kind="stable")
     return rows["item_id"].iloc[order].reset_index(drop=True)
 
@@ -294,8 +308,9 @@ def get_ranked_slices(
     )
     rows = ctx.pool_rows(sample)
     ranked: dict[str, pd.Series] = {}
+    candidate = ctx.load("candidate")
     if plan.get("explore"):
-        model = ctx.load("candidate")
+        model = candidate
         if model.text is None:
             model = ctx.load("champion")
         current = ctx.load("current")
@@ -314,16 +329,22 @@ def get_ranked_slices(
             classes=ctx.params.project.classes,
             explore_classes=tuple(health.explore_classes),
             examples=examples,
+            space=model_space(model),
         )
     models = ctx.load("health_models")
     if plan.get("rebalance") and BALANCE_MODEL in models:
         booster = lgb.Booster(model_str=models[BALANCE_MODEL].decode("utf-8"))
-        ranked["rebalance"] = rank_for_rebalance(rows, booster)
+        # health fitted it beside the candidate, in the candidate's space
+        ranked["rebalance"] = rank_for_rebalance(rows, booster, model_space(candidate))
     return ranked
 
 
 def add_predictions(
-    batch: pd.DataFrame, rows: pd.DataFrame, booster: lgb.Booster, classes: tuple[str, ...]
+    batch: pd.DataFrame,
+    rows: pd.DataFrame,
+    booster: lgb.Booster,
+    classes: tuple[str, ...],
+    space: FeatureSpace | None = None,
 ) -> pd.DataFrame:
     """The batch with the champion's prediction filled in where it has none.
 
@@ -348,7 +369,8 @@ def add_predictions(
     absent = sorted(set(wanted) - set(rows["item_id"]))
     if absent:
         raise ValueError(f"batch items {absent[:5]} are not in the pool rows given")
-    features = get_feature_frame(rows.set_index("item_id").loc[wanted.to_numpy()].reset_index())
+    space = space or FeatureSpace()
+    features = space.transform(rows.set_index("item_id").loc[wanted.to_numpy()].reset_index())
     probs = predict_proba(booster, features, len(classes))
     batch.loc[missing, "predicted_label"] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
     batch.loc[missing, "confidence"] = probs.max(axis=1)
@@ -421,7 +443,7 @@ def get_activelab_candidates(
     candidate_probs = (
         predict_proba(
             lgb.Booster(model_str=champion.text),
-            get_feature_frame(ctx.pool_rows(top)),
+            model_space(champion).transform(ctx.pool_rows(top)),
             len(params.project.classes),
         )
         if len(top)
@@ -502,6 +524,7 @@ def run(ctx: StageContext) -> SelectSummary:
             ctx.pool_rows(unpredicted, ordered=False),
             lgb.Booster(model_str=champion.text),
             ctx.params.project.classes,
+            model_space(champion),
         )
     ctx.save("issued", pd.concat([issued, batch.assign(round_id=ctx.round_id)]))
     crash_point("during:select")

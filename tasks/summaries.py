@@ -50,6 +50,46 @@ class ValidateSummary(Summary):
 
 
 @dataclass(frozen=True)
+class FeaturesSummary(Summary):
+    stage: ClassVar[str] = "features"
+    report: ClassVar[str] = "features_report"
+    #: the text columns vectorized (empty: a tabular pool) and whether they were detected
+    text_columns: list[str]
+    detected: bool
+    #: fitted this round (the pool or the settings changed) or carried from the last round
+    refit: bool
+    n_features: int
+    fitted_rows: int = 0
+    vocabulary: dict[str, int] = field(default_factory=dict)
+    #: median words per value of each detected text column
+    median_words: dict[str, float] = field(default_factory=dict)
+    svd_components: int = 0
+
+    def describe(self) -> str:
+        """One line for the round report: which columns are text and where the vocabulary
+        came from ("" for a tabular pool)."""
+        if not self.text_columns:
+            return ""
+        columns = ", ".join(
+            f"{name} ({self.vocabulary.get(name, 0):,} terms"
+            + (f", median {self.median_words[name]:g} words" if name in self.median_words else "")
+            + ")"
+            for name in self.text_columns
+        )
+        how = (
+            "detected (set project.text_columns to choose)"
+            if self.detected
+            else "from project.text_columns"
+        )
+        fitted = (
+            f"vocabulary fitted this round on {self.fitted_rows:,} pool items"
+            if self.refit
+            else "vocabulary carried from the last round (pool and settings unchanged)"
+        )
+        return f"text columns as TF-IDF, {how}: {columns}; {fitted}"
+
+
+@dataclass(frozen=True)
 class MergeSummary(Summary):
     stage: ClassVar[str] = "merge"
     report: ClassVar[str] = "merge_report"
@@ -257,6 +297,7 @@ SUMMARIES: dict[str, type[Summary]] = {
     cls.stage: cls
     for cls in (
         ValidateSummary,
+        FeaturesSummary,
         MergeSummary,
         FlagSummary,
         TrainSummary,
@@ -274,6 +315,7 @@ class RoundSummaries:
     """Every stage's summary of one round; None for a stage that has not run (yet)."""
 
     validate: ValidateSummary | None = None
+    features: FeaturesSummary | None = None
     merge: MergeSummary | None = None
     flag: FlagSummary | None = None
     train: TrainSummary | None = None

@@ -9,15 +9,16 @@ import pandas as pd
 from tasks.catalog import SavedModel
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
-from tasks.model import encode_labels, fit_booster, get_feature_frame, get_lgb_params
+from tasks.features import Features, FeatureSpace, load_space, take_rows
+from tasks.model import encode_labels, fit_booster, get_lgb_params
 from tasks.params import TrainParams
 from tasks.summaries import TrainSummary
 
 STAGE = StageSpec(
     name="train",
     module=__name__,
-    code=("tasks/model.py",),
-    reads=("current", "flags", "pool"),
+    code=("tasks/model.py", "tasks/features.py"),
+    reads=("current", "flags", "pool", "feature_space"),
     writes=("candidate", "train_report"),
     params=("project", "train"),
 )
@@ -42,9 +43,10 @@ def get_training_data(
     weights: np.ndarray,
     *,
     classes: tuple[str, ...],
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """What a booster is fitted on: the features, class codes and weights of the items whose
-    weight is above 0.
+    space: FeatureSpace | None = None,
+) -> tuple[Features, np.ndarray, np.ndarray]:
+    """What a booster is fitted on: the features (in ``space``), class codes and weights of
+    the items whose weight is above 0.
 
     Parameters
     ----------
@@ -56,7 +58,7 @@ def get_training_data(
 
     Returns
     -------
-    (pd.DataFrame, np.ndarray of int, np.ndarray of float)
+    (pd.DataFrame or sparse matrix, np.ndarray of int, np.ndarray of float)
         Features (shape (m, d)), class codes in ``[0, len(classes))`` and weights (shape (m,)).
     """
     if not (len(labeled_rows) == len(labels) == len(weights)):
@@ -66,7 +68,9 @@ def get_training_data(
         )
     keep = np.asarray(weights) > 0
     codes = encode_labels(labels.reset_index(drop=True), classes)[keep]
-    features = get_feature_frame(labeled_rows.reset_index(drop=True)).loc[keep]
+    features = take_rows(
+        (space or FeatureSpace()).transform(labeled_rows.reset_index(drop=True)), keep
+    )
     return features, codes, np.asarray(weights, dtype=float)[keep]
 
 
@@ -88,6 +92,7 @@ def train_model(
     classes: tuple[str, ...],
     params: TrainParams,
     random_state: int,
+    space: FeatureSpace | None = None,
 ) -> tuple[lgb.Booster | None, str]:
     """Fit the model, or say why there is nothing to fit.
 
@@ -104,8 +109,9 @@ def train_model(
     (lgb.Booster or None, str)
         The booster, and an empty string; or None and the reason no model was fitted.
     """
+    space = space or FeatureSpace()
     features, codes, used_weights = get_training_data(
-        labeled_rows, labels, weights, classes=classes
+        labeled_rows, labels, weights, classes=classes, space=space
     )
     if np.unique(codes).size < 2:
         return None, f"{codes.size} usable training labels cover fewer than two classes"
@@ -116,6 +122,7 @@ def train_model(
         n_classes=len(classes),
         random_state=random_state,
         sample_weight=used_weights,
+        categorical=space.categorical,
     )
     return booster, ""
 
@@ -129,6 +136,7 @@ def get_candidate(
     classes: tuple[str, ...],
     params: TrainParams,
     random_state: int,
+    space: FeatureSpace | None = None,
 ) -> tuple[SavedModel, TrainSummary]:
     """The candidate model folder (the booster, if any, and what it was trained with)."""
     n_used = int((weights > 0).sum())
@@ -152,13 +160,17 @@ def get_candidate(
         n_used=n_used,
         n_excluded=int(len(weights) - n_used),
     )
-    return SavedModel(text=text, meta=meta), summary
+    return SavedModel(text=text, meta=meta, features=(space or FeatureSpace()).to_files()), summary
 
 
 def run(ctx: StageContext) -> TrainSummary:
     train_labels, rows, weights = load_training_set(ctx)
     seed = ctx.random_state("train")
-    settings = {"classes": ctx.params.project.classes, "params": ctx.params.train}
+    settings = {
+        "classes": ctx.params.project.classes,
+        "params": ctx.params.train,
+        "space": load_space(ctx),
+    }
     booster, skipped = train_model(
         rows, train_labels["label"], weights, **settings, random_state=seed
     )

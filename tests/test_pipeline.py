@@ -26,9 +26,10 @@ def test_template_dvc_yaml_is_the_rendering_of_the_stage_specs():
     assert list(on_disk["stages"]) == list(STAGE_NAMES)
 
 
-def test_the_nine_stages_of_the_design_in_order():
+def test_the_ten_stages_of_the_design_in_order():
     assert STAGE_NAMES == (
         "validate",
+        "features",
         "merge",
         "flag",
         "train",

@@ -13,6 +13,7 @@ from conftest import DATASETS
 from tasks import schema
 from tasks.evaluate import evaluate_models, get_cached_probs, get_classification_metrics
 from tasks.export import export_batch, get_round_report
+from tasks.features import get_feature_frame
 from tasks.flag import (
     append_round,
     find_mislabels,
@@ -32,7 +33,6 @@ from tasks.merge import (
 from tasks.model import (
     fit_booster,
     get_class_weights,
-    get_feature_frame,
     get_lgb_params,
     get_min_child_samples,
     predict_proba,

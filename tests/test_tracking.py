@@ -26,7 +26,8 @@ from flows.round import al_round
 from flows.runtime import mlflow_uri
 from flows.schedule import _free_port
 from tasks.catalog import PROBS_FILE, Catalog
-from tasks.model import fit_booster, get_feature_frame, predict_proba
+from tasks.features import get_feature_frame
+from tasks.model import fit_booster, predict_proba
 from tasks.params import TrainParams
 
 CHAMPION_URI = f"models:/{tracking.MODEL}@{tracking.CHAMPION}"
