@@ -45,7 +45,12 @@ from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import Catalog, RoundInfo, write_csv, write_text
 from tasks.context import StageContext
 from tasks.evaluate import get_classification_metrics
-from tasks.features import get_feature_frame
+from tasks.features import (
+    DETECT_ROWS,
+    FeatureSpace,
+    detect_text_columns,
+    fit_feature_space,
+)
 from tasks.model import encode_labels, fit_booster, predict_proba
 from tasks.params import Params, ParamsError, ScoreParams, dump_params, load_params
 from tasks.simulate import (
@@ -248,20 +253,42 @@ def get_campaign_params(
         raise WorkspaceError(str(exc)) from exc
 
 
+def get_reference_space(data: Dataset, params: Params) -> FeatureSpace:
+    """The feature space the campaigns' features stage fits: the text columns of
+    ``project.text_columns`` (or detected), vectorized on a sample of the items."""
+    text_columns = params.project.text_columns
+    if text_columns is None:
+        text_columns = tuple(detect_text_columns(data.items.head(DETECT_ROWS)))
+    if not text_columns:
+        return FeatureSpace()
+    rng = np.random.default_rng(SPLIT_SEED)
+    sample = np.sort(rng.permutation(len(data.items))[: params.text.fit_rows])
+    return fit_feature_space(
+        data.items.iloc[sample].reset_index(drop=True),
+        text_columns=text_columns,
+        params=params.text,
+        fingerprint="reference",
+        random_state=SPLIT_SEED,
+    )
+
+
 def get_reference_score(data: Dataset, params: Params) -> float:
-    """Test macro-F1 of the model trained on every training-pool label."""
+    """Test macro-F1 of the model trained on every training-pool label (in the feature space
+    the campaigns use, :func:`get_reference_space`)."""
     train = data.truth[~data.truth["item_id"].isin(data.test_ids)]
     test = data.truth[data.truth["item_id"].isin(data.test_ids)]
     rows = data.items.set_index("item_id")
+    space = get_reference_space(data, params)
     booster = fit_booster(
-        get_feature_frame(rows.loc[train["item_id"]].reset_index()),
+        space.transform(rows.loc[train["item_id"]].reset_index()),
         encode_labels(train["label"], data.classes),
         params=params.train,
         n_classes=len(data.classes),
         random_state=SPLIT_SEED,
+        categorical=space.categorical,
     )
     probs = predict_proba(
-        booster, get_feature_frame(rows.loc[test["item_id"]].reset_index()), len(data.classes)
+        booster, space.transform(rows.loc[test["item_id"]].reset_index()), len(data.classes)
     )
     labels = encode_labels(test["label"], data.classes)
     return get_classification_metrics(labels, probs, data.classes)["macro_f1"]

@@ -276,3 +276,27 @@ def test_the_registered_text_model_predicts_raw_documents(text_rounds):
 def test_status_runs_on_a_text_workspace(text_rounds):
     done = run_cli(["alloop", "status", "-w", str(text_rounds["root"])], text_rounds["root"])
     assert done.returncode == 0, done.stderr
+
+
+def test_a_simulation_on_documents_measures_against_a_reference_that_reads_the_text(tmp_path):
+    from flows.simulate import SimulationSpec, simulate
+
+    docs = make_documents(900, seed=3).drop(columns=["item_id"])
+    docs["split"] = np.where(np.arange(len(docs)) % 4 == 0, "test", "train")
+    path = tmp_path / "docs.parquet"
+    docs.to_parquet(path)
+    spec = SimulationSpec(
+        dataset=path,
+        split_column="split",
+        strategies=("default", "random"),
+        seeds=1,
+        initial=60,
+        batch=40,
+        budget=140,
+    )
+    result = simulate(spec, tmp_path / "out")
+    # the full-data model reads the words: as a category, every document would be unseen
+    assert result.reference_macro_f1 > 0.9
+    assert set(result.curves["strategy"]) == {"diversity", "random"}
+    last = result.curves.sort_values("labels").groupby("strategy").tail(1)
+    assert (last["labels"] == 140).all() and (last["macro_f1"] > 0.6).all()
