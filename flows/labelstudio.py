@@ -49,6 +49,7 @@ from tasks.faults import crash_point
 from tasks.labelstudio import (
     get_label_config,
     get_latest_update,
+    get_shown_columns,
     get_task_key,
     get_tasks_to_push,
     get_users_map,
@@ -278,6 +279,17 @@ class Connection:
     commit: str
 
 
+def get_shown_text_columns(catalog: Catalog, params: Params) -> list[str]:
+    """The pool's text columns a task shows as text (as the features stage chooses them,
+    :func:`tasks.features.choose_text_columns`, and export shows them)."""
+    from tasks.features import DETECT_ROWS, choose_text_columns  # scikit-learn: load if used
+
+    head = catalog.read_pool_head(DETECT_ROWS)
+    text_columns, _ = choose_text_columns(params.project.text_columns, head)
+    names = [c for c in head.columns if c != "item_id"]
+    return get_shown_columns(names, params=params.export, text_columns=text_columns)[1]
+
+
 def connect(
     root: Path, *, url: str, project_id: int | None = None, title: str | None = None
 ) -> Connection:
@@ -297,7 +309,11 @@ def connect(
         label_config = (
             config_path.read_text()
             if config_path.is_file()
-            else get_label_config(params.project.classes, params=params.export)
+            else get_label_config(
+                params.project.classes,
+                params=params.export,
+                text_columns=get_shown_text_columns(catalog, params),
+            )
         )
         settings = params.labelstudio.model_copy(update={"url": url})
         with LabelStudioClient(

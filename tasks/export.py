@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -22,7 +22,7 @@ from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import csv_text, json_text, jsonl_text, round_name
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
-from tasks.labelstudio import ITEM_FIELD, get_shown_columns
+from tasks.labelstudio import ITEM_FIELD, get_shown_columns, get_text_field
 from tasks.params import ExportParams, StopParams
 from tasks.report_page import RoundPageData, render_round_page
 from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries, read_round_summaries
@@ -75,7 +75,12 @@ def _plain(value: Any) -> Any:
 
 
 def export_batch(
-    batch: pd.DataFrame, pool_rows: pd.DataFrame, *, round_id: int, params: ExportParams
+    batch: pd.DataFrame,
+    pool_rows: pd.DataFrame,
+    *,
+    round_id: int,
+    params: ExportParams,
+    text_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, list[dict[str, Any]], list[dict[str, Any]]]:
     """The batch in the three annotator formats.
 
@@ -85,6 +90,10 @@ def export_batch(
         Schema :data:`tasks.schema.BATCH`.
     pool_rows : pd.DataFrame
         Pool rows (``item_id`` plus features) of at least the batch's items.
+    text_columns : sequence of str
+        The pool's text columns (the features stage's): a Label Studio task shows each as
+        text (``data.text_<i>``, :func:`tasks.labelstudio.get_label_config`), not in the
+        item's table.
 
     Returns
     -------
@@ -116,7 +125,9 @@ def export_batch(
     for column in ANSWER_COLUMNS:
         table[column] = ""
     model_version = round_name(round_id)
-    shown_columns = get_shown_columns(feature_names, params=params)
+    shown_columns, shown_texts = get_shown_columns(
+        feature_names, params=params, text_columns=text_columns
+    )
     records: list[dict[str, Any]] = []
     tasks: list[dict[str, Any]] = []
     for row, feats in zip(
@@ -135,7 +146,12 @@ def export_batch(
         )
         shown = {k: data[k] for k in shown_columns}
         task_: dict[str, Any] = {
-            "data": {"item_id": row.item_id, "round_id": round_id, ITEM_FIELD: shown}
+            "data": {
+                "item_id": row.item_id,
+                "round_id": round_id,
+                ITEM_FIELD: shown,
+                **{get_text_field(i): data[k] for i, k in enumerate(shown_texts)},
+            }
         }
         if suggestion is not None:
             task_["predictions"] = [
@@ -387,15 +403,16 @@ def get_outbox_files(
 
 def run(ctx: StageContext) -> ExportSummary:
     batch = ctx.load("batch")
+    reports = read_round_summaries(ctx.load, stages=REPORTED)
     table, records, tasks = export_batch(
         batch,
         ctx.pool_rows(batch["item_id"], ordered=False),
         round_id=ctx.round_id,
         params=ctx.params.export,
+        text_columns=reports.features.text_columns if reports.features else (),
     )
     ctx.save("outbox", get_outbox_files(table, records, tasks))
     crash_point("during:export")
-    reports = read_round_summaries(ctx.load, stages=REPORTED)
     # in the order the annotators work through the batch: grouped by suggestion
     batch_seconds = get_batch_seconds(
         table["predicted_label"], table["confidence"].to_numpy(), params=ctx.params.annotation

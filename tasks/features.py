@@ -302,6 +302,18 @@ def detect_text_columns(sample: pd.DataFrame) -> dict[str, float]:
     return found
 
 
+def choose_text_columns(
+    declared: Sequence[str] | None, head: pd.DataFrame
+) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The text columns: ``declared`` (``project.text_columns``), or those
+    :func:`detect_text_columns` finds in ``head`` (the first :data:`DETECT_ROWS` pool rows)
+    when it is None; and what detection found (empty when declared)."""
+    if declared is not None:
+        return tuple(declared), {}
+    detected = detect_text_columns(head)
+    return tuple(detected), detected
+
+
 def get_fingerprint(
     partitions: Mapping[str, int], text_columns: Sequence[str], params: TextParams
 ) -> str:
@@ -392,11 +404,9 @@ def run(ctx: StageContext) -> FeaturesSummary:
     the settings changed (a vocabulary is fitted when a pool arrives, not every night)."""
     params = ctx.params
     before = FeatureSpace.from_files(ctx.load_before("feature_space"))
-    detected: dict[str, float] = {}
-    text_columns = params.project.text_columns
-    if text_columns is None:
-        detected = detect_text_columns(ctx.pool_head(DETECT_ROWS))
-        text_columns = tuple(detected)
+    text_columns, detected = choose_text_columns(
+        params.project.text_columns, ctx.pool_head(DETECT_ROWS)
+    )
     fingerprint = get_fingerprint(ctx.pool_partitions(), text_columns, params.text)
     refit = False
     fitted_rows = 0

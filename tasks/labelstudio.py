@@ -21,8 +21,18 @@ from tasks.params import ExportParams
 ITEM_FIELD = "item"
 
 
-def get_label_config(classes: Sequence[str], *, params: ExportParams) -> str:
-    """The labeling config of a project: the item's columns as a table, one choice per class.
+def get_text_field(position: int) -> str:
+    """The task data key of the ``position``-th text column (``text_0``, ``text_1``, ...):
+    a document is shown as text, not squeezed into a table cell, under a key that cannot
+    collide with ``item_id``, ``round_id`` or ``item`` whatever the column is called."""
+    return f"text_{position}"
+
+
+def get_label_config(
+    classes: Sequence[str], *, params: ExportParams, text_columns: Sequence[str] = ()
+) -> str:
+    """The labeling config of a project: the item's columns as a table, each text column
+    (:mod:`tasks.features`) as a ``Text`` under its name, one choice per class.
 
     Each ``Choice`` value is the class exactly as ``project.classes`` spells it (Label Studio
     sends back the value, and validates nothing: a class spelled differently would be
@@ -31,10 +41,16 @@ def get_label_config(classes: Sequence[str], *, params: ExportParams) -> str:
     if not classes:
         raise ValueError("classes is empty: a labeling config needs at least one class")
     choices = "\n".join(f"    <Choice value={quoteattr(str(c))}/>" for c in classes)
+    texts = "".join(
+        f'  <Header value={quoteattr(str(name))} size="5"/>\n'
+        f'  <Text name="{get_text_field(i)}" value="${get_text_field(i)}"/>\n'
+        for i, name in enumerate(text_columns)
+    )
     return (
         "<View>\n"
         '  <Header value="Item $item_id"/>\n'
         f'  <Table name={quoteattr(params.labelstudio_to_name)} value="${ITEM_FIELD}"/>\n'
+        f"{texts}"
         f"  <Choices name={quoteattr(params.labelstudio_from_name)} "
         f'toName={quoteattr(params.labelstudio_to_name)} choice="single" '
         'showInline="true" required="true">\n'
@@ -113,8 +129,11 @@ def get_users_map(users: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     }
 
 
-def get_shown_columns(feature_names: Sequence[str], *, params: ExportParams) -> list[str]:
-    """The pool columns a task shows (``export.labelstudio_columns``; empty: all of them).
+def get_shown_columns(
+    feature_names: Sequence[str], *, params: ExportParams, text_columns: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The pool columns a task shows (``export.labelstudio_columns``; empty: all of them):
+    those shown in the item's table, and the text columns shown as text, in that order.
 
     Raises
     ------
@@ -128,4 +147,5 @@ def get_shown_columns(feature_names: Sequence[str], *, params: ExportParams) -> 
             f"export.labelstudio_columns names {unknown}, which the pool does not have; its "
             f"columns are {list(feature_names)[:20]}"
         )
-    return wanted
+    texts = set(text_columns)
+    return [c for c in wanted if c not in texts], [c for c in wanted if c in texts]

@@ -88,6 +88,25 @@ def test_chosen_columns_are_shown_in_their_order_and_unknown_ones_are_refused():
         get_shown_columns(["width"], params=ExportParams(labelstudio_columns=("size",)))
 
 
+def test_a_text_column_is_shown_as_text_under_its_name_not_in_the_table():
+    batch, rows = _batch_and_rows()
+    params = ExportParams()
+    _, _, tasks = export_batch(batch, rows, round_id=2, params=params, text_columns=("note",))
+    by_item = {t["data"]["item_id"]: t for t in tasks}
+    assert by_item["1"]["data"]["item"] == {"width": 1.5, "colour": "red"}
+    assert by_item["1"]["data"]["text_0"] == "x"
+    assert get_shown_columns(["width", "note"], params=params, text_columns=("note",)) == (
+        ["width"],
+        ["note"],
+    )
+    config = ET.fromstring(get_label_config(["a", "b"], params=params, text_columns=["note"]))
+    text = config.find("Text")
+    assert text is not None and text.get("name") == "text_0" and text.get("value") == "$text_0"
+    assert [h.get("value") for h in config.findall("Header")] == ["Item $item_id", "note"]
+    # the choices still label the item (its table), as the predictions say
+    assert config.find("Choices").get("toName") == "item" and config.find("Table") is not None
+
+
 def test_a_push_sends_only_what_the_project_does_not_hold():
     tasks = [{"data": {"item_id": str(i), "round_id": 3}} for i in range(4)]
     missing = get_tasks_to_push([*tasks, tasks[0]], {("1", 3), ("2", 2)})
