@@ -61,7 +61,7 @@ from tasks.simulate import (
     get_labels_to_target,
     get_paired_test,
 )
-from tasks.strategies import REGISTRY
+from tasks.strategies import REGISTRY, check_strategy_task
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,11 @@ class SimulationSpec:
         unknown = [s for s in self.resolved().strategies if s not in REGISTRY]
         if unknown:
             raise WorkspaceError(f"--strategies {unknown} unknown; known: {sorted(REGISTRY)}")
+        for name in self.resolved().strategies:
+            try:
+                check_strategy_task(name, "multiclass")
+            except ValueError as exc:
+                raise WorkspaceError(f"--strategies: {exc}") from exc
         for name, value, low in (
             ("--seeds", self.seeds, 1),
             ("--initial", self.initial, 2),

@@ -39,7 +39,13 @@ from tasks.features import FeatureSpace, model_space
 from tasks.model import fit_booster, predict_proba
 from tasks.params import AnnotationParams, ScoreParams, SelectParams, TrainParams
 from tasks.selection import get_relabel_candidates
-from tasks.strategies import PoolView, StrategyInfo, get_strategy, get_strategy_info
+from tasks.strategies import (
+    PoolView,
+    StrategyInfo,
+    check_strategy_task,
+    get_strategy,
+    get_strategy_info,
+)
 from tasks.summaries import ScoreSummary
 from tasks.train import get_training_data, load_training_set
 
@@ -564,7 +570,8 @@ def get_score_summary(
 def run(ctx: StageContext) -> ScoreSummary:
     champion = ctx.load("champion")
     booster = None if champion.text is None else lgb.Booster(model_str=champion.text)
-    info = get_strategy_info(ctx.params.score.strategy)  # fail before reading the pool
+    # fail before reading the pool (label sets come with issue 19's second half)
+    info = check_strategy_task(ctx.params.score.strategy, "multiclass")
     inputs = (
         _read_scoring_inputs(ctx, info.needs, booster, model_space(champion))
         if booster is not None

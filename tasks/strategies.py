@@ -4,7 +4,10 @@ Every strategy is ``utilities = strategy(pred_probs, *, random_state, view=PoolV
 params=ScoreParams())`` with
 
 - ``pred_probs``: array of float, shape ``(n_pool, n_classes)``, rows summing to 1; a row
-  with a NaN marks an item that is not selectable (cannot be scored, or already issued);
+  with a NaN marks an item that is not selectable (cannot be scored, or already issued).
+  A strategy for items that carry several labels (``task="multilabel"`` at registration,
+  ``ml_*``) reads each column as the independent probability that the item has that label
+  (:mod:`tasks.multilabel`): values in [0, 1], rows not summing to 1;
 - ``view``: a :class:`PoolView` of optional extras, row-aligned with ``pred_probs``; a
   strategy declares at registration which of them it needs (``@register(name, needs=...)``)
   and is refused, naming the field, when called without them; a strategy that reads nothing
@@ -26,12 +29,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import numpy as np
 
 from tasks.params import ScoreParams
 
 Strategy = Callable[..., np.ndarray]
+Task = Literal["multiclass", "multilabel"]
 
 #: Weight of the consensus tie-break added to the vote entropy. Distinct vote entropies of a
 #: committee of up to 50 members differ by far more (5e-5 for 25 members and 10 classes), so
@@ -78,6 +83,8 @@ class StrategyInfo:
     needs: tuple[str, ...]
     whole_pool: bool
     reads_probs: bool = True
+    #: the kind of task whose predictions it reads: one class per item, or a label set
+    task: Task = "multiclass"
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -90,6 +97,7 @@ def register(
     needs: tuple[str, ...] = (),
     whole_pool: bool = False,
     reads_probs: bool = True,
+    task: Task = "multiclass",
 ) -> Callable[[Strategy], Strategy]:
     """Add a strategy to the registry under ``name``.
 
@@ -114,7 +122,7 @@ def register(
         ) -> np.ndarray:
             view = PoolView() if view is None else view
             params = ScoreParams() if params is None else params
-            probs = _check_probs(pred_probs)
+            probs = _check_probs(pred_probs, task)
             _check_view(name, needs, view, probs.shape)
             return fn(probs, random_state=random_state, view=view, params=params)
 
@@ -123,7 +131,12 @@ def register(
         del checked.__wrapped__
         REGISTRY[name] = checked
         _INFO[name] = StrategyInfo(
-            name=name, fn=checked, needs=needs, whole_pool=whole_pool, reads_probs=reads_probs
+            name=name,
+            fn=checked,
+            needs=needs,
+            whole_pool=whole_pool,
+            reads_probs=reads_probs,
+            task=task,
         )
         return checked
 
@@ -143,9 +156,29 @@ def get_strategy_info(name: str) -> StrategyInfo:
         ) from None
 
 
+def check_strategy_task(name: str, task: Task) -> StrategyInfo:
+    """The strategy ``name``, refused with a sentence when it scores another kind of task
+    (a label-set strategy for a project whose items carry one class, or the reverse)."""
+    info = get_strategy_info(name)
+    if info.task != task:
+        fitting = sorted(n for n, i in _INFO.items() if i.task == task)
+        raise ValueError(
+            f"query strategy {name!r} (score.strategy) scores {info.task} items; this project's "
+            f"items are {task}: choose one of {fitting}"
+        )
+    return info
+
+
 # -- input checks ------------------------------------------------------------------------------
-def _check_probs(pred_probs: np.ndarray) -> np.ndarray:
+def _check_probs(pred_probs: np.ndarray, task: Task = "multiclass") -> np.ndarray:
     probs = np.asarray(pred_probs, dtype=float)
+    if task == "multilabel":
+        if probs.ndim != 2 or probs.shape[1] < 1:
+            raise ValueError(f"pred_probs must have shape (n_pool, n_labels>=1), got {probs.shape}")
+        known = probs[~np.isnan(probs)]
+        if known.size and (known.min() < 0.0 or known.max() > 1.0):
+            raise ValueError("pred_probs of a label set must be probabilities in [0, 1]")
+        return probs
     if probs.ndim != 2 or probs.shape[1] < 2:
         raise ValueError(f"pred_probs must have shape (n_pool, n_classes>=2), got {probs.shape}")
     return probs
@@ -313,11 +346,32 @@ def get_diversity_scores(
 
     Higher = label first. Needs the whole pool at once (the picks depend on each other).
     """
-    invalid = _invalid(pred_probs)
+    return _spread_in_embedding(
+        -_top2_gap(pred_probs),
+        _invalid(pred_probs),
+        random_state=random_state,
+        view=view,
+        params=params,
+        name="diversity",
+    )
+
+
+def _spread_in_embedding(
+    base: np.ndarray,
+    invalid: np.ndarray,
+    *,
+    random_state: int,
+    view: PoolView,
+    params: ScoreParams,
+    name: str,
+) -> np.ndarray:
+    """Steps 1-3 of :func:`get_diversity_scores` for an uncertainty utility ``base`` in
+    [-1, 0] (higher: more uncertain; ``1 + base`` is the informativeness weighted k-means
+    weighs by)."""
     embedding = np.asarray(view.embedding, dtype=float)
     if not np.isfinite(embedding[~invalid]).all():
-        raise ValueError("strategy 'diversity': view.embedding has NaN or inf in selectable rows")
-    margin = -_top2_gap(pred_probs)
+        raise ValueError(f"strategy {name!r}: view.embedding has NaN or inf in selectable rows")
+    margin = base
     selectable = np.flatnonzero(~invalid)
     rng = np.random.default_rng(random_state)
     order = selectable[np.lexsort((rng.random(selectable.size), -margin[selectable]))]
@@ -325,7 +379,7 @@ def get_diversity_scores(
     n_picks = min(int(view.batch_size), candidates.size)
     if params.diversity_method == "farthest_first":
         picks = _farthest_first(embedding[candidates], n_picks)
-    else:  # k-means; weighted_kmeans weights each candidate by 1 - gap = 1 + margin utility
+    else:  # k-means; weighted_kmeans weights each candidate by 1 + base (its informativeness)
         weights = 1.0 + margin[candidates] if params.diversity_method == "weighted_kmeans" else None
         picks = _kmeans_picks(
             embedding[candidates],
@@ -431,3 +485,45 @@ def get_cost_aware_scores(
     seconds = np.asarray(view.seconds, dtype=float)
     invalid = _invalid(pred_probs) | np.isnan(seconds)
     return _with_nan((1.0 - _top2_gap(pred_probs)) / seconds, invalid)
+
+
+# -- label sets (tasks/multilabel.py) ------------------------------------------------------------
+def _label_uncertainty(pred_probs: np.ndarray) -> np.ndarray:
+    """Per item and label, ``1 - |2 p - 1|`` in [0, 1]: 1 at p = 0.5, 0 at p = 0 or 1."""
+    return 1.0 - np.abs(2.0 * pred_probs - 1.0)
+
+
+@register("ml_mean_uncertainty", task="multilabel")
+def get_mean_label_uncertainty_scores(
+    pred_probs: np.ndarray, *, random_state: int, view: PoolView, params: ScoreParams
+) -> np.ndarray:
+    """The mean over labels of ``1 - |2 p_k - 1|``, in [0, 1]: how unsure the model is of the
+    item's set as a whole (each label's binary margin; Brinker 2006's mean max-margin).
+    Higher = label first."""
+    invalid = _invalid(pred_probs)
+    return _with_nan(_label_uncertainty(np.nan_to_num(pred_probs)).mean(axis=1), invalid)
+
+
+@register("ml_max_uncertainty", task="multilabel")
+def get_max_label_uncertainty_scores(
+    pred_probs: np.ndarray, *, random_state: int, view: PoolView, params: ScoreParams
+) -> np.ndarray:
+    """The largest ``1 - |2 p_k - 1|`` over labels, in [0, 1]: the one label the model is
+    least sure of. Higher = label first."""
+    invalid = _invalid(pred_probs)
+    return _with_nan(_label_uncertainty(np.nan_to_num(pred_probs)).max(axis=1), invalid)
+
+
+@register("ml_diversity", needs=("embedding", "batch_size"), whole_pool=True, task="multilabel")
+def get_label_set_diversity_scores(
+    pred_probs: np.ndarray, *, random_state: int, view: PoolView, params: ScoreParams
+) -> np.ndarray:
+    """:func:`get_diversity_scores` for label sets: the candidates are the items of highest
+    mean label uncertainty (:func:`get_mean_label_uncertainty_scores`), spread in the
+    embedding as ``params.diversity_method`` says; the picks get ``(b - j) / b``, every other
+    item its mean label uncertainty minus 1, in [-1, 0]."""
+    invalid = _invalid(pred_probs)
+    base = _label_uncertainty(np.nan_to_num(pred_probs)).mean(axis=1) - 1.0
+    return _spread_in_embedding(
+        base, invalid, random_state=random_state, view=view, params=params, name="ml_diversity"
+    )

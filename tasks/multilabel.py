@@ -1,0 +1,230 @@
+"""Items that carry several labels (issue 19): label sets, one booster per label, and the
+metrics of a multi-label model. Pure functions; no files.
+
+A label set is written, wherever alloop writes one (the ledger, exports), as its classes in
+the order of ``project.classes`` joined by the set separator (``earn|grain``): one set has one
+spelling, so equal sets compare equal as text. :func:`check_label_set` says what is wrong with
+a set an annotator sent (a class outside the declared set, no class, a class twice).
+
+The model is one LightGBM booster per label (:class:`OneVsRestModel`), each a binary model on
+the same features; a label that no training item has, or that every training item has, is a
+constant. Its predictions are independent probabilities per label, ``(n, n_labels)``, rows
+not summing to 1. The metrics are those of the mission's benchmark (mean average precision
+over labels) beside micro- and macro-F1 at a threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, f1_score
+
+from tasks.features import Features, count_rows
+from tasks.model import fit_booster
+from tasks.params import TrainParams
+
+#: Reasons a label set is refused (validate's reason codes).
+UNKNOWN_LABEL = "unknown_class"
+EMPTY_SET = "empty_label_set"
+DUPLICATE_LABEL = "duplicate_label"
+#: The format tag of a serialized :class:`OneVsRestModel` (a booster's text never starts so).
+FORMAT = "alloop-one-vs-rest"
+
+
+def split_label_set(value: object, *, separator: str) -> list[str]:
+    """The labels of one answer as sent: a list (JSONL, Label Studio's multi-choice) or a text
+    of labels joined by ``separator`` (CSV); each label stripped, empty pieces kept out, order
+    and repeats kept (:func:`check_label_set` judges them)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, str):
+        pieces = value.split(separator) if separator else [value]
+    elif isinstance(value, Sequence | np.ndarray | pd.Series):
+        pieces = [str(v) for v in value if v is not None]
+    else:
+        pieces = [str(value)]
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def check_label_set(labels: Sequence[str], classes: Sequence[str]) -> tuple[str, str] | None:
+    """What is wrong with a label set: ``(reason code, sentence)``, or None when it is good.
+
+    Checked in this order: no label at all, a label outside ``classes`` (each named), a label
+    twice.
+    """
+    if not labels:
+        return EMPTY_SET, "the label set is empty: an item carries at least one label"
+    unknown = [label for label in labels if label not in classes]
+    if unknown:
+        return UNKNOWN_LABEL, (
+            f"label set {list(labels)} holds {sorted(set(unknown))}, not among the classes "
+            f"{list(classes)}"
+        )
+    seen = pd.Series(list(labels))
+    twice = sorted(set(seen[seen.duplicated()]))
+    if twice:
+        return DUPLICATE_LABEL, f"label set {list(labels)} holds {twice} more than once"
+    return None
+
+
+def to_label_text(labels: Sequence[str], classes: Sequence[str], *, separator: str) -> str:
+    """The one spelling of a good label set: its classes in the order of ``classes``."""
+    chosen = set(labels)
+    return separator.join(c for c in classes if c in chosen)
+
+
+def get_label_matrix(
+    label_texts: Sequence[str] | pd.Series, classes: Sequence[str], *, separator: str
+) -> np.ndarray:
+    """The 0/1 indicator matrix of label sets written by :func:`to_label_text`.
+
+    Returns
+    -------
+    np.ndarray of int, shape (n, len(classes))
+
+    Raises
+    ------
+    ValueError
+        If a set holds a label outside ``classes``.
+    """
+    index = {name: k for k, name in enumerate(classes)}
+    matrix = np.zeros((len(label_texts), len(classes)), dtype=int)
+    for row, text in enumerate(label_texts):
+        for label in split_label_set(text, separator=separator):
+            if label not in index:
+                raise ValueError(f"label {label!r} of set {text!r} is not among {list(classes)}")
+            matrix[row, index[label]] = 1
+    return matrix
+
+
+# -- the model ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OneVsRestModel:
+    """One binary booster per label; a label without both outcomes in training is the
+    constant share of items that have it (0 or 1).
+
+    Attributes
+    ----------
+    boosters : tuple of (lgb.Booster or float)
+        Per label, in the order of the classes.
+    """
+
+    boosters: tuple[lgb.Booster | float, ...]
+
+    def predict(self, features: Features) -> np.ndarray:
+        """Per label, the probability that an item has it.
+
+        Returns
+        -------
+        np.ndarray of float, shape (n, n_labels), values in [0, 1]
+        """
+        n = count_rows(features)
+        columns = [
+            np.full(n, float(b)) if isinstance(b, float) else np.asarray(b.predict(features))
+            for b in self.boosters
+        ]
+        return np.column_stack(columns) if columns else np.zeros((n, 0))
+
+    def model_to_string(self) -> str:
+        """The model as text (a JSON object holding each booster's own text)."""
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "labels": [
+                    {"constant": b} if isinstance(b, float) else {"booster": b.model_to_string()}
+                    for b in self.boosters
+                ],
+            }
+        )
+
+    @classmethod
+    def from_string(cls, text: str) -> OneVsRestModel:
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} model")
+        return cls(
+            tuple(
+                float(label["constant"])
+                if "constant" in label
+                else lgb.Booster(model_str=label["booster"])
+                for label in data["labels"]
+            )
+        )
+
+
+def fit_one_vs_rest(
+    features: Features,
+    label_matrix: np.ndarray,
+    *,
+    params: TrainParams,
+    random_state: int,
+    categorical: Sequence[int] = (),
+) -> OneVsRestModel:
+    """Fit one binary booster per column of ``label_matrix`` (shape ``(n, n_labels)``, 0/1),
+    each seeded ``random_state + k`` and class-weighted as ``params.class_weight`` says (a
+    rare label is a rare positive class)."""
+    matrix = np.asarray(label_matrix, dtype=int)
+    if matrix.ndim != 2 or matrix.shape[0] != count_rows(features):
+        raise ValueError(
+            f"label_matrix must have shape (n_items, n_labels) with n_items "
+            f"{count_rows(features)}, got {matrix.shape}"
+        )
+    boosters: list[lgb.Booster | float] = []
+    for k in range(matrix.shape[1]):
+        column = matrix[:, k]
+        if column.min(initial=0) == column.max(initial=0):
+            boosters.append(float(column.max(initial=0)))
+            continue
+        boosters.append(
+            fit_booster(
+                features,
+                column,
+                params=params,
+                n_classes=2,
+                random_state=random_state + k,
+                categorical=categorical,
+            )
+        )
+    return OneVsRestModel(tuple(boosters))
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def get_multilabel_metrics(
+    label_matrix: np.ndarray, pred_probs: np.ndarray, classes: Sequence[str], *, threshold: float
+) -> dict[str, float]:
+    """Mean average precision over the labels some test item has (``map``), micro- and
+    macro-F1 of the sets predicted at ``threshold`` (macro over the same labels), and each
+    such label's average precision (``ap_<label>``).
+
+    A label no test item has has no average precision; it is left out of ``map`` and
+    ``macro_f1``, as the benchmark's mean average precision leaves it out.
+    """
+    truth = np.asarray(label_matrix, dtype=int)
+    probs = np.asarray(pred_probs, dtype=float)
+    if truth.shape != probs.shape or truth.shape[1] != len(classes):
+        raise ValueError(
+            f"label_matrix {truth.shape} and pred_probs {probs.shape} must both be "
+            f"(n_items, {len(classes)})"
+        )
+    present = np.flatnonzero(truth.sum(axis=0) > 0)
+    predicted = (probs >= threshold).astype(int)
+    metrics: dict[str, float] = {}
+    for k in present:
+        metrics[f"ap_{classes[k]}"] = float(average_precision_score(truth[:, k], probs[:, k]))
+    metrics["map"] = (
+        float(np.mean([metrics[f"ap_{classes[k]}"] for k in present])) if present.size else 0.0
+    )
+    metrics["micro_f1"] = float(f1_score(truth, predicted, average="micro", zero_division=0.0))
+    metrics["macro_f1"] = (
+        float(
+            f1_score(truth[:, present], predicted[:, present], average="macro", zero_division=0.0)
+        )
+        if present.size
+        else 0.0
+    )
+    return metrics

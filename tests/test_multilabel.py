@@ -1,0 +1,157 @@
+"""Label sets (issue 19, the model's half): reading and checking a set, one booster per label,
+the multi-label metrics and strategies, on small data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.features import fit_feature_space
+from tasks.multilabel import (
+    DUPLICATE_LABEL,
+    EMPTY_SET,
+    UNKNOWN_LABEL,
+    OneVsRestModel,
+    check_label_set,
+    fit_one_vs_rest,
+    get_label_matrix,
+    get_multilabel_metrics,
+    split_label_set,
+    to_label_text,
+)
+from tasks.params import TextParams, TrainParams
+from tasks.strategies import PoolView, check_strategy_task, get_strategy
+
+CLASSES = ("earn", "grain", "wheat", "crude")
+
+
+def test_a_set_is_read_from_a_list_or_from_text_split_by_the_separator():
+    assert split_label_set("grain| wheat |", separator="|") == ["grain", "wheat"]
+    assert split_label_set(["grain", " wheat"], separator="|") == ["grain", "wheat"]
+    assert split_label_set(np.array(["earn"], dtype=object), separator="|") == ["earn"]
+    assert split_label_set(None, separator="|") == [] and split_label_set("", separator="|") == []
+    assert split_label_set(float("nan"), separator="|") == []
+    assert split_label_set("grain|grain", separator="|") == ["grain", "grain"]  # kept: judged
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason", "named"),
+    [
+        ([], EMPTY_SET, "empty"),
+        (["grain", "barley"], UNKNOWN_LABEL, "['barley']"),
+        (["grain", "wheat", "grain"], DUPLICATE_LABEL, "['grain'] more than once"),
+    ],
+)
+def test_a_bad_set_is_refused_with_its_reason_and_what_is_wrong(labels, reason, named):
+    code, sentence = check_label_set(labels, CLASSES)
+    assert code == reason and named in sentence
+
+
+def test_a_good_set_has_one_spelling_in_the_order_of_the_classes():
+    assert check_label_set(["wheat", "grain"], CLASSES) is None
+    text = to_label_text(["wheat", "grain"], CLASSES, separator="|")
+    assert text == "grain|wheat" == to_label_text(["grain", "wheat"], CLASSES, separator="|")
+    matrix = get_label_matrix([text, "earn"], CLASSES, separator="|")
+    np.testing.assert_array_equal(matrix, [[0, 1, 1, 0], [1, 0, 0, 0]])
+    with pytest.raises(ValueError, match="'barley'"):
+        get_label_matrix(["barley"], CLASSES, separator="|")
+
+
+def _stories(n, seed):
+    """Stories with one to three of the topics, each topic adding its words."""
+    rng = np.random.default_rng(seed)
+    words = {
+        "earn": ["profit", "dividend", "quarter"],
+        "grain": ["harvest", "tonnes", "crop"],
+        "wheat": ["wheat", "durum", "flour"],
+        "crude": ["barrel", "opec", "refinery"],
+    }
+    background = [f"w{i}" for i in range(200)]
+    matrix = np.zeros((n, len(CLASSES)), dtype=int)
+    bodies = []
+    for i in range(n):
+        topics = rng.choice(len(CLASSES), size=rng.integers(1, 3), replace=False)
+        matrix[i, topics] = 1
+        text = [*rng.choice(background, size=25)]
+        for k in topics:
+            text += [*rng.choice(words[CLASSES[k]], size=2)]
+        rng.shuffle(text)
+        bodies.append(" ".join(text))
+    rows = pd.DataFrame({"item_id": [str(i) for i in range(n)], "body": bodies})
+    return rows, matrix
+
+
+def test_one_booster_per_label_learns_each_label_and_reads_back_the_same():
+    rows, matrix = _stories(500, seed=0)
+    space = fit_feature_space(
+        rows, text_columns=("body",), params=TextParams(), fingerprint="", random_state=0
+    )
+    features = space.transform(rows)
+    matrix[:, 3] = 0  # no training story is about crude: a constant, not a booster
+    model = fit_one_vs_rest(
+        features[:350], matrix[:350], params=TrainParams(num_boost_round=40), random_state=0
+    )
+    assert model.boosters[3] == 0.0
+    probs = model.predict(features[350:])
+    assert probs.shape == (150, 4) and probs.min() >= 0.0 and probs.max() <= 1.0
+    assert (probs[:, 3] == 0.0).all()
+    metrics = get_multilabel_metrics(matrix[350:], probs, CLASSES, threshold=0.5)
+    assert metrics["map"] > 0.9 and "ap_crude" not in metrics  # no test story has it
+    again = OneVsRestModel.from_string(model.model_to_string())
+    np.testing.assert_array_equal(again.predict(features[350:]), probs)
+    with pytest.raises(ValueError, match="shape"):
+        fit_one_vs_rest(features, matrix[:10], params=TrainParams(), random_state=0)
+    with pytest.raises(ValueError, match="not a alloop-one-vs-rest model"):
+        OneVsRestModel.from_string('{"format": "other"}')
+
+
+def test_the_metrics_have_their_known_values():
+    truth = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    perfect = get_multilabel_metrics(truth, truth * 0.9 + 0.05, ("a", "b", "c"), threshold=0.5)
+    assert perfect["map"] == perfect["micro_f1"] == perfect["macro_f1"] == 1.0
+    # label b ranked exactly backwards: AP = mean precision at its two positives (1/3, 2/4)
+    probs = np.array([[0.9, 0.8, 0.9], [0.1, 0.1, 0.1], [0.9, 0.2, 0.1], [0.1, 0.7, 0.9]])
+    metrics = get_multilabel_metrics(truth, probs, ("a", "b", "c"), threshold=0.5)
+    assert metrics["ap_a"] == 1.0 and metrics["ap_c"] == 1.0
+    assert metrics["ap_b"] == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert metrics["map"] == pytest.approx((2 + (1 / 3 + 2 / 4) / 2) / 3)
+    with pytest.raises(ValueError, match="must both be"):
+        get_multilabel_metrics(truth, probs[:, :2], ("a", "b", "c"), threshold=0.5)
+
+
+def test_label_set_strategies_rank_the_set_the_model_is_least_sure_of_first():
+    probs = np.array([[0.99, 0.01, 0.02], [0.5, 0.01, 0.02], [0.5, 0.5, 0.5], [np.nan] * 3])
+    mean = get_strategy("ml_mean_uncertainty")(probs, random_state=0)
+    most = get_strategy("ml_max_uncertainty")(probs, random_state=0)
+    assert np.argsort(-mean[:3]).tolist() == [2, 1, 0] and np.isnan(mean[3])
+    assert most[1] == most[2] == 1.0 > most[0]
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        get_strategy("ml_mean_uncertainty")(np.array([[1.5, 0.0]]), random_state=0)
+
+
+def test_the_label_set_diversity_strategy_spreads_its_picks_over_the_embedding():
+    rng = np.random.default_rng(0)
+    probs = np.full((40, 3), 0.5) + rng.uniform(-0.05, 0.05, size=(40, 3))
+    embedding = np.r_[rng.normal(0, 0.1, size=(20, 2)), rng.normal(10, 0.1, size=(20, 2))]
+    view = PoolView(embedding=embedding, batch_size=2)
+    utilities = get_strategy("ml_diversity")(probs, random_state=0, view=view)
+    picks = np.argsort(-utilities)[:2]
+    assert sorted(p // 20 for p in picks) == [0, 1]  # one from each cluster
+
+
+def test_a_strategy_of_the_other_task_is_refused_with_the_ones_that_fit():
+    assert check_strategy_task("margin", "multiclass").name == "margin"
+    with pytest.raises(ValueError, match=r"'ml_mean_uncertainty'.*multilabel.*'margin'"):
+        check_strategy_task("ml_mean_uncertainty", "multiclass")
+    with pytest.raises(ValueError, match="ml_diversity"):
+        check_strategy_task("margin", "multilabel")
+
+
+def test_a_simulation_refuses_a_label_set_strategy_until_label_sets_run_in_rounds(tmp_path):
+    from flows.simulate import SimulationSpec
+    from flows.workspace import WorkspaceError
+
+    spec = SimulationSpec(dataset=tmp_path / "x.parquet", strategies=("ml_diversity",))
+    with pytest.raises(WorkspaceError, match="--strategies: query strategy 'ml_diversity'"):
+        spec.check()
