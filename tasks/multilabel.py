@@ -78,6 +78,60 @@ def to_label_text(labels: Sequence[str], classes: Sequence[str], *, separator: s
     return separator.join(c for c in classes if c in chosen)
 
 
+def read_label_sets(
+    labels: pd.Series,
+    classes: Sequence[str],
+    *,
+    separator: str,
+    allow_new_classes: bool = False,
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Label sets as annotators sent them, checked and spelled one way.
+
+    Each value is a text of labels joined by ``separator`` (CSV), or a JSON list (JSONL, a
+    Label Studio multi-choice: :func:`tasks.parsing.read_label_file` writes lists so); each
+    label is matched to its class's declared spelling as a single label is
+    (:func:`tasks.parsing.match_classes`). With ``allow_new_classes`` a label outside
+    ``classes`` is kept (after the declared ones, in name order) instead of refused.
+
+    Returns
+    -------
+    (pd.Series, pd.Series, pd.Series) of str, aligned with ``labels``
+        The set as :func:`to_label_text` writes it (NA when missing or refused), the reason
+        code of a refused set (NA otherwise) and its sentence.
+    """
+    from tasks.parsing import match_classes  # parsing is intake's; this module is the model's
+
+    def read(value: object) -> tuple[object, object, object]:
+        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+            return pd.NA, pd.NA, pd.NA
+        raw = _as_list(str(value), separator=separator)
+        pieces = match_classes(pd.Series(raw, dtype="string"), classes).tolist()
+        known = list(classes) + (sorted(set(pieces) - set(classes)) if allow_new_classes else [])
+        problem = check_label_set(pieces, known)
+        if problem is not None:
+            return pd.NA, *problem
+        return to_label_text(pieces, known, separator=separator), pd.NA, pd.NA
+
+    read_rows = [read(value) for value in labels.astype("object")]
+    texts, codes, sentences = zip(*read_rows, strict=True) if read_rows else ((), (), ())
+    return tuple(
+        pd.Series(list(column), index=labels.index, dtype="string")
+        for column in (texts, codes, sentences)
+    )
+
+
+def _as_list(text: str, *, separator: str) -> list[str]:
+    """A JSON list's items, or ``text`` split by ``separator``."""
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, list):
+            return split_label_set(value, separator=separator)
+    return split_label_set(text, separator=separator)
+
+
 def get_label_matrix(
     label_texts: Sequence[str] | pd.Series, classes: Sequence[str], *, separator: str
 ) -> np.ndarray:

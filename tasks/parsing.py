@@ -23,6 +23,9 @@ JSON_MIN and CSV exports, which have ``annotation_id`` and ``annotator`` columns
 ``source_key`` = ``labelstudio:<annotation id>`` and ``annotator_id`` = ``labelstudio:<user id>``
 (``annotator`` is that id too until validate knows the user's email); a skipped task
 (``was_cancelled``) is a row with ``skipped`` true and no label. Other formats leave these empty.
+An answer of several choices (Label Studio's multi-choice), like a JSONL list, is a label set:
+its label is the JSON list, which validate reads as a set (``project.task: multilabel``) or
+refuses, naming the labels, as one class.
 
 Every field is read as text, exactly as sent; judging it is validate's job, helped by the pure
 :func:`parse_label_times` (the accepted date forms) and :func:`match_classes` (class names
@@ -455,11 +458,8 @@ def _parse_labelstudio(tasks: list[Any]) -> pd.DataFrame:
                 if isinstance(result, dict) and result.get("type") == "choices"
                 for choice in (result.get("value") or {}).get("choices") or []
             ]
-            if len(choices) > 1:
-                row["malformed"] = (
-                    f"task {task_no}: {len(choices)} choices {choices} in one annotation"
-                )
-            row["label"] = _text(choices[0]) if choices else None
+            # several choices (a multi-choice: a label set) travel as a JSON list
+            row["label"] = _text(choices if len(choices) > 1 else choices[0]) if choices else None
             rows.append(row)
     return _frame(rows)
 

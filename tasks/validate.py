@@ -23,6 +23,7 @@ keeps the id either way, and is who the annotator is for duplicates and conflict
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,21 @@ def get_default_suite() -> dict[str, object]:
     return get_suite_dict(get_checks())
 
 
+def _unknown_class_sentence(label: str, classes: Sequence[str]) -> str:
+    """Why a label is not a class; several labels in one answer (a Label Studio multi-choice,
+    a JSON list) are named as such: this project takes one class per item."""
+    try:
+        sent = json.loads(label) if str(label).startswith("[") else None
+    except json.JSONDecodeError:
+        sent = None
+    if isinstance(sent, list) and len(sent) > 1:
+        return (
+            f"{len(sent)} labels {sent} in one answer: this project takes one class per item "
+            f"(project.task: multiclass), one of {list(classes)}"
+        )
+    return f"label {label!r} is not one of the classes {list(classes)}"
+
+
 def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Timestamp) -> str:
     if code == "malformed_row":
         return f"row cannot be read: {row['malformed']}"
@@ -125,7 +141,7 @@ def _sentence(code: str, row: pd.Series, classes: Sequence[str], as_of: pd.Times
             f"item {row['item_id']!r} is not in any open batch (never issued, or its batch "
             "has closed)"
         ),
-        "unknown_class": f"label {row['label']!r} is not one of the classes {list(classes)}",
+        "unknown_class": _unknown_class_sentence(row["label"], classes),
         "bad_timestamp": (
             row["_time_problem"]
             if isinstance(row.get("_time_problem"), str)
@@ -301,6 +317,8 @@ def validate_labels(
     allow_new_classes: bool = False,
     ledger: pd.DataFrame | None = None,
     users: Mapping[str, str] | None = None,
+    task: str = "multiclass",
+    separator: str = "|",
 ) -> Validation:
     """Split parsed label rows into accepted, quarantined and already consumed.
 
@@ -323,6 +341,11 @@ def validate_labels(
         a row repeating one of its answers is already consumed (:func:`find_already_consumed`).
     users : dict, optional
         Label Studio's ``{user id: email}``: the annotator of a Label Studio row is his email.
+    task, separator : str
+        ``"multilabel"``: each label is a set (:func:`tasks.multilabel.read_label_sets`; a
+        text joined by ``separator``, or a JSON list), stored as its one spelling; a refused
+        set is quarantined as ``empty_label_set``, ``unknown_class`` or ``duplicate_label``,
+        the rest of the file accepted.
 
     Returns
     -------
@@ -344,7 +367,19 @@ def validate_labels(
     frame[SKIPPED] = skipped
     frame["annotator"] = get_annotator_names(frame, users or {})
     # "Benign" is the class benign: the declared spelling is what is checked and stored
-    frame["label"] = match_classes(frame["label"], classes).mask(skipped)  # a skip: no label
+    set_code = pd.Series(pd.NA, index=frame.index, dtype="string")
+    set_problem = set_code.copy()
+    if task == "multilabel":
+        from tasks.multilabel import read_label_sets  # LightGBM: loaded only for label sets
+
+        sets, set_code, set_problem = read_label_sets(
+            frame["label"], classes, separator=separator, allow_new_classes=allow_new_classes
+        )
+        # a refused set keeps what was sent (the quarantine shows it), and fails unknown_class
+        frame["label"] = sets.where(set_code.isna(), frame["label"])
+    else:
+        frame["label"] = match_classes(frame["label"], classes)
+    frame["label"] = frame["label"].mask(skipped)  # a skip: no label
     times, time_problems = _parse_times(frame, params.date_order)
     answers = schema.empty(schema.LEDGER) if ledger is None else ledger
     answers = schema.conform(answers[answers["event"].isin(ANSWERS)], schema.LEDGER)
@@ -355,6 +390,8 @@ def validate_labels(
         same_as=same_as[repeats],
     )
     new = ~repeats
+    set_code = set_code[new].reset_index(drop=True)
+    set_problem = set_problem[new].reset_index(drop=True)
     frame = frame[new].reset_index(drop=True)
     times = times[new].reset_index(drop=True)
     time_problems = time_problems[new].reset_index(drop=True)
@@ -381,7 +418,9 @@ def validate_labels(
     )
     suite = suite if suite is not None else get_default_suite()
     allowed = list(classes)
-    if allow_new_classes:  # any non-empty label is a class, known or new
+    if task == "multilabel":  # every set read well (its spelling), none refused
+        allowed = sorted(set(frame.loc[set_code.isna(), "label"].dropna()))
+    elif allow_new_classes:  # any non-empty label is a class, known or new
         allowed += sorted(set(frame["label"].dropna()) - set(classes))
     failing = find_failing_rows(frame, suite, parameters={"classes": allowed}, required=BUILT_IN)
     order = get_check_order(suite)
@@ -392,13 +431,17 @@ def validate_labels(
         if name in LABEL_CHECKS:
             positions = positions[~is_skip[positions]]
         reason.iloc[positions] = name
+    # a refused label set: the set's own reason where the class check caught it
+    refused = set_code.notna() & reason.eq("unknown_class").fillna(False)
+    reason[refused] = set_code[refused]
     custom = dict(order)
     bad = reason.notna().to_numpy()
     quarantined = frame[bad].assign(reason_code=reason[bad])
     quarantined = quarantined.assign(
         reason=[
-            custom.get(code) or _sentence(code, row, classes, as_of)
-            for code, (_, row) in zip(
+            custom.get(code)
+            or (set_problem[i] if refused[i] else _sentence(code, row, classes, as_of))
+            for code, (i, row) in zip(
                 quarantined["reason_code"], quarantined.iterrows(), strict=True
             )
         ]

@@ -155,3 +155,109 @@ def test_a_simulation_refuses_a_label_set_strategy_until_label_sets_run_in_round
     spec = SimulationSpec(dataset=tmp_path / "x.parquet", strategies=("ml_diversity",))
     with pytest.raises(WorkspaceError, match="--strategies: query strategy 'ml_diversity'"):
         spec.check()
+
+
+# -- label sets at intake ---------------------------------------------------------------------
+def _label_rows(labels):
+    frame = pd.DataFrame(
+        {
+            "source_row": np.arange(1, len(labels) + 1),
+            "item_id": [str(i) for i in range(1, len(labels) + 1)],
+            "label": labels,
+            "annotator": "ann",
+            "labeled_at": "2026-05-01T10:00:00Z",
+            "comment": None,
+            "malformed": None,
+            "source_file": "sets.csv",
+            "source_sha256": "abc",
+        }
+    )
+    return frame.astype({c: "string" for c in frame.columns if c != "source_row"})
+
+
+def test_each_bad_label_set_is_quarantined_with_its_reason_and_the_rest_accepted():
+    from tasks.params import ValidateParams
+    from tasks.validate import validate_labels
+
+    labels = [
+        "wheat|Grain",  # a set, in any order and case: accepted as grain|wheat
+        '["earn"]',  # a JSON list (JSONL, Label Studio multi-choice)
+        "grain|barley",  # a label outside the classes
+        "[]",  # an empty set
+        "wheat|grain|wheat",  # a label twice
+        "crude",
+        None,  # no label at all: missing, as for one class
+    ]
+    rows = _label_rows(labels)
+    result = validate_labels(
+        rows,
+        pool_ids=pd.Series([str(i) for i in range(1, 8)], dtype="string"),
+        issued_ids=pd.Series([str(i) for i in range(1, 8)], dtype="string"),
+        classes=CLASSES,
+        as_of=pd.Timestamp("2026-06-01T00:00:00Z"),
+        params=ValidateParams(),
+        task="multilabel",
+        separator="|",
+    )
+    assert result.accepted["label"].tolist() == ["grain|wheat", "earn", "crude"]
+    assert result.accepted["source_row"].tolist() == [1, 2, 6]
+    quarantined = result.quarantined.set_index("source_row")
+    assert quarantined["reason_code"].to_dict() == {
+        3: "unknown_class",
+        4: "empty_label_set",
+        5: "duplicate_label",
+        7: "missing_label",
+    }
+    assert "['barley']" in quarantined.loc[3, "reason"]
+    assert "more than once" in quarantined.loc[5, "reason"]
+    assert quarantined.loc[3, "label"] == "grain|barley"  # what was sent, for the person
+    # the same file in a project of one class per item: a set is not a class
+    single = validate_labels(
+        rows.iloc[[0]],
+        pool_ids=pd.Series(["1"], dtype="string"),
+        issued_ids=pd.Series(["1"], dtype="string"),
+        classes=CLASSES,
+        as_of=pd.Timestamp("2026-06-01T00:00:00Z"),
+        params=ValidateParams(),
+    )
+    assert single.quarantined["reason_code"].tolist() == ["unknown_class"]
+
+
+def test_a_label_studio_multi_choice_arrives_as_a_set_and_a_single_class_project_names_it():
+    import json
+
+    from tasks.params import ValidateParams
+    from tasks.parsing import read_label_file
+    from tasks.validate import validate_labels
+
+    export = [
+        {
+            "id": 1,
+            "data": {"item_id": "1"},
+            "annotations": [
+                {
+                    "id": 11,
+                    "completed_by": 1,
+                    "updated_at": "2026-05-01T10:00:00Z",
+                    "result": [{"type": "choices", "value": {"choices": ["wheat", "grain"]}}],
+                }
+            ],
+        }
+    ]
+    _, rows = read_label_file(json.dumps(export).encode())
+    assert (
+        json.loads(rows["label"].iloc[0]) == ["wheat", "grain"] and rows["malformed"].isna().all()
+    )
+    rows = rows.assign(source_file="ls.json", source_sha256="abc")
+    kwargs = {
+        "pool_ids": pd.Series(["1"], dtype="string"),
+        "issued_ids": pd.Series(["1"], dtype="string"),
+        "classes": CLASSES,
+        "as_of": pd.Timestamp("2026-06-01T00:00:00Z"),
+        "params": ValidateParams(),
+    }
+    sets = validate_labels(rows, task="multilabel", **kwargs)
+    assert sets.accepted["label"].tolist() == ["grain|wheat"]
+    single = validate_labels(rows, **kwargs)
+    assert single.quarantined["reason_code"].tolist() == ["unknown_class"]
+    assert "2 labels ['wheat', 'grain'] in one answer" in single.quarantined["reason"].iloc[0]
