@@ -313,6 +313,7 @@ def connect(
                 params.project.classes,
                 params=params.export,
                 text_columns=get_shown_text_columns(catalog, params),
+                multiple=params.project.task == "multilabel",
             )
         )
         settings = params.labelstudio.model_copy(update={"url": url})

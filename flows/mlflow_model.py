@@ -39,7 +39,9 @@ LABEL = "label"
 REQUIREMENTS = ("mlflow", "lightgbm", "pandas", "numpy", "scikit-learn", "pyarrow", "pydantic")
 
 
-def get_feature_spec(pool_rows: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
+def get_feature_spec(
+    pool_rows: pd.DataFrame, classes: Sequence[str], label_separator: str | None = None
+) -> dict[str, Any]:
     """What the model needs to encode new rows as the round encoded the pool.
 
     Parameters
@@ -49,6 +51,9 @@ def get_feature_spec(pool_rows: pd.DataFrame, classes: Sequence[str]) -> dict[st
         and dtypes are read).
     classes : sequence of str
         The project's classes, in the order of the model's outputs.
+    label_separator : str, optional
+        A multilabel project's: the model's ``label`` is then the predicted set, its labels
+        joined by it.
     """
     if ITEM_ID not in pool_rows.columns:
         raise ValueError(f"pool_rows must have an {ITEM_ID!r} column, got {list(pool_rows)}")
@@ -58,6 +63,7 @@ def get_feature_spec(pool_rows: pd.DataFrame, classes: Sequence[str]) -> dict[st
     return {
         "classes": [str(c) for c in classes],
         "columns": [{"name": name, "dtype": str(features[name].dtype)} for name in features],
+        **({"label_separator": label_separator} if label_separator else {}),
     }
 
 
@@ -137,15 +143,15 @@ def get_pool_rows_as_trained(rows: pd.DataFrame, spec: dict[str, Any]) -> pd.Dat
 
 
 class ChampionModel(mlflow.pyfunc.PythonModel):
-    """See the module docstring. Output: one column per class (probabilities, rows sum to 1)
-    and ``label`` (the most probable class)."""
+    """See the module docstring. Output: one column per class (probabilities, rows sum to 1;
+    for label sets, each label's own probability) and ``label`` (the most probable class, or
+    the predicted set)."""
 
     def load_context(self, context: Any) -> None:
-        import lightgbm as lgb
-
         from tasks.features import COMPONENTS_FILE, SPACE_FILE, FeatureSpace
+        from tasks.multilabel import load_model
 
-        self._booster = lgb.Booster(model_file=context.artifacts["model"])
+        self._booster = load_model(Path(context.artifacts["model"]).read_text())
         self._spec = json.loads(Path(context.artifacts["spec"]).read_text())
         # a text model's feature space, saved beside it (tasks/features.py); else tabular
         files = {
@@ -170,5 +176,11 @@ class ChampionModel(mlflow.pyfunc.PythonModel):
         )
         probs = predict_proba(self._booster, features, len(classes))
         out = pd.DataFrame(probs, columns=classes, index=rows.index)
-        out[LABEL] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
+        separator = self._spec.get("label_separator")
+        if separator:  # label sets: each column its own probability, the label the set
+            from tasks.multilabel import get_predicted_sets
+
+            out[LABEL] = get_predicted_sets(probs, classes, separator=separator)
+        else:
+            out[LABEL] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
         return out

@@ -167,6 +167,8 @@ def _log_model(
     (flows/mlflow_model.py), so every registered version loads."""
     from flows.mlflow_model import get_feature_spec, save_pyfunc_model
 
+    project = catalog.read_params().project
+    label_separator = project.label_separator if project.task == "multilabel" else None
     # two pool rows as the stages see them: the columns, dtypes and an input example
     example = catalog.read_pool_head(2)
     folder = folder or catalog.path("candidate")
@@ -178,7 +180,7 @@ def _log_model(
         save_pyfunc_model(
             path,
             (folder / "model.txt").read_text(),
-            get_feature_spec(example, classes),
+            get_feature_spec(example, classes, label_separator),
             extra_files=([meta] if meta.exists() else []) + space,
             input_example=example,
         )

@@ -28,13 +28,22 @@ from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.features import Features, FeatureSpace, count_rows, model_space, take_rows
 from tasks.model import encode_labels, predict_proba
+from tasks.multilabel import (
+    LabelSets,
+    OneVsRestModel,
+    get_label_matrix,
+    get_label_sets,
+    get_multilabel_metrics,
+    get_predicted_sets,
+    load_model,
+)
 from tasks.params import EvaluateParams
 from tasks.summaries import EvaluateSummary
 
 STAGE = StageSpec(
     name="evaluate",
     module=__name__,
-    code=("tasks/model.py", "tasks/features.py"),
+    code=("tasks/model.py", "tasks/features.py", "tasks/multilabel.py"),
     reads=("candidate", "current", "pool"),
     writes=("champion", "metrics", "test_predictions"),
     params=("project", "evaluate"),
@@ -68,6 +77,10 @@ def get_classification_metrics(
     }
     metrics.update({f"f1_{classes[c]}": float(f) for c, f in zip(present, per_class, strict=True)})
     return metrics
+
+
+#: A label is in a predicted set when its probability reaches this.
+SET_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,7 @@ def evaluate_models(
     champion_cache: pd.DataFrame | None = None,
     candidate_space: FeatureSpace | None = None,
     champion_space: FeatureSpace | None = None,
+    label_sets: LabelSets | None = None,
 ) -> Evaluation:
     """Score both models on the test items and apply the promotion gate.
 
@@ -170,6 +184,8 @@ def evaluate_models(
     ``champion_cache`` holds the champion's probabilities from earlier rounds (see
     :func:`get_cached_probs`); the result carries both models' probabilities to cache. Each
     model sees the test items in the feature space it was trained in (default: tabular).
+    With ``label_sets`` the test labels are sets and the metrics those of
+    :func:`tasks.multilabel.get_multilabel_metrics` (MAP, micro- and macro-F1, per-label AP).
     """
     candidate_space = candidate_space or FeatureSpace()
     champion_space = champion_space or FeatureSpace()
@@ -181,10 +197,30 @@ def evaluate_models(
         return Evaluation(None, None, False, "no test labels to compare against the champion")
     rows = test_rows.reset_index(drop=True)
     features = candidate_space.transform(rows)
-    codes = encode_labels(test_labels.reset_index(drop=True), classes)
+    labels = test_labels.reset_index(drop=True)
+    if label_sets is not None:
+        truth = get_label_matrix(labels.astype(str), classes, separator=label_sets.separator)
+
+        def metrics_of(probs: np.ndarray) -> dict[str, float]:
+            return get_multilabel_metrics(truth, probs, classes, threshold=SET_THRESHOLD)
+
+        def predicted_of(probs: np.ndarray) -> pd.Series:
+            sets = get_predicted_sets(probs, classes, separator=label_sets.separator)
+            return pd.Series(sets, dtype="string")
+    else:
+        codes = encode_labels(labels, classes)
+
+        def metrics_of(probs: np.ndarray) -> dict[str, float]:
+            return get_classification_metrics(codes, probs, classes)
+
+        def predicted_of(probs: np.ndarray) -> pd.Series:
+            return pd.Series(
+                np.asarray(classes, dtype=object)[probs.argmax(axis=1)], dtype="string"
+            )
+
     probs, candidate_probs = get_cached_probs(candidate, rows["item_id"], features, len(classes))
-    ours = get_classification_metrics(codes, probs, classes)
-    predicted = pd.Series(np.asarray(classes, dtype=object)[probs.argmax(axis=1)], dtype="string")
+    ours = metrics_of(probs)
+    predicted = predicted_of(probs)
     if champion is None:
         return Evaluation(ours, None, True, "first model", predicted, candidate_probs)
     champion_features = (
@@ -193,7 +229,7 @@ def evaluate_models(
     champion_probs, champion_table = get_cached_probs(
         champion, rows["item_id"], champion_features, len(classes), champion_cache
     )
-    theirs = get_classification_metrics(codes, champion_probs, classes)
+    theirs = metrics_of(champion_probs)
     metric = params.gate_metric
     bar = theirs[metric] + params.gate_min_delta
     promote = ours[metric] >= bar
@@ -202,10 +238,10 @@ def evaluate_models(
     return Evaluation(ours, theirs, promote, reason, predicted, candidate_probs, champion_table)
 
 
-def _booster(model: SavedModel | None) -> lgb.Booster | None:
+def _booster(model: SavedModel | None) -> lgb.Booster | OneVsRestModel | None:
     if model is None or model.text is None:
         return None
-    return lgb.Booster(model_str=model.text)
+    return load_model(model.text)
 
 
 def get_champion_before(champion: SavedModel, *, round_id: int) -> SavedModel:
@@ -284,6 +320,7 @@ def run(ctx: StageContext) -> EvaluateSummary:
         champion_cache=before.test_probs,
         candidate_space=model_space(candidate),
         champion_space=model_space(before),
+        label_sets=get_label_sets(ctx.params),
     )
     ctx.save("champion", get_new_champion(result, candidate, before, round_id=ctx.round_id))
     crash_point("during:evaluate")

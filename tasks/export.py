@@ -81,6 +81,7 @@ def export_batch(
     round_id: int,
     params: ExportParams,
     text_columns: Sequence[str] = (),
+    label_separator: str | None = None,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]], list[dict[str, Any]]]:
     """The batch in the three annotator formats.
 
@@ -94,6 +95,9 @@ def export_batch(
         The pool's text columns (the features stage's): a Label Studio task shows each as
         text (``data.text_<i>``, :func:`tasks.labelstudio.get_label_config`), not in the
         item's table.
+    label_separator : str, optional
+        A multilabel project's: a suggestion is a set, pre-annotated in Label Studio as
+        one choice per label.
 
     Returns
     -------
@@ -163,7 +167,11 @@ def export_batch(
                             "from_name": params.labelstudio_from_name,
                             "to_name": params.labelstudio_to_name,
                             "type": "choices",
-                            "value": {"choices": [suggestion]},
+                            "value": {
+                                "choices": suggestion.split(label_separator)
+                                if label_separator
+                                else [suggestion]
+                            },
                         }
                     ],
                 }
@@ -287,9 +295,15 @@ def get_round_report(
     if ev is not None:
         cand, champ = ev.candidate or {}, ev.champion or {}
         lines += [
-            f"- test items: {ev.n_test}; candidate macro-F1 {num(cand.get('macro_f1'))}, "
-            f"accuracy {num(cand.get('accuracy'))}; champion macro-F1 "
-            f"{num(champ.get('macro_f1'))}",
+            (
+                f"- test items: {ev.n_test}; candidate MAP {num(cand.get('map'))}, micro-F1 "
+                f"{num(cand.get('micro_f1'))}, macro-F1 {num(cand.get('macro_f1'))}; champion "
+                f"MAP {num(champ.get('map'))}"
+                if "map" in cand
+                else f"- test items: {ev.n_test}; candidate macro-F1 "
+                f"{num(cand.get('macro_f1'))}, accuracy {num(cand.get('accuracy'))}; champion "
+                f"macro-F1 {num(champ.get('macro_f1'))}"
+            ),
             f"- promoted: {ev.promoted} ({ev.gate})",
         ]
     lines += ["", "## Next batch"]
@@ -410,6 +424,9 @@ def run(ctx: StageContext) -> ExportSummary:
         round_id=ctx.round_id,
         params=ctx.params.export,
         text_columns=reports.features.text_columns if reports.features else (),
+        label_separator=ctx.params.project.label_separator
+        if ctx.params.project.task == "multilabel"
+        else None,
     )
     ctx.save("outbox", get_outbox_files(table, records, tasks))
     crash_point("during:export")

@@ -14,21 +14,35 @@ import numpy as np
 import pandas as pd
 from cleanlab.count import num_label_issues
 from cleanlab.filter import find_label_issues
+from cleanlab.multilabel_classification import (
+    get_label_quality_scores as get_multilabel_quality_scores,
+)
+from cleanlab.multilabel_classification.filter import (
+    find_label_issues as find_multilabel_issues,
+)
 from cleanlab.rank import get_label_quality_scores
+from sklearn.model_selection import KFold
 
 from tasks import schema
 from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
-from tasks.features import FeatureSpace, load_space
+from tasks.features import FeatureSpace, load_space, take_rows
 from tasks.ledger import get_active_events
 from tasks.model import encode_labels, get_out_of_fold_pred_probs
+from tasks.multilabel import (
+    LabelSets,
+    fit_one_vs_rest,
+    get_label_matrix,
+    get_label_sets,
+    get_predicted_sets,
+)
 from tasks.params import FlagParams, TrainParams
 from tasks.summaries import FlagSummary
 
 STAGE = StageSpec(
     name="flag",
     module=__name__,
-    code=("tasks/model.py", "tasks/features.py", "tasks/ledger.py"),
+    code=("tasks/model.py", "tasks/features.py", "tasks/multilabel.py", "tasks/ledger.py"),
     reads=("current", "events", "pool", "feature_space"),
     writes=("flags", "ledger", "label_probs", "flag_report"),
     params=("project", "flag", "train"),
@@ -201,6 +215,99 @@ def find_mislabels_from_probs(
     return found.sort_values(["label_quality", "item_id"]).reset_index(drop=True)
 
 
+def get_set_label_probs(
+    labeled_rows: pd.DataFrame,
+    labels: pd.Series,
+    *,
+    classes: tuple[str, ...],
+    params: FlagParams,
+    train_params: TrainParams,
+    random_state: int,
+    label_sets: LabelSets,
+    space: FeatureSpace | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """:func:`get_label_probs` for label sets: each row's per-label probabilities from one
+    booster per label fitted on the other folds (:func:`tasks.multilabel.fit_one_vs_rest`),
+    without class weights. Same columns; rows do not sum to 1."""
+    columns = {"item_id": "string", **dict.fromkeys(classes, "float64")}
+    none = schema.empty(columns)
+    if len(labeled_rows) != len(labels):
+        raise ValueError(f"labeled_rows has {len(labeled_rows)} rows but labels has {len(labels)}")
+    if not params.enabled:
+        return none, "flagging is disabled (flag.enabled: false)"
+    if len(labels) < params.min_labels:
+        return (
+            none,
+            f"{len(labels)} training labels, fewer than flag.min_labels={params.min_labels}",
+        )
+    space = space or FeatureSpace()
+    matrix = get_label_matrix(labels.astype(str), classes, separator=label_sets.separator)
+    features = space.transform(labeled_rows.reset_index(drop=True))
+    folds = KFold(n_splits=params.cv_folds, shuffle=True, random_state=random_state % 2**32)
+    probs = np.zeros(matrix.shape, dtype=float)
+    unweighted = train_params.model_copy(update={"class_weight": "none"})
+    for fold, (fit_idx, held_idx) in enumerate(folds.split(matrix)):
+        model = fit_one_vs_rest(
+            take_rows(features, fit_idx),
+            matrix[fit_idx],
+            params=unweighted,
+            random_state=random_state + 100 * fold,
+            categorical=space.categorical,
+        )
+        probs[held_idx] = model.predict(take_rows(features, held_idx))
+    frame = pd.DataFrame(probs, columns=list(classes))
+    frame.insert(0, "item_id", labeled_rows["item_id"].astype("string").to_numpy())
+    return schema.conform(frame, columns), ""
+
+
+def find_set_mislabels_from_probs(
+    label_probs: pd.DataFrame,
+    labels: pd.Series,
+    *,
+    classes: tuple[str, ...],
+    params: FlagParams,
+    label_sets: LabelSets,
+    confirmed_ids: pd.Series | None = None,
+) -> pd.DataFrame:
+    """:func:`find_mislabels_from_probs` for label sets: cleanlab's multi-label issue finder
+    (``cleanlab.multilabel_classification.filter.find_label_issues``), ranked by its
+    multi-label quality score; the same bound below ``flag.estimate_from_labels`` labels; the
+    suggestion is the out-of-fold models' predicted set."""
+    if len(label_probs) != len(labels):
+        raise ValueError(f"label_probs has {len(label_probs)} rows but labels has {len(labels)}")
+    if label_probs.empty:
+        return schema.empty(FOUND_COLUMNS)
+    matrix = get_label_matrix(labels.astype(str), classes, separator=label_sets.separator)
+    given = [list(np.flatnonzero(row)) for row in matrix]
+    pred_probs = label_probs[list(classes)].to_numpy(dtype=float)
+    issues = find_multilabel_issues(labels=given, pred_probs=pred_probs, n_jobs=1)
+    quality = get_multilabel_quality_scores(given, pred_probs)
+    item_ids = label_probs["item_id"].reset_index(drop=True)
+    confirmed = (
+        schema.is_in(item_ids, confirmed_ids)
+        if confirmed_ids is not None
+        else np.zeros(len(given), dtype=bool)
+    )
+    doubted = np.flatnonzero(issues & ~confirmed)
+    cap = (
+        len(given)
+        if len(given) >= params.estimate_from_labels
+        else int(params.max_fraction * len(given))
+    )
+    doubted = doubted[np.argsort(quality[doubted], kind="stable")][:cap]
+    flagged = np.concatenate([doubted, np.flatnonzero(issues & confirmed)])
+    suggested = get_predicted_sets(pred_probs[flagged], classes, separator=label_sets.separator)
+    return pd.DataFrame(
+        {
+            "item_id": item_ids.to_numpy()[flagged],
+            "given_label": labels.to_numpy()[flagged],
+            "suggested_label": suggested,
+            "label_quality": quality[flagged],
+            "confirmed": confirmed[flagged],
+        }
+    ).astype(FOUND_COLUMNS)
+
+
 def find_mislabels(
     labeled_rows: pd.DataFrame,
     labels: pd.Series,
@@ -347,26 +454,41 @@ def run(ctx: StageContext) -> FlagSummary:
     earlier = ctx.load_before("ledger")
     train_labels = current[current["split"] == "train"].reset_index(drop=True)
     classes = ctx.params.project.classes
-    label_probs, skipped = get_label_probs(
-        ctx.pool_rows(train_labels["item_id"]),
-        train_labels["label"],
-        classes=classes,
-        params=ctx.params.flag,
-        train_params=ctx.params.train,
-        random_state=ctx.random_state("flag"),
-        space=load_space(ctx),
+    label_sets = get_label_sets(ctx.params)
+    settings = {
+        "classes": classes,
+        "params": ctx.params.flag,
+        "train_params": ctx.params.train,
+        "random_state": ctx.random_state("flag"),
+        "space": load_space(ctx),
+    }
+    rows = ctx.pool_rows(train_labels["item_id"])
+    label_probs, skipped = (
+        get_set_label_probs(rows, train_labels["label"], label_sets=label_sets, **settings)
+        if label_sets is not None
+        else get_label_probs(rows, train_labels["label"], **settings)
+    )
+    confirmed_ids = get_confirmed_ids(
+        pd.concat([get_active_events(earlier), events], ignore_index=True), current
     )
     found = (
         schema.empty(FOUND_COLUMNS)
         if skipped
+        else find_set_mislabels_from_probs(
+            label_probs,
+            train_labels["label"],
+            classes=classes,
+            params=ctx.params.flag,
+            label_sets=label_sets,
+            confirmed_ids=confirmed_ids,
+        )
+        if label_sets is not None
         else find_mislabels_from_probs(
             label_probs,
             train_labels["label"],
             classes=classes,
             params=ctx.params.flag,
-            confirmed_ids=get_confirmed_ids(
-                pd.concat([get_active_events(earlier), events], ignore_index=True), current
-            ),
+            confirmed_ids=confirmed_ids,
         )
     )
     records = get_flag_records(found, round_id=ctx.round_id, params=ctx.params.flag)

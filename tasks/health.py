@@ -52,13 +52,20 @@ from tasks.model import (
     get_out_of_fold_pred_probs,
     predict_proba,
 )
+from tasks.multilabel import load_model
 from tasks.params import HealthParams, Params, StopParams, TrainParams
 from tasks.summaries import HealthSummary
 
 STAGE = StageSpec(
     name="health",
     module=__name__,
-    code=("tasks/model.py", "tasks/features.py", "tasks/drift.py", "tasks/evaluate.py"),
+    code=(
+        "tasks/model.py",
+        "tasks/features.py",
+        "tasks/multilabel.py",
+        "tasks/drift.py",
+        "tasks/evaluate.py",
+    ),
     reads=("candidate", "champion", "current", "pool"),
     writes=(
         "stop_set",
@@ -725,7 +732,8 @@ def run(ctx: StageContext) -> HealthSummary:
     current = ctx.load("current")
     candidate = ctx.load("candidate")
     n_train = int((current["split"] == "train").sum())
-    rated = params.health.enabled and candidate.text is not None
+    label_sets = params.project.task == "multilabel"
+    rated = params.health.enabled and candidate.text is not None and not label_sets
     balanced = rated and n_train >= params.health.min_labels
     pool_ids = ctx.pool_ids() if stop_set.empty or balanced else None
     if stop_set.empty:
@@ -736,7 +744,7 @@ def run(ctx: StageContext) -> HealthSummary:
             random_state=ctx.random_state("health-stop-set"),
         )
     ctx.save("stop_set", stop_set)
-    booster = lgb.Booster(model_str=candidate.text) if candidate.text is not None else None
+    booster = load_model(candidate.text) if candidate.text is not None else None
     space = model_space(candidate)
     drift, arrived = check_arrivals(ctx, ctx.load_before("arrivals"), booster, space)
     ctx.save("arrivals", arrived)
@@ -751,6 +759,9 @@ def run(ctx: StageContext) -> HealthSummary:
             "health.enabled is false"
             if not params.health.enabled
             else "no model trained this round"
+            if candidate.text is None
+            else "label sets: the rating and the stop signal read one class per item; for "
+            "label sets they are not built yet"
         )
         summary = HealthSummary(**fields, not_rated_because=why)
         return _save(ctx, summary, stop_predictions, {}, detail, history, train_items=n_train)

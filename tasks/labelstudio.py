@@ -29,10 +29,15 @@ def get_text_field(position: int) -> str:
 
 
 def get_label_config(
-    classes: Sequence[str], *, params: ExportParams, text_columns: Sequence[str] = ()
+    classes: Sequence[str],
+    *,
+    params: ExportParams,
+    text_columns: Sequence[str] = (),
+    multiple: bool = False,
 ) -> str:
     """The labeling config of a project: the item's columns as a table, each text column
-    (:mod:`tasks.features`) as a ``Text`` under its name, one choice per class.
+    (:mod:`tasks.features`) as a ``Text`` under its name, one choice per class (with
+    ``multiple``, a multilabel project's, any number of them, at least one).
 
     Each ``Choice`` value is the class exactly as ``project.classes`` spells it (Label Studio
     sends back the value, and validates nothing: a class spelled differently would be
@@ -52,7 +57,8 @@ def get_label_config(
         f'  <Table name={quoteattr(params.labelstudio_to_name)} value="${ITEM_FIELD}"/>\n'
         f"{texts}"
         f"  <Choices name={quoteattr(params.labelstudio_from_name)} "
-        f'toName={quoteattr(params.labelstudio_to_name)} choice="single" '
+        f"toName={quoteattr(params.labelstudio_to_name)} "
+        f'choice="{"multiple" if multiple else "single"}" '
         'showInline="true" required="true">\n'
         f"{choices}\n"
         "  </Choices>\n"

@@ -33,6 +33,7 @@ from tasks.faults import crash_point
 from tasks.features import FeatureSpace, load_space
 from tasks.ledger import get_active_events
 from tasks.model import encode_labels, get_out_of_fold_pred_probs
+from tasks.multilabel import LabelSets, get_label_set_majority, get_label_sets, is_known_set
 from tasks.params import MergeParams, TrainParams
 from tasks.summaries import MergeSummary
 
@@ -198,6 +199,7 @@ def resolve_labels(
     train_params: TrainParams,
     random_state: int,
     space: FeatureSpace | None = None,
+    label_sets: LabelSets | None = None,
 ) -> Consensus:
     """The current label of every voted item.
 
@@ -211,10 +213,19 @@ def resolve_labels(
         Pool rows of the training items (for CROWDLAB's model); None means majority only.
     space : FeatureSpace, optional
         The round's feature space the model sees the rows in (default: tabular).
+    label_sets : LabelSets, optional
+        In a multilabel project: votes are sets, resolved label by label
+        (:func:`tasks.multilabel.get_label_set_majority`); CROWDLAB is for one class per item.
     """
-    majority = get_majority_labels(votes).assign(method="majority")
+    if label_sets is not None:
+        majority = get_label_set_majority(votes, classes, separator=label_sets.separator)
+        majority = majority.assign(method="majority")
+        why = "label sets: the majority of the votes, label by label"
+    else:
+        majority = get_majority_labels(votes).assign(method="majority")
     train_ids = set(split.index[split == "train"])
-    why = "no features given" if features is None else _use_crowdlab(votes, train_ids, params)
+    if label_sets is None:
+        why = "no features given" if features is None else _use_crowdlab(votes, train_ids, params)
     labels = majority
     quality = pd.Series(dtype=float)
     method = "majority"
@@ -386,15 +397,24 @@ def get_round_votes(
     *,
     round_id: int,
     classes: tuple[str, ...],
+    label_sets: LabelSets | None = None,
 ) -> RoundVotes:
     """Votes of earlier rounds (``prior``: their active ledger events) plus this round's.
 
     Votes for a class not in ``classes`` wait in the ledger (counted in ``pending``) until the
-    class is added to the project: they do not count towards any consensus meanwhile.
+    class is added to the project: they do not count towards any consensus meanwhile. With
+    ``label_sets`` (a multilabel project) a vote is a set, known when all its labels are.
     """
     events = get_label_events(prior, accepted, rejected, round_id=round_id)
     every_vote = get_votes(pd.concat([prior, events.reindex(columns=prior.columns)]))
-    known = every_vote["label"].isin(classes)
+    known = (
+        pd.Series(
+            is_known_set(every_vote["label"], classes, separator=label_sets.separator),
+            index=every_vote.index,
+        )
+        if label_sets is not None
+        else every_vote["label"].isin(classes)
+    )
     pending = every_vote.loc[~known, "label"].value_counts()
     return RoundVotes(events, every_vote[known], pending, get_first_split(issued))
 
@@ -419,6 +439,7 @@ def merge_round(
     train_params: TrainParams,
     random_state: int,
     space: FeatureSpace | None = None,
+    label_sets: LabelSets | None = None,
 ) -> Merge:
     """Resolve every item's label from its votes and record the round's events.
 
@@ -436,6 +457,7 @@ def merge_round(
         train_params=train_params,
         random_state=random_state,
         space=space,
+        label_sets=label_sets,
     )
     last_round = votes.groupby("item_id")["round_id"].max()
     current = (
@@ -486,10 +508,11 @@ def run(ctx: StageContext) -> MergeSummary:
         ctx.load_before("issued"),
         round_id=ctx.round_id,
         classes=p.project.classes,
+        label_sets=get_label_sets(p),
     )
     features = (
         ctx.pool_rows(round_votes.train_ids, ordered=False)
-        if p.merge.consensus != "majority"
+        if p.merge.consensus != "majority" and p.project.task == "multiclass"
         else None
     )
     merged = merge_round(
@@ -503,6 +526,7 @@ def run(ctx: StageContext) -> MergeSummary:
         train_params=p.train,
         random_state=ctx.random_state("merge"),
         space=load_space(ctx),
+        label_sets=get_label_sets(p),
     )
     ctx.save("current", merged.current)
     crash_point("during:merge")

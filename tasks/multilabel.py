@@ -26,7 +26,7 @@ from sklearn.metrics import average_precision_score, f1_score
 
 from tasks.features import Features, count_rows
 from tasks.model import fit_booster
-from tasks.params import TrainParams
+from tasks.params import Params, TrainParams
 
 #: Reasons a label set is refused (validate's reason codes).
 UNKNOWN_LABEL = "unknown_class"
@@ -34,6 +34,21 @@ EMPTY_SET = "empty_label_set"
 DUPLICATE_LABEL = "duplicate_label"
 #: The format tag of a serialized :class:`OneVsRestModel` (a booster's text never starts so).
 FORMAT = "alloop-one-vs-rest"
+
+
+@dataclass(frozen=True)
+class LabelSets:
+    """A multilabel project's way of writing a set (``project.label_separator``); the stages
+    take one (None: one class per item)."""
+
+    separator: str
+
+
+def get_label_sets(params: Params) -> LabelSets | None:
+    """The project's :class:`LabelSets`, or None when its items carry one class."""
+    if params.project.task != "multilabel":
+        return None
+    return LabelSets(params.project.label_separator)
 
 
 def split_label_set(value: object, *, separator: str) -> list[str]:
@@ -218,10 +233,12 @@ def fit_one_vs_rest(
     params: TrainParams,
     random_state: int,
     categorical: Sequence[int] = (),
+    sample_weight: np.ndarray | None = None,
 ) -> OneVsRestModel:
     """Fit one binary booster per column of ``label_matrix`` (shape ``(n, n_labels)``, 0/1),
     each seeded ``random_state + k`` and class-weighted as ``params.class_weight`` says (a
-    rare label is a rare positive class)."""
+    rare label is a rare positive class); ``sample_weight`` weighs the items (a flagged
+    label, down-weighted)."""
     matrix = np.asarray(label_matrix, dtype=int)
     if matrix.ndim != 2 or matrix.shape[0] != count_rows(features):
         raise ValueError(
@@ -242,6 +259,7 @@ def fit_one_vs_rest(
                 n_classes=2,
                 random_state=random_state + k,
                 categorical=categorical,
+                sample_weight=sample_weight,
             )
         )
     return OneVsRestModel(tuple(boosters))
@@ -282,3 +300,109 @@ def get_multilabel_metrics(
         else 0.0
     )
     return metrics
+
+
+def load_model(text: str) -> lgb.Booster | OneVsRestModel:
+    """A model folder's model text: a LightGBM booster, or a :class:`OneVsRestModel`
+    (its JSON starts with its format tag). Both predict with
+    :func:`tasks.model.predict_proba`."""
+    if text.startswith('{"format": "' + FORMAT + '"'):
+        return OneVsRestModel.from_string(text)
+    return lgb.Booster(model_str=text)
+
+
+# -- predicted sets ----------------------------------------------------------------------------
+def get_predicted_sets(
+    pred_probs: np.ndarray, classes: Sequence[str], *, separator: str, threshold: float = 0.5
+) -> np.ndarray:
+    """Each row's predicted set: the labels at or above ``threshold``, or the single most
+    probable label when none is (an item carries at least one label); NaN rows give NA.
+
+    Returns
+    -------
+    np.ndarray of object, shape (n,)
+    """
+    probs = np.asarray(pred_probs, dtype=float)
+    out = np.full(probs.shape[0], pd.NA, dtype=object)
+    for row in np.flatnonzero(~np.isnan(probs).any(axis=1)):
+        chosen = np.flatnonzero(probs[row] >= threshold)
+        if chosen.size == 0:
+            chosen = np.array([int(probs[row].argmax())])
+        out[row] = separator.join(classes[k] for k in chosen)
+    return out
+
+
+def get_set_confidence(pred_probs: np.ndarray) -> np.ndarray:
+    """How sure the model is of a whole set: the mean over labels of ``max(p, 1 - p)``, in
+    [0.5, 1]; NaN rows give NaN."""
+    probs = np.asarray(pred_probs, dtype=float)
+    return np.maximum(probs, 1.0 - probs).mean(axis=1)
+
+
+# -- consensus ---------------------------------------------------------------------------------
+def is_known_set(label_texts: pd.Series, classes: Sequence[str], *, separator: str) -> np.ndarray:
+    """Whether every label of each set is one of ``classes`` (a vote naming a class not
+    declared yet waits, as a single label does)."""
+    known = set(classes)
+    return np.array(
+        [
+            bool(pieces) and set(pieces) <= known
+            for pieces in (split_label_set(t, separator=separator) for t in label_texts)
+        ],
+        dtype=bool,
+    )
+
+
+def get_label_set_majority(
+    votes: pd.DataFrame, classes: Sequence[str], *, separator: str
+) -> pd.DataFrame:
+    """``item_id, label``: label by label, a label is in the item's set when more than half
+    of its votes hold it; a tie follows the most recent vote (as the single-class majority's
+    tie does). An item whose votes leave no label takes the most recent vote's set.
+
+    Parameters
+    ----------
+    votes : pd.DataFrame
+        ``item_id, label, order``: one row per counted vote, labels written by
+        :func:`to_label_text`.
+    """
+    if votes.empty:
+        return pd.DataFrame(
+            {"item_id": pd.Series(dtype="string"), "label": pd.Series(dtype="string")}
+        )
+    ordered = votes.sort_values(["item_id", "order"])
+    matrix = get_label_matrix(ordered["label"].astype(str), classes, separator=separator)
+    items = ordered["item_id"].to_numpy()
+    starts = np.r_[0, np.flatnonzero(items[1:] != items[:-1]) + 1]
+    ends = np.r_[starts[1:], len(items)]
+    labels = []
+    for start, end in zip(starts, ends, strict=True):
+        block = matrix[start:end]
+        share = block.mean(axis=0)
+        chosen = (share > 0.5) | ((share == 0.5) & (block[-1] == 1))
+        if not chosen.any():
+            chosen = block[-1] == 1
+        labels.append(separator.join(c for c, keep in zip(classes, chosen, strict=True) if keep))
+    return pd.DataFrame(
+        {
+            "item_id": pd.Series(items[starts], dtype="string"),
+            "label": pd.Series(labels, dtype="string"),
+        }
+    )
+
+
+def get_rarest_labels(label_texts: pd.Series, *, separator: str) -> pd.Series:
+    """Each set's rarest label, rarity counted over the sets given (ties: the label that
+    comes first in the set); a text without a separator is its own label.
+
+    Returns
+    -------
+    pd.Series of str, aligned with ``label_texts``
+    """
+    pieces = [split_label_set(t, separator=separator) or [str(t)] for t in label_texts]
+    counts = pd.Series([p for set_ in pieces for p in set_]).value_counts()
+    return pd.Series(
+        [min(set_, key=lambda label: counts[label]) for set_ in pieces],
+        index=label_texts.index,
+        dtype="string",
+    )

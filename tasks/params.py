@@ -30,6 +30,21 @@ class ProjectParams(_Section):
     # ``text`` section). None: detected, a string column whose median value has 4 words or
     # more (the features stage's report names them); []: none, every string is a category
     text_columns: tuple[str, ...] | None = None
+    # multiclass: one class per item. multilabel: a set of one or more classes per item (news
+    # topics, ticket tags), one booster per label (tasks/multilabel.py)
+    task: Literal["multiclass", "multilabel"] = "multiclass"
+    # how a label set is written in a CSV cell (and in the ledger): grain|wheat
+    label_separator: str = Field(default="|", min_length=1)
+
+    @model_validator(mode="after")
+    def _separator_not_in_a_class(self) -> ProjectParams:
+        inside = [c for c in self.classes if self.label_separator in c]
+        if self.task == "multilabel" and inside:
+            raise ValueError(
+                f"classes {inside} hold the label separator {self.label_separator!r}: choose "
+                "another project.label_separator"
+            )
+        return self
 
     @field_validator("classes")
     @classmethod
@@ -154,7 +169,9 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    gate_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    # "map" (mean average precision over labels) and "micro_f1" are label-set metrics
+    # (project.task: multilabel), where "macro_f1" is macro over labels
+    gate_metric: Literal["macro_f1", "accuracy", "map", "micro_f1"] = "macro_f1"
     # the candidate replaces the champion when candidate >= champion + gate_min_delta
     gate_min_delta: float = 0.0
 
@@ -171,7 +188,16 @@ STRATEGY_NAMES = (
     "diversity",
     "class_balance",
     "cost_aware",
+    "ml_mean_uncertainty",
+    "ml_max_uncertainty",
+    "ml_diversity",
 )
+#: The strategies of label sets (``project.task: multilabel``): registered with
+#: ``task="multilabel"``; the others score one class per item.
+MULTILABEL_STRATEGIES = ("ml_mean_uncertainty", "ml_max_uncertainty", "ml_diversity")
+#: Strategies that read no probability (random), and ``diversity``, which a multilabel project
+#: runs as ``ml_diversity`` (:meth:`Params.get_strategy`): allowed for either task.
+TASK_FREE_STRATEGIES = ("random", "diversity")
 
 
 class ScoreParams(_Section):
@@ -373,6 +399,37 @@ class Params(_Section):
     labelstudio: LabelStudioParams = Field(default_factory=LabelStudioParams)
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> Params:
+        """The strategy and the gate's metric exist for the project's task."""
+        multilabel = self.project.task == "multilabel"
+        strategy = self.score.strategy
+        if multilabel and strategy not in (*MULTILABEL_STRATEGIES, *TASK_FREE_STRATEGIES):
+            raise ValueError(
+                f"score.strategy {strategy!r} scores one class per item; project.task is "
+                f"multilabel: choose one of {[*MULTILABEL_STRATEGIES, *TASK_FREE_STRATEGIES]}"
+            )
+        if not multilabel and strategy in MULTILABEL_STRATEGIES:
+            raise ValueError(
+                f"score.strategy {strategy!r} scores label sets; project.task is multiclass"
+            )
+        label_set_metrics = ("map", "micro_f1")
+        if multilabel and self.evaluate.gate_metric == "accuracy":
+            raise ValueError("evaluate.gate_metric accuracy is of one class per item: use map")
+        if not multilabel and self.evaluate.gate_metric in label_set_metrics:
+            raise ValueError(
+                f"evaluate.gate_metric {self.evaluate.gate_metric!r} is a label-set metric; "
+                "project.task is multiclass"
+            )
+        return self
+
+    def get_strategy(self) -> str:
+        """The strategy the score stage runs: ``score.strategy``; in a multilabel project the
+        default ``diversity`` is its label-set form, ``ml_diversity``."""
+        if self.project.task == "multilabel" and self.score.strategy == "diversity":
+            return "ml_diversity"
+        return self.score.strategy
 
 
 class ParamsError(ValueError):

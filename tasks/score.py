@@ -37,6 +37,13 @@ from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.features import FeatureSpace, model_space
 from tasks.model import fit_booster, predict_proba
+from tasks.multilabel import (
+    LabelSets,
+    get_label_sets,
+    get_predicted_sets,
+    get_set_confidence,
+    load_model,
+)
 from tasks.params import AnnotationParams, ScoreParams, SelectParams, TrainParams
 from tasks.selection import get_relabel_candidates
 from tasks.strategies import (
@@ -57,6 +64,7 @@ STAGE = StageSpec(
         "tasks/annotation_time.py",
         "tasks/model.py",
         "tasks/features.py",
+        "tasks/multilabel.py",
         "tasks/train.py",
         "tasks/selection.py",
     ),
@@ -95,6 +103,8 @@ class ScoringInputs:
         The champion's feature space (its model folder's): the committee is fitted, and every
         model predicts, in it. A text space embeds items by its SVD too (``embedding_stats``
         then has the ``text_svd<i>`` columns).
+    label_sets : LabelSets, optional
+        A multilabel project's: the predictions are sets (:func:`_scores_frame`).
     """
 
     committee: tuple[lgb.Booster, ...] = ()
@@ -103,6 +113,7 @@ class ScoringInputs:
     annotation: AnnotationParams | None = None
     batch_size: int | None = None
     space: FeatureSpace = field(default_factory=FeatureSpace)
+    label_sets: LabelSets | None = None
 
 
 # -- what a view is made of ---------------------------------------------------------------------
@@ -354,12 +365,22 @@ def _predict(
 
 
 def _scores_frame(
-    item_ids: np.ndarray, pred_probs: np.ndarray | None, utilities: np.ndarray, classes
+    item_ids: np.ndarray,
+    pred_probs: np.ndarray | None,
+    utilities: np.ndarray,
+    classes,
+    label_sets: LabelSets | None = None,
 ) -> pd.DataFrame:
+    """The scores table; for label sets the prediction is the predicted set
+    (:func:`tasks.multilabel.get_predicted_sets`) and the confidence the model's sureness of
+    the whole set (:func:`tasks.multilabel.get_set_confidence`)."""
     n = len(item_ids)
     if pred_probs is None:
         predicted = np.full(n, pd.NA, dtype=object)
         confidence = np.full(n, np.nan)
+    elif label_sets is not None:
+        predicted = get_predicted_sets(pred_probs, classes, separator=label_sets.separator)
+        confidence = get_set_confidence(pred_probs)
     else:
         unpredicted = np.isnan(pred_probs).any(axis=1)  # issued items left out (see _predict)
         predicted = np.asarray(classes, dtype=object)[np.nan_to_num(pred_probs).argmax(axis=1)]
@@ -435,7 +456,7 @@ def get_chunk_scores(
         predict=_checked_predict(predict, info),
     )
     utilities = info.fn(selectable_probs, random_state=random_state, view=view, params=params)
-    return _scores_frame(item_ids, pred_probs, utilities, classes)
+    return _scores_frame(item_ids, pred_probs, utilities, classes, inputs.label_sets)
 
 
 def _checked_predict(predict: bool, info: StrategyInfo) -> bool:
@@ -515,7 +536,7 @@ def get_pool_scores(
         params=params,
     )
     pred_probs = np.concatenate(probs) if predict else None
-    scores = _scores_frame(np.concatenate(ids), pred_probs, utilities, classes)
+    scores = _scores_frame(np.concatenate(ids), pred_probs, utilities, classes, inputs.label_sets)
     return scores, len(ids)
 
 
@@ -524,7 +545,7 @@ def _read_scoring_inputs(
 ) -> ScoringInputs:
     """Read and build only what the strategy's view needs (in the champion's ``space``)."""
     classes = ctx.params.project.classes
-    fields: dict[str, object] = {"space": space}
+    fields: dict[str, object] = {"space": space, "label_sets": get_label_sets(ctx.params)}
     if {"committee_probs", "embedding", "class_counts"} & set(needs):
         train_labels, rows, weights = load_training_set(ctx)
         if "committee_probs" in needs:
@@ -569,9 +590,11 @@ def get_score_summary(
 
 def run(ctx: StageContext) -> ScoreSummary:
     champion = ctx.load("champion")
-    booster = None if champion.text is None else lgb.Booster(model_str=champion.text)
-    # fail before reading the pool (label sets come with issue 19's second half)
-    info = check_strategy_task(ctx.params.score.strategy, "multiclass")
+    booster = None if champion.text is None else load_model(champion.text)
+    # the strategy fits the project's task (fails before reading the pool)
+    strategy = ctx.params.get_strategy()
+    info = check_strategy_task(strategy, ctx.params.project.task)
+    score_params = ctx.params.score.model_copy(update={"strategy": strategy})
     inputs = (
         _read_scoring_inputs(ctx, info.needs, booster, model_space(champion))
         if booster is not None
@@ -591,7 +614,7 @@ def run(ctx: StageContext) -> ScoreSummary:
         ctx.iter_pool(ctx.params.score.chunk_size),
         booster,
         classes=ctx.params.project.classes,
-        params=ctx.params.score,
+        params=score_params,
         random_state=ctx.random_state("score"),
         inputs=inputs,
         exclude_ids=issued["item_id"],
@@ -603,7 +626,7 @@ def run(ctx: StageContext) -> ScoreSummary:
     summary = get_score_summary(
         scores,
         n_chunks,
-        strategy=ctx.params.score.strategy,
+        strategy=strategy,
         inputs=inputs,
         has_model=booster is not None,
     )

@@ -38,6 +38,15 @@ from tasks.health import BALANCE_MODEL
 from tasks.ledger import get_active_events
 from tasks.merge import get_votes
 from tasks.model import predict_proba
+from tasks.multilabel import (
+    LabelSets,
+    OneVsRestModel,
+    get_label_sets,
+    get_predicted_sets,
+    get_rarest_labels,
+    get_set_confidence,
+    load_model,
+)
 from tasks.params import FlagParams, SelectParams
 from tasks.summaries import HealthSummary, SelectSummary
 
@@ -47,6 +56,7 @@ STAGE = StageSpec(
     code=(
         "tasks/model.py",
         "tasks/features.py",
+        "tasks/multilabel.py",
         "tasks/activelab.py",
         "tasks/health.py",
         "tasks/merge.py",
@@ -66,6 +76,8 @@ STAGE = StageSpec(
     writes=("batch", "issued", "select_report"),
     params=(
         "project.classes",
+        "project.task",
+        "project.label_separator",
         "select",
         "health.explore_model_min_labels",
         "flag.max_votes_for_relabel",
@@ -105,11 +117,20 @@ def get_batch_sizes(
     return {**sizes, "active": left}
 
 
-def _stratified_sample(candidates: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.Index:
-    """``n`` rows of ``candidates`` with each predicted class in proportion to its size."""
+def _stratified_sample(
+    candidates: pd.DataFrame,
+    n: int,
+    rng: np.random.Generator,
+    label_sets: LabelSets | None = None,
+) -> pd.Index:
+    """``n`` rows of ``candidates`` with each predicted class in proportion to its size; with
+    ``label_sets``, each item counted under the rarest label of its predicted set (so that
+    the test items cover rare labels, not only the common sets)."""
     if n >= len(candidates):
         return candidates.index
     strata = candidates["predicted_label"].fillna("<none>").astype(str)
+    if label_sets is not None:
+        strata = get_rarest_labels(strata, separator=label_sets.separator)
     sizes = strata.value_counts().sort_index()
     exact = sizes / sizes.sum() * n
     quota = np.floor(exact).astype(int)
@@ -136,6 +157,7 @@ def select_batch(
     random_state: int,
     plan: Mapping[str, float] | None = None,
     ranked: Mapping[str, pd.Series] | None = None,
+    label_sets: LabelSets | None = None,
 ) -> pd.DataFrame:
     """Choose the next batch.
 
@@ -154,6 +176,9 @@ def select_batch(
         For each planned slice, candidate items best first (:func:`get_slice_candidates`);
         items the test or QC slice took, or not selectable, are skipped. A slice short of
         candidates leaves its places to the active slice.
+    label_sets : LabelSets, optional
+        A multilabel project's: the test slice is stratified by each item's rarest predicted
+        label.
 
     Returns
     -------
@@ -170,7 +195,7 @@ def select_batch(
     fresh = fresh[fresh["utility"].notna()]
     parts = []
 
-    test_idx = _stratified_sample(fresh, sizes["test"], rng)
+    test_idx = _stratified_sample(fresh, sizes["test"], rng, label_sets)
     parts.append(fresh.loc[test_idx].assign(split="test", reason="test"))
     fresh = fresh.drop(index=test_idx)
 
@@ -325,7 +350,7 @@ def get_ranked_slices(
         }
         ranked["explore"] = rank_for_explore(
             rows,
-            lgb.Booster(model_str=model.text),
+            load_model(model.text),
             classes=ctx.params.project.classes,
             explore_classes=tuple(health.explore_classes),
             examples=examples,
@@ -342,9 +367,10 @@ def get_ranked_slices(
 def add_predictions(
     batch: pd.DataFrame,
     rows: pd.DataFrame,
-    booster: lgb.Booster,
+    booster: lgb.Booster | OneVsRestModel,
     classes: tuple[str, ...],
     space: FeatureSpace | None = None,
+    label_sets: LabelSets | None = None,
 ) -> pd.DataFrame:
     """The batch with the champion's prediction filled in where it has none.
 
@@ -372,8 +398,14 @@ def add_predictions(
     space = space or FeatureSpace()
     features = space.transform(rows.set_index("item_id").loc[wanted.to_numpy()].reset_index())
     probs = predict_proba(booster, features, len(classes))
-    batch.loc[missing, "predicted_label"] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
-    batch.loc[missing, "confidence"] = probs.max(axis=1)
+    if label_sets is not None:
+        sets = get_predicted_sets(probs, classes, separator=label_sets.separator)
+        batch.loc[missing, "predicted_label"] = sets
+        batch.loc[missing, "confidence"] = get_set_confidence(probs)
+    else:
+        names = np.asarray(classes, dtype=object)
+        batch.loc[missing, "predicted_label"] = names[probs.argmax(axis=1)]
+        batch.loc[missing, "confidence"] = probs.max(axis=1)
     return schema.conform(batch, schema.BATCH)
 
 
@@ -442,7 +474,7 @@ def get_activelab_candidates(
     top = fresh.nlargest(sizes["active"], "utility", keep="first")["item_id"]
     candidate_probs = (
         predict_proba(
-            lgb.Booster(model_str=champion.text),
+            load_model(champion.text),
             model_space(champion).transform(ctx.pool_rows(top)),
             len(params.project.classes),
         )
@@ -496,7 +528,9 @@ def run(ctx: StageContext) -> SelectSummary:
     health = HealthSummary.from_dict(report) if report else None
     plan = get_plan(health) if has_model else {}
     label_probs = ctx.load("label_probs")
-    if has_model and not label_probs.empty:  # flag's out-of-fold probabilities: ActiveLab
+    label_sets = get_label_sets(ctx.params)
+    # flag's out-of-fold probabilities: ActiveLab (of one class per item)
+    if has_model and not label_probs.empty and label_sets is None:
         candidates = get_activelab_candidates(
             ctx, scores, issued, current, label_probs, champion, plan
         )
@@ -516,15 +550,17 @@ def run(ctx: StageContext) -> SelectSummary:
         random_state=ctx.random_state("select"),
         plan=plan,
         ranked=ranked,
+        label_sets=label_sets,
     )
     if has_model and batch["predicted_label"].isna().any():  # score did not predict the pool
         unpredicted = batch.loc[batch["predicted_label"].isna(), "item_id"]
         batch = add_predictions(
             batch,
             ctx.pool_rows(unpredicted, ordered=False),
-            lgb.Booster(model_str=champion.text),
+            load_model(champion.text),
             ctx.params.project.classes,
             model_space(champion),
+            label_sets,
         )
     ctx.save("issued", pd.concat([issued, batch.assign(round_id=ctx.round_id)]))
     crash_point("during:select")

@@ -160,7 +160,7 @@ def check_strategy_task(name: str, task: Task) -> StrategyInfo:
     """The strategy ``name``, refused with a sentence when it scores another kind of task
     (a label-set strategy for a project whose items carry one class, or the reverse)."""
     info = get_strategy_info(name)
-    if info.task != task:
+    if info.task != task and info.reads_probs:  # random reads no probability: either task
         fitting = sorted(n for n, i in _INFO.items() if i.task == task)
         raise ValueError(
             f"query strategy {name!r} (score.strategy) scores {info.task} items; this project's "

@@ -11,13 +11,20 @@ from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.features import Features, FeatureSpace, load_space, take_rows
 from tasks.model import encode_labels, fit_booster, get_lgb_params
+from tasks.multilabel import (
+    LabelSets,
+    OneVsRestModel,
+    fit_one_vs_rest,
+    get_label_matrix,
+    get_label_sets,
+)
 from tasks.params import TrainParams
 from tasks.summaries import TrainSummary
 
 STAGE = StageSpec(
     name="train",
     module=__name__,
-    code=("tasks/model.py", "tasks/features.py"),
+    code=("tasks/model.py", "tasks/features.py", "tasks/multilabel.py"),
     reads=("current", "flags", "pool", "feature_space"),
     writes=("candidate", "train_report"),
     params=("project", "train"),
@@ -127,8 +134,40 @@ def train_model(
     return booster, ""
 
 
+def train_label_set_model(
+    labeled_rows: pd.DataFrame,
+    labels: pd.Series,
+    weights: np.ndarray,
+    *,
+    classes: tuple[str, ...],
+    params: TrainParams,
+    random_state: int,
+    label_sets: LabelSets,
+    space: FeatureSpace | None = None,
+) -> tuple[OneVsRestModel | None, str]:
+    """:func:`train_model` for label sets: one booster per label
+    (:func:`tasks.multilabel.fit_one_vs_rest`) on the items whose weight is above 0."""
+    space = space or FeatureSpace()
+    keep = np.asarray(weights) > 0
+    matrix = get_label_matrix(
+        labels.reset_index(drop=True).astype(str), classes, separator=label_sets.separator
+    )[keep]
+    if matrix.shape[0] < 2 or not (matrix.min(axis=0) != matrix.max(axis=0)).any():
+        return None, f"{matrix.shape[0]} usable training label sets: no label to learn yet"
+    features = take_rows(space.transform(labeled_rows.reset_index(drop=True)), keep)
+    model = fit_one_vs_rest(
+        features,
+        matrix,
+        params=params,
+        random_state=random_state,
+        categorical=space.categorical,
+        sample_weight=np.asarray(weights, dtype=float)[keep],
+    )
+    return model, ""
+
+
 def get_candidate(
-    booster: lgb.Booster | None,
+    booster: lgb.Booster | OneVsRestModel | None,
     skipped: str,
     weights: np.ndarray,
     *,
@@ -171,8 +210,18 @@ def run(ctx: StageContext) -> TrainSummary:
         "params": ctx.params.train,
         "space": load_space(ctx),
     }
-    booster, skipped = train_model(
-        rows, train_labels["label"], weights, **settings, random_state=seed
+    label_sets = get_label_sets(ctx.params)
+    booster, skipped = (
+        train_label_set_model(
+            rows,
+            train_labels["label"],
+            weights,
+            **settings,
+            random_state=seed,
+            label_sets=label_sets,
+        )
+        if label_sets is not None
+        else train_model(rows, train_labels["label"], weights, **settings, random_state=seed)
     )
     candidate, summary = get_candidate(
         booster, skipped, weights, round_id=ctx.round_id, **settings, random_state=seed

@@ -62,7 +62,13 @@ STAGE = StageSpec(
     code=("tasks/parsing.py", "tasks/expectations.py", "tasks/ledger.py"),
     reads=("suite", "pool"),
     writes=("archive", "manifest", "quarantine", "accepted", "rejected", "validate_report"),
-    params=("project.classes", "project.allow_new_classes", "validate"),
+    params=(
+        "project.classes",
+        "project.allow_new_classes",
+        "project.task",
+        "project.label_separator",
+        "validate",
+    ),
 )
 
 log = logging.getLogger(__name__)
@@ -625,6 +631,8 @@ def run(ctx: StageContext) -> ValidateSummary:
         allow_new_classes=ctx.params.project.allow_new_classes,
         ledger=get_active_events(ctx.load_before("ledger")),
         users=get_labelstudio_users(ctx.load_before("labelstudio_users")),
+        task=ctx.params.project.task,
+        separator=ctx.params.project.label_separator,
     )
     quarantined = pd.concat([intake.file_rejections, result.quarantined], ignore_index=True)
     manifest = get_manifest(intake, result)

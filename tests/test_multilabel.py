@@ -3,6 +3,8 @@ the multi-label metrics and strategies, on small data with known answers."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -261,3 +263,126 @@ def test_a_label_studio_multi_choice_arrives_as_a_set_and_a_single_class_project
     single = validate_labels(rows, **kwargs)
     assert single.quarantined["reason_code"].tolist() == ["unknown_class"]
     assert "2 labels ['wheat', 'grain'] in one answer" in single.quarantined["reason"].iloc[0]
+
+
+# -- label sets through real rounds ------------------------------------------------------------
+def _answer(catalog, round_id, truth, *, annotator, extra=()):
+    """Answer round ``round_id``'s batch with the true sets of ``truth`` (CSV, ``|``-joined;
+    None: no answer but ``extra``), plus ``extra`` rows ``(item_id, label)``."""
+    batch = pd.read_csv(catalog.path("outbox", round_id) / "batch.csv", dtype={"item_id": str})
+    rows = [(i, truth[i]) for i in batch["item_id"]] if truth is not None else []
+    rows += list(extra)
+    frame = pd.DataFrame(rows, columns=["item_id", "label"])
+    frame["annotator"] = annotator
+    frame["labeled_at"] = f"2026-01-0{round_id}T10:00:00Z"
+    path = catalog.path("incoming") / f"{annotator}-{round_id}.csv"
+    frame.to_csv(path, index=False)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def set_rounds(prefect_api, tmp_path_factory):
+    """Three rounds on 900 stories whose items carry one or two topics."""
+    from flows.round import al_round
+    from flows.workspace import init_workspace
+
+    rows, matrix = _stories(900, seed=4)
+    truth = pd.Series(
+        ["|".join(c for c, k in zip(CLASSES, row, strict=True) if k) for row in matrix],
+        index=rows["item_id"],
+    )
+    root = tmp_path_factory.mktemp("sets") / "ws"
+    catalog = init_workspace(
+        root,
+        pool=rows,
+        id_column="item_id",
+        classes=CLASSES,
+        overrides=(
+            "project.task=multilabel",
+            "select.seed_size=150",
+            "select.batch_size=100",
+            "flag.min_labels=50",
+        ),
+    )
+    al_round(str(root))
+    first = _answer(catalog, 1, truth, annotator="ann")
+    ids = first["item_id"].tolist()
+    bad = [(ids[0], "[]"), (ids[1], "grain|grain"), (ids[2], "barley")]
+    # a second annotator disagrees on one label of one item: two votes, a tie on that label
+    _answer(catalog, 1, None, annotator="bea", extra=[*bad, (ids[3], "crude|earn")])
+    al_round(str(root))
+    reports = {"validate": json.loads((root / "reports/validate.json").read_text())}
+    _answer(catalog, 2, truth, annotator="ann")
+    al_round(str(root))
+    return {"root": root, "catalog": catalog, "truth": truth, "ids": ids, "round2": reports}
+
+
+def test_label_sets_reach_the_ledger_in_one_spelling_and_bad_sets_are_quarantined(set_rounds):
+    catalog, truth = set_rounds["catalog"], set_rounds["truth"]
+    validate = set_rounds["round2"]["validate"]
+    assert validate["quarantined_by_reason"] == {
+        "duplicate_label": 1,
+        "empty_label_set": 1,
+        "unknown_class": 1,
+    }
+    ledger = catalog.load("ledger")
+    votes = ledger[ledger["event"] == "label"]
+    assert set(votes["label"]) <= set(truth) | {"crude|earn"}
+    current = catalog.load("current").set_index("item_id")
+    assert (current["label"].str.split("|").map(len) >= 1).all()
+    # the item with two votes: labels by majority, the tie on a label to the latest vote
+    disputed = set_rounds["ids"][3]
+    assert current.loc[disputed, "n_votes"] == 2
+
+
+def test_the_model_is_one_booster_per_label_and_is_judged_by_map(set_rounds):
+    root = set_rounds["root"]
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics["candidate"]["map"] > 0.8 and "micro_f1" in metrics["candidate"]
+    assert "accuracy" not in metrics["candidate"]
+    assert (root / "models/champion/model.txt").read_text().startswith('{"format": "alloop-one')
+    report = (root / "reports/round.md").read_text()
+    assert "candidate MAP" in report
+    health = json.loads((root / "reports/health.json").read_text())
+    assert "label sets" in health["not_rated_because"]
+    flag = json.loads((root / "reports/flag.json").read_text())
+    assert flag["checked"] > 0 and not flag["skipped_because"]
+
+
+def test_the_next_batch_goes_out_with_predicted_sets(set_rounds):
+    root = set_rounds["root"]
+    score = json.loads((root / "reports/score.json").read_text())
+    assert score["strategy"] == "ml_diversity"
+    batch = pd.read_csv(root / "data/outbox/round-0003/batch.csv", dtype=str)
+    suggested = batch["predicted_label"].dropna()
+    assert (
+        len(suggested) > 0
+        and suggested.str.split("|").map(set).map(lambda s: s <= set(CLASSES)).all()
+    )
+    tasks = json.loads((root / "data/outbox/round-0003/tasks.json").read_text())
+    choices = [
+        t["predictions"][0]["result"][0]["value"]["choices"] for t in tasks if t.get("predictions")
+    ]
+    assert choices and all(set(c) <= set(CLASSES) for c in choices)
+    assert any(len(c) > 1 for c in choices)
+
+
+def test_the_registered_label_set_model_predicts_sets(set_rounds):
+    import mlflow
+
+    from flows.runtime import mlflow_uri
+
+    root = set_rounds["root"]
+    mlflow.set_tracking_uri(mlflow_uri(root))
+    model = mlflow.pyfunc.load_model("models:/alloop@champion")
+    rows, _ = _stories(20, seed=9)
+    out = model.predict(rows.drop(columns=["item_id"]))
+    assert list(out.columns) == [*CLASSES, "label"]
+    assert out["label"].str.split("|").map(lambda s: set(s) <= set(CLASSES)).all()
+
+
+def test_a_rerun_of_a_label_set_round_is_exact(set_rounds):
+    from flows.rerun import al_rerun
+
+    result = al_rerun(str(set_rounds["root"]), 3)
+    assert result.identical, result.differences
