@@ -655,7 +655,9 @@ def get_goal1(r: dict, args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
         row[f"{arm}_aulc"] = s["mean_aulc"]
         row[f"{arm}_labels_to_target"] = s["median_labels_to_target"]
         row[f"{arm}_reached"] = f"{int(s['reached_target'])}/{int(s['seeds'])}"
-        if arm != "random":
+        # the comparison with random exists only when the run has a random arm (a stop-only
+        # run has the plan arm alone)
+        if arm != "random" and "aulc_diff_vs_random" in s.index:
             row[f"{arm}_minus_random"] = s["aulc_diff_vs_random"]
             row[f"{arm}_p"] = s["aulc_p_value"]
     if {"plan_minus_random", "noplan_minus_random"} <= row.keys():

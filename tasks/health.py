@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightgbm as lgb
 import numpy as np
@@ -136,6 +136,152 @@ def get_cohen_kappa(first: np.ndarray, second: np.ndarray) -> float:
     return (observed - expected) / (1.0 - expected)
 
 
+def get_class_kappas(first: np.ndarray, second: np.ndarray) -> dict[str, float]:
+    """One-vs-rest Cohen's kappa of each class predicted in either array: the agreement of
+    "is it this class?" between two predictions of the same items.
+
+    A class newly predicted (absent from one array) gets 0; a class predicted identically
+    gets 1, however few its items.
+
+    Parameters
+    ----------
+    first, second : np.ndarray of str, shape (n,)
+
+    Returns
+    -------
+    dict of str to float
+        Class to kappa in [-1, 1] (higher: more stable), in sorted class order.
+    """
+    first, second = np.asarray(first).astype(str), np.asarray(second).astype(str)
+    return {
+        str(c): get_cohen_kappa(first == c, second == c) for c in np.union1d(first, second)
+    }
+
+
+@dataclass(frozen=True)
+class StopEvidence:
+    """What the stop advice is decided on, per round with a kappa, oldest first, this round
+    last (rounds without a kappa left out).
+
+    Attributes
+    ----------
+    kappas : tuple of float
+        Cohen's kappa between successive rounds' predictions on the stop set.
+    noise_kappas : tuple of float or None
+        Kappa between each round's candidate and a model refit on a bootstrap resample of its
+        labels (None where not computed).
+    class_kappa_mins : tuple of float or None
+        The smallest one-vs-rest kappa of a class between successive rounds.
+    new_classes : dict of str to str
+        This round's classes still being found: class to why (first labeled, first
+        predicted within the window).
+    """
+
+    kappas: tuple[float, ...]
+    noise_kappas: tuple[float | None, ...] = ()
+    class_kappa_mins: tuple[float | None, ...] = ()
+    new_classes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """``criterion``: what fired ("threshold", "plateau") or "" when nothing did; ``held``:
+    the guard that held a fired criterion back ("" when none)."""
+
+    advised: bool
+    criterion: str
+    held: str
+    kappa_mean: float | None
+    kappa_rise: float | None
+    noise_kappa_mean: float | None
+    reason: str
+
+
+def _window_mean(values: tuple[float | None, ...], window: int) -> float | None:
+    recent = [v for v in values[-window:] if v is not None and not math.isnan(v)]
+    return float(np.mean(recent)) if len(recent) == window else None
+
+
+def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDecision:
+    """The stop advice from the rounds' evidence (:class:`StopEvidence`), by three rules:
+
+    - *threshold* (Bloodgood and Vijay-Shanker, 2009): the mean kappa over the last
+      ``params.window`` rounds reaches ``params.kappa``;
+    - *plateau*, for kappas that level off below it: with ``params.plateau`` "noise", the
+      mean kappa reaches the mean bootstrap-refit kappa over the same rounds minus
+      ``params.noise_margin`` (successive models disagree no more than a model disagrees
+      with itself refit on the same labels); with "slope" (Laws and Schuetze, 2008), the
+      mean kappa is at least ``params.plateau_kappa`` and rose less than
+      ``params.plateau_rise`` since the window before;
+    - the class guard holds a fired rule back while a class is still being found
+      (``params.guard_new_classes``) or the smallest per-class kappa averaged over the window
+      is under ``params.class_kappa``.
+
+    Pure: the same evidence gives the same decision, so a benchmark replays it per round.
+    """
+    window = params.window
+    kappas = evidence.kappas
+    if len(kappas) < window:
+        reason = f"{len(kappas)} of the {window} rounds the signal averages so far"
+        return StopDecision(False, "", "", None, None, None, reason)
+    mean = float(np.mean(kappas[-window:]))
+    rise = (
+        mean - float(np.mean(kappas[-2 * window : -window]))
+        if len(kappas) >= 2 * window
+        else None
+    )
+    noise = _window_mean(evidence.noise_kappas, window)
+    said = f"kappa averaged {mean:.4f} over the last {window} rounds"
+    criterion = ""
+    if mean >= params.kappa:
+        criterion = "threshold"
+        why = (
+            f"predictions have stabilized: {said} (>= {params.kappa}); more labels are "
+            "unlikely to change the model"
+        )
+    elif params.plateau == "noise" and noise is not None and mean >= noise - params.noise_margin:
+        criterion = "plateau"
+        why = (
+            f"predictions have levelled off at the noise floor: {said} (< {params.kappa}), at "
+            f"least the {noise:.4f} a model refit on a bootstrap of the same labels agrees "
+            "with itself; new labels move the model no more than refitting it does"
+        )
+    elif (
+        params.plateau == "slope"
+        and rise is not None
+        and mean >= params.plateau_kappa
+        and rise < params.plateau_rise
+    ):
+        criterion = "plateau"
+        why = (
+            f"predictions have levelled off: {said} (< {params.kappa}, >= "
+            f"{params.plateau_kappa}), up {rise:+.4f} on the {window} rounds before (< "
+            f"{params.plateau_rise})"
+        )
+    else:
+        floor = f"; noise floor {noise:.4f}" if params.plateau == "noise" and noise else ""
+        rose = f"; up {rise:+.4f} on the window before" if params.plateau == "slope" and rise is not None else ""
+        reason = f"{said} (< {params.kappa}){floor}{rose}"
+        return StopDecision(False, "", "", mean, rise, noise, reason)
+    class_min = _window_mean(evidence.class_kappa_mins, window)
+    held = ""
+    if params.guard_new_classes and evidence.new_classes:
+        held = "new classes"
+        hold = (
+            "the model is still finding classes: " + "; ".join(evidence.new_classes.values())
+        )
+    elif params.class_kappa > 0 and class_min is not None and class_min < params.class_kappa:
+        held = "class kappa"
+        hold = (
+            f"a class is still unstable: its one-vs-rest kappa averaged {class_min:.4f} over "
+            f"the window (< {params.class_kappa})"
+        )
+    if held:
+        reason = f"{criterion} would advise stopping ({why}), held back: {hold}"
+        return StopDecision(False, criterion, held, mean, rise, noise, reason)
+    return StopDecision(True, criterion, "", mean, rise, noise, f"{criterion}: {why}")
+
+
 @dataclass(frozen=True)
 class StopSignal:
     kappa: float | None
@@ -143,6 +289,39 @@ class StopSignal:
     changed_share: float | None
     advised: bool
     reason: str
+    criterion: str = ""
+    held: str = ""
+    kappa_rise: float | None = None
+    noise_kappa_mean: float | None = None
+    class_kappa_min: float | None = None
+    class_kappa_mean: float | None = None
+
+
+def get_new_classes(
+    first_labeled: dict[str, int],
+    first_predicted: dict[str, int],
+    *,
+    round_id: int,
+    window: int,
+) -> dict[str, str]:
+    """Classes first labeled for training, or first predicted on the stop set, in the last
+    ``window`` rounds (this one included): class to why.
+
+    Parameters
+    ----------
+    first_labeled, first_predicted : dict of str to int
+        Class to the round whose model first had a training label of it / first predicted
+        it on the stop set.
+    """
+    since = round_id - window + 1
+    new: dict[str, str] = {}
+    for name, first in sorted(first_labeled.items()):
+        if first >= since:
+            new[name] = f"class {name!r} got its first training label in round {first}"
+    for name, first in sorted(first_predicted.items()):
+        if first >= since and name not in new:
+            new[name] = f"class {name!r} was first predicted on the stop set in round {first}"
+    return new
 
 
 def get_stop_signal(
@@ -151,6 +330,10 @@ def get_stop_signal(
     earlier_kappas: list[float],
     *,
     params: StopParams,
+    noise_kappa: float | None = None,
+    earlier_noise_kappas: list[float | None] | None = None,
+    earlier_class_kappa_mins: list[float | None] | None = None,
+    new_classes: dict[str, str] | None = None,
 ) -> StopSignal:
     """The stop signal from this round's and the previous round's predictions on the stop set.
 
@@ -161,32 +344,85 @@ def get_stop_signal(
         round with a model.
     earlier_kappas : list of float
         The kappas of the rounds before, oldest first (rounds without one left out).
+    noise_kappa : float, optional
+        This round's bootstrap-refit kappa (:func:`get_noise_kappa`).
+    earlier_noise_kappas, earlier_class_kappa_mins : list of float or None, optional
+        The same rounds' bootstrap-refit kappas and smallest per-class kappas.
+    new_classes : dict of str to str, optional
+        :func:`get_new_classes` of this round.
     """
     if previous is None or previous.empty:
         return StopSignal(None, None, None, False, "no earlier model to compare with yet")
     common = current.index.intersection(previous.index)
     now, before = current.loc[common].to_numpy(), previous.loc[common].to_numpy()
     kappa = get_cohen_kappa(now, before)
-    recent = [*earlier_kappas, kappa][-params.window :]
-    changed = float(np.mean(now != before))
-    if len(recent) < params.window:
-        return StopSignal(
-            kappa,
-            None,
-            changed,
-            False,
-            f"{len(recent)} of the {params.window} rounds the signal averages so far",
-        )
-    mean = float(np.mean(recent))
-    if mean >= params.kappa:
-        reason = (
-            f"predictions have stabilized: kappa averaged {mean:.4f} over the last "
-            f"{params.window} rounds (>= {params.kappa}); more labels are unlikely to change "
-            "the model"
-        )
-        return StopSignal(kappa, mean, changed, True, reason)
-    reason = f"kappa averaged {mean:.4f} over the last {params.window} rounds (< {params.kappa})"
-    return StopSignal(kappa, mean, changed, False, reason)
+    by_class = get_class_kappas(now, before)
+    class_min = min(by_class.values())
+    n_earlier = len(earlier_kappas)
+
+    def padded(values: list[float | None] | None) -> tuple[float | None, ...]:
+        values = list(values or [])
+        return tuple([None] * (n_earlier - len(values)) + values[-n_earlier:] if n_earlier else [])
+
+    evidence = StopEvidence(
+        kappas=(*earlier_kappas, kappa),
+        noise_kappas=(*padded(earlier_noise_kappas), noise_kappa),
+        class_kappa_mins=(*padded(earlier_class_kappa_mins), class_min),
+        new_classes=new_classes or {},
+    )
+    decision = get_stop_decision(evidence, params=params)
+    return StopSignal(
+        kappa,
+        decision.kappa_mean,
+        float(np.mean(now != before)),
+        decision.advised,
+        decision.reason,
+        criterion=decision.criterion,
+        held=decision.held,
+        kappa_rise=decision.kappa_rise,
+        noise_kappa_mean=decision.noise_kappa_mean,
+        class_kappa_min=class_min,
+        class_kappa_mean=float(np.mean(list(by_class.values()))),
+    )
+
+
+def get_noise_kappa(
+    features: pd.DataFrame,
+    codes: np.ndarray,
+    stop_features: pd.DataFrame,
+    predicted: np.ndarray,
+    *,
+    n_classes: int,
+    train_params: TrainParams,
+    random_state: int,
+) -> float:
+    """Cohen's kappa between ``predicted`` (the candidate's classes on the stop set) and a
+    model refit on a bootstrap resample of the candidate's training labels: how much two
+    models disagree by fitting noise alone at this many labels.
+
+    Parameters
+    ----------
+    features : pd.DataFrame
+        Training feature frame, shape (n, d); ``codes`` its class codes, shape (n,).
+    stop_features : pd.DataFrame
+        The stop set's feature frame; ``predicted`` the candidate's class codes on it.
+
+    Returns
+    -------
+    float
+        In [-1, 1]; higher: the model is more stable under resampling of its labels.
+    """
+    rng = np.random.default_rng(random_state)
+    take = rng.integers(0, len(codes), size=len(codes))
+    booster = fit_booster(
+        features.iloc[take].reset_index(drop=True),
+        np.asarray(codes)[take],
+        params=train_params,
+        n_classes=n_classes,
+        random_state=random_state,
+    )
+    refit = predict_proba(booster, stop_features, n_classes).argmax(axis=1)
+    return get_cohen_kappa(refit, np.asarray(predicted))
 
 
 # -- the rating -------------------------------------------------------------------------------
@@ -677,6 +913,7 @@ class HealthSeeds:
     balance_cv: int
     balance_fit: int
     random_only: int
+    noise: int = 0
 
 
 @dataclass(frozen=True)
@@ -755,6 +992,7 @@ def run(ctx: StageContext) -> HealthSummary:
         balance_cv=ctx.random_state("health-balance-cv"),
         balance_fit=ctx.random_state("health-balance-fit"),
         random_only=ctx.random_state("health-random-only"),
+        noise=ctx.random_state("health-noise"),
     )
     result = get_health(inputs, fields, params=params, round_id=round_id, seeds=seeds)
     return _save(
@@ -821,15 +1059,40 @@ def get_health(
         if previous_round is not None
         else None
     )
+    test = current[current["split"] == "test"].reset_index(drop=True)
+    train = current[current["split"] == "train"].reset_index(drop=True)
+    noise_kappa = (
+        get_noise_kappa(
+            features(train["item_id"]),
+            encode_labels(train["label"], classes),
+            features(stop_set["item_id"]),
+            stop_probs.argmax(axis=1),
+            n_classes=len(classes),
+            train_params=aux_train,
+            random_state=seeds.noise,
+        )
+        if len(train) and previous is not None
+        else None
+    )
+    known_rounds = {*history["round_id"].astype(int), round_id} if not history.empty else {round_id}
+    shown = pd.concat([inputs.stop_predictions, this_round], ignore_index=True)
+    shown = shown[shown["round_id"].isin(known_rounds)]
+    new_classes = get_new_classes(
+        {str(c): int(r) for c, r in train.groupby("label")["last_round"].min().items()},
+        {str(c): int(r) for c, r in shown.groupby("predicted_label")["round_id"].min().items()},
+        round_id=round_id,
+        window=params.stop.window,
+    )
     signal = get_stop_signal(
         _stop_series(this_round, round_id),
         previous,
         [float(k) for k in earlier["kappa"]] if not earlier.empty else [],
         params=params.stop,
+        noise_kappa=noise_kappa,
+        earlier_noise_kappas=_column(earlier, "noise_kappa"),
+        earlier_class_kappa_mins=_column(earlier, "class_kappa_min"),
+        new_classes=new_classes,
     )
-
-    test = current[current["split"] == "test"].reset_index(drop=True)
-    train = current[current["split"] == "train"].reset_index(drop=True)
     test_features = features(test["item_id"]) if len(test) else None
     test_codes = encode_labels(test["label"], classes) if len(test) else np.array([], dtype=int)
     # evaluate predicted the test items with this model when it promoted it: reuse them
@@ -930,6 +1193,14 @@ def get_health(
         mean_entropy=float(this_round["entropy"].mean()),
         stop_advised=signal.advised,
         stop_reason=signal.reason,
+        stop_criterion=signal.criterion,
+        stop_held=signal.held,
+        kappa_rise=signal.kappa_rise,
+        noise_kappa=noise_kappa,
+        noise_kappa_mean=signal.noise_kappa_mean,
+        class_kappa_min=signal.class_kappa_min,
+        class_kappa_mean=signal.class_kappa_mean,
+        new_classes=tuple(new_classes),
         explore_fraction=plan.explore_fraction,
         explore_classes=plan.explore_classes,
         rebalance_fraction=plan.rebalance_fraction,
@@ -989,6 +1260,13 @@ def _save(
     )
     ctx.save("health_report", summary.to_dict())
     return summary
+
+
+def _column(history: pd.DataFrame, name: str) -> list[float | None]:
+    """A history column as a list, None where empty (also a history written before it)."""
+    if history.empty or name not in history:
+        return [None] * len(history)
+    return [None if pd.isna(v) else float(v) for v in history[name]]
 
 
 def _plain(value: object) -> object:

@@ -222,6 +222,23 @@ class StopParams(_Section):
     # fires earlier (bench/README.md, "Health")
     kappa: float = Field(default=0.97, gt=0.0, le=1.0)
     window: int = Field(default=3, ge=1)
+    # a second way to fire, for sets whose kappa levels off below ``kappa``: "noise" fires when
+    # the mean kappa over the window reaches the mean agreement of each round's candidate with
+    # a model refit on a bootstrap resample of the same labels (``noise_kappa``) minus
+    # ``noise_margin``: new labels move the model no more than refitting it on the same labels
+    # does; "slope" (Laws and Schuetze, 2008) fires when the mean kappa is at least
+    # ``plateau_kappa`` and rose less than ``plateau_rise`` over the last ``window`` rounds
+    plateau: Literal["off", "noise", "slope"] = "noise"
+    noise_margin: float = Field(default=0.0, ge=-1.0, le=1.0)
+    plateau_kappa: float = Field(default=0.85, gt=0.0, le=1.0)
+    plateau_rise: float = Field(default=0.01, ge=0.0)
+    # the class guard holds the advice back while the model is still finding classes: a class
+    # got its first training label, or was first predicted on the stop set, within the last
+    # ``window`` rounds
+    guard_new_classes: bool = True
+    # ... and while the smallest one-vs-rest kappa of a class between successive rounds,
+    # averaged over the window, is under this (0: off)
+    class_kappa: float = Field(default=0.0, ge=0.0, le=1.0)
     # advise: rounds go on and the advice is shown; pause: nightly rounds skip with the
     # reason until a person resumes (``alloop resume``)
     action: Literal["advise", "pause"] = "advise"
