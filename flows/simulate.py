@@ -84,6 +84,7 @@ HEALTH_COLUMNS = [
     "changed_share",
     "mean_entropy",
     "noise_kappa",
+    "drop_kappa",
     "class_kappa_min",
     "class_kappa_mean",
     "new_classes",

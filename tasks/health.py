@@ -172,6 +172,9 @@ class StopEvidence:
         labels (None where not computed).
     class_kappa_mins : tuple of float or None
         The smallest one-vs-rest kappa of a class between successive rounds.
+    drop_kappas : tuple of float or None
+        Kappa between each round's candidate and a model refit without a random batch of
+        its labels as large as the round's new ones.
     new_classes : dict of str to str
         This round's classes still being found: class to why (first labeled, first
         predicted within the window).
@@ -181,6 +184,7 @@ class StopEvidence:
     noise_kappas: tuple[float | None, ...] = ()
     class_kappa_mins: tuple[float | None, ...] = ()
     new_classes: dict[str, str] = field(default_factory=dict)
+    drop_kappas: tuple[float | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,11 @@ def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDeci
         else None
     )
     noise = _window_mean(evidence.noise_kappas, window)
+    dropped = _window_mean(evidence.drop_kappas, window)
     said = f"kappa averaged {mean:.4f} over the last {window} rounds"
+    floor_kind, _, needs_flat = params.plateau.partition("_")
+    floor = {"noise": noise, "drop": dropped}.get(floor_kind)
+    flat = rise is not None and rise < params.plateau_rise
     criterion = ""
     if mean >= params.kappa:
         criterion = "threshold"
@@ -239,19 +247,21 @@ def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDeci
             f"predictions have stabilized: {said} (>= {params.kappa}); more labels are "
             "unlikely to change the model"
         )
-    elif params.plateau == "noise" and noise is not None and mean >= noise - params.noise_margin:
+    elif floor is not None and mean >= floor - params.noise_margin and (flat or not needs_flat):
         criterion = "plateau"
+        refit = (
+            "a model refit on a bootstrap of the same labels"
+            if floor_kind == "noise"
+            else "a model refit without a random batch of the same size"
+        )
         why = (
             f"predictions have levelled off at the noise floor: {said} (< {params.kappa}), at "
-            f"least the {noise:.4f} a model refit on a bootstrap of the same labels agrees "
-            "with itself; new labels move the model no more than refitting it does"
+            f"least the {floor:.4f} {refit} agrees with the model"
+            + (f" minus {params.noise_margin}" if params.noise_margin else "")
+            + (f", up {rise:+.4f} on the window before" if needs_flat else "")
+            + "; new labels move the model no more than that refit does"
         )
-    elif (
-        params.plateau == "slope"
-        and rise is not None
-        and mean >= params.plateau_kappa
-        and rise < params.plateau_rise
-    ):
+    elif params.plateau == "slope" and flat and mean >= params.plateau_kappa:
         criterion = "plateau"
         why = (
             f"predictions have levelled off: {said} (< {params.kappa}, >= "
@@ -259,10 +269,12 @@ def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDeci
             f"{params.plateau_rise})"
         )
     else:
-        floor = f"; noise floor {noise:.4f}" if params.plateau == "noise" and noise else ""
-        rose = f"; up {rise:+.4f} on the window before" if params.plateau == "slope" and rise is not None else ""
-        reason = f"{said} (< {params.kappa}){floor}{rose}"
-        return StopDecision(False, "", "", mean, rise, noise, reason)
+        notes = [f"{said} (< {params.kappa})"]
+        if floor is not None:
+            notes.append(f"noise floor {floor:.4f}")
+        if "slope" in params.plateau and rise is not None:
+            notes.append(f"up {rise:+.4f} on the window before")
+        return StopDecision(False, "", "", mean, rise, floor, "; ".join(notes))
     class_min = _window_mean(evidence.class_kappa_mins, window)
     held = ""
     if params.guard_new_classes and evidence.new_classes:
@@ -278,8 +290,8 @@ def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDeci
         )
     if held:
         reason = f"{criterion} would advise stopping ({why}), held back: {hold}"
-        return StopDecision(False, criterion, held, mean, rise, noise, reason)
-    return StopDecision(True, criterion, "", mean, rise, noise, f"{criterion}: {why}")
+        return StopDecision(False, criterion, held, mean, rise, floor, reason)
+    return StopDecision(True, criterion, "", mean, rise, floor, f"{criterion}: {why}")
 
 
 @dataclass(frozen=True)
@@ -334,6 +346,8 @@ def get_stop_signal(
     earlier_noise_kappas: list[float | None] | None = None,
     earlier_class_kappa_mins: list[float | None] | None = None,
     new_classes: dict[str, str] | None = None,
+    drop_kappa: float | None = None,
+    earlier_drop_kappas: list[float | None] | None = None,
 ) -> StopSignal:
     """The stop signal from this round's and the previous round's predictions on the stop set.
 
@@ -346,8 +360,11 @@ def get_stop_signal(
         The kappas of the rounds before, oldest first (rounds without one left out).
     noise_kappa : float, optional
         This round's bootstrap-refit kappa (:func:`get_noise_kappa`).
-    earlier_noise_kappas, earlier_class_kappa_mins : list of float or None, optional
-        The same rounds' bootstrap-refit kappas and smallest per-class kappas.
+    drop_kappa : float, optional
+        This round's random-batch-refit kappa (:func:`get_noise_kappa` with ``drop``).
+    earlier_noise_kappas, earlier_class_kappa_mins, earlier_drop_kappas : list, optional
+        The same rounds' bootstrap-refit kappas, smallest per-class kappas and
+        random-batch-refit kappas (float or None each).
     new_classes : dict of str to str, optional
         :func:`get_new_classes` of this round.
     """
@@ -369,6 +386,7 @@ def get_stop_signal(
         noise_kappas=(*padded(earlier_noise_kappas), noise_kappa),
         class_kappa_mins=(*padded(earlier_class_kappa_mins), class_min),
         new_classes=new_classes or {},
+        drop_kappas=(*padded(earlier_drop_kappas), drop_kappa),
     )
     decision = get_stop_decision(evidence, params=params)
     return StopSignal(
@@ -395,10 +413,14 @@ def get_noise_kappa(
     n_classes: int,
     train_params: TrainParams,
     random_state: int,
+    drop: int | None = None,
 ) -> float:
     """Cohen's kappa between ``predicted`` (the candidate's classes on the stop set) and a
     model refit on a bootstrap resample of the candidate's training labels: how much two
-    models disagree by fitting noise alone at this many labels.
+    models disagree by fitting noise alone at this many labels. With ``drop``, the refit
+    leaves ``drop`` random labels out instead (no resampling): how much a random batch of
+    that size moves the model, the size of the last round's batch matching the perturbation
+    between successive rounds.
 
     Parameters
     ----------
@@ -413,7 +435,11 @@ def get_noise_kappa(
         In [-1, 1]; higher: the model is more stable under resampling of its labels.
     """
     rng = np.random.default_rng(random_state)
-    take = rng.integers(0, len(codes), size=len(codes))
+    take = (
+        rng.integers(0, len(codes), size=len(codes))
+        if drop is None
+        else np.sort(rng.permutation(len(codes))[: max(len(codes) - drop, 1)])
+    )
     booster = fit_booster(
         features.iloc[take].reset_index(drop=True),
         np.asarray(codes)[take],
@@ -1074,6 +1100,25 @@ def get_health(
         if len(train) and previous is not None
         else None
     )
+    added = (
+        len(train) - int(history["train_items"].iloc[-1])
+        if not history.empty and pd.notna(history["train_items"].iloc[-1])
+        else 0
+    )
+    drop_kappa = (
+        get_noise_kappa(
+            features(train["item_id"]),
+            encode_labels(train["label"], classes),
+            features(stop_set["item_id"]),
+            stop_probs.argmax(axis=1),
+            n_classes=len(classes),
+            train_params=aux_train,
+            random_state=seeds.noise,
+            drop=added,
+        )
+        if 0 < added < len(train) and previous is not None
+        else None
+    )
     known_rounds = {*history["round_id"].astype(int), round_id} if not history.empty else {round_id}
     shown = pd.concat([inputs.stop_predictions, this_round], ignore_index=True)
     shown = shown[shown["round_id"].isin(known_rounds)]
@@ -1092,6 +1137,8 @@ def get_health(
         earlier_noise_kappas=_column(earlier, "noise_kappa"),
         earlier_class_kappa_mins=_column(earlier, "class_kappa_min"),
         new_classes=new_classes,
+        drop_kappa=drop_kappa,
+        earlier_drop_kappas=_column(earlier, "drop_kappa"),
     )
     test_features = features(test["item_id"]) if len(test) else None
     test_codes = encode_labels(test["label"], classes) if len(test) else np.array([], dtype=int)
@@ -1197,6 +1244,7 @@ def get_health(
         stop_held=signal.held,
         kappa_rise=signal.kappa_rise,
         noise_kappa=noise_kappa,
+        drop_kappa=drop_kappa,
         noise_kappa_mean=signal.noise_kappa_mean,
         class_kappa_min=signal.class_kappa_min,
         class_kappa_mean=signal.class_kappa_mean,

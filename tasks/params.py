@@ -228,7 +228,7 @@ class StopParams(_Section):
     # ``noise_margin``: new labels move the model no more than refitting it on the same labels
     # does; "slope" (Laws and Schuetze, 2008) fires when the mean kappa is at least
     # ``plateau_kappa`` and rose less than ``plateau_rise`` over the last ``window`` rounds
-    plateau: Literal["off", "noise", "slope"] = "noise"
+    plateau: Literal["off", "noise", "drop", "slope", "noise_slope", "drop_slope"] = "noise"
     noise_margin: float = Field(default=0.0, ge=-1.0, le=1.0)
     plateau_kappa: float = Field(default=0.85, gt=0.0, le=1.0)
     plateau_rise: float = Field(default=0.01, ge=0.0)

@@ -158,6 +158,9 @@ class HealthSummary(Summary):
     #: over the window (the noise floor)
     noise_kappa: float | None = None
     noise_kappa_mean: float | None = None
+    #: this round's candidate against a model refit without a random batch of its labels as
+    #: large as the round's new ones
+    drop_kappa: float | None = None
     #: one-vs-rest kappa per class between successive rounds: the smallest and the mean
     class_kappa_min: float | None = None
     class_kappa_mean: float | None = None
