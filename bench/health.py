@@ -131,8 +131,14 @@ STOP_RULES: dict[str, tuple[dict, bool]] = {
     "threshold": ({"plateau": "off", "guard_new_classes": False}, False),
     "threshold+new": ({"plateau": "off"}, False),
     "threshold+missed": ({"plateau": "off", "guard_new_classes": False}, True),
-    "threshold+classk0.5": ({"plateau": "off", "guard_new_classes": False, "class_kappa": 0.5}, False),
-    "threshold+classk0.7": ({"plateau": "off", "guard_new_classes": False, "class_kappa": 0.7}, False),
+    "threshold+classk0.5": (
+        {"plateau": "off", "guard_new_classes": False, "class_kappa": 0.5},
+        False,
+    ),
+    "threshold+classk0.7": (
+        {"plateau": "off", "guard_new_classes": False, "class_kappa": 0.7},
+        False,
+    ),
     "slope": ({"plateau": "slope", "guard_new_classes": False}, False),
     "slope+new": ({"plateau": "slope"}, False),
     "slope0.005+new": ({"plateau": "slope", "plateau_rise": 0.005}, False),
@@ -1584,9 +1590,7 @@ def get_rule_markdown(results: list[dict], args: argparse.Namespace) -> list[str
         "",
         "Rules (StopParams overrides; `+missed`: the plan's missed classes in the window hold "
         "it back): "
-        + "; ".join(
-            f"`{n}` {o}{' + missed' if m else ''}" for n, (o, m) in STOP_RULES.items()
-        )
+        + "; ".join(f"`{n}` {o}{' + missed' if m else ''}" for n, (o, m) in STOP_RULES.items())
         + ".",
         "",
     ]

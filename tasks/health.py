@@ -153,9 +153,7 @@ def get_class_kappas(first: np.ndarray, second: np.ndarray) -> dict[str, float]:
         Class to kappa in [-1, 1] (higher: more stable), in sorted class order.
     """
     first, second = np.asarray(first).astype(str), np.asarray(second).astype(str)
-    return {
-        str(c): get_cohen_kappa(first == c, second == c) for c in np.union1d(first, second)
-    }
+    return {str(c): get_cohen_kappa(first == c, second == c) for c in np.union1d(first, second)}
 
 
 @dataclass(frozen=True)
@@ -230,9 +228,7 @@ def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDeci
         return StopDecision(False, "", "", None, None, None, reason)
     mean = float(np.mean(kappas[-window:]))
     rise = (
-        mean - float(np.mean(kappas[-2 * window : -window]))
-        if len(kappas) >= 2 * window
-        else None
+        mean - float(np.mean(kappas[-2 * window : -window])) if len(kappas) >= 2 * window else None
     )
     noise = _window_mean(evidence.noise_kappas, window)
     dropped = _window_mean(evidence.drop_kappas, window)
@@ -279,9 +275,7 @@ def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDeci
     held = ""
     if params.guard_new_classes and evidence.new_classes:
         held = "new classes"
-        hold = (
-            "the model is still finding classes: " + "; ".join(evidence.new_classes.values())
-        )
+        hold = "the model is still finding classes: " + "; ".join(evidence.new_classes.values())
     elif params.class_kappa > 0 and class_min is not None and class_min < params.class_kappa:
         held = "class kappa"
         hold = (

@@ -196,7 +196,8 @@ HEALTH_HISTORY = {
 #: Columns a table gained after workspaces were made: a file written before lacks them and is
 #: read with them empty (its rows are never rewritten to fill them). Any other missing column
 #: is an error. source_key and annotator_id: ACCEPTED and LEDGER, with Label Studio intake;
-#: noise_kappa, drop_kappa and class_kappa_min: HEALTH_HISTORY, with the stop signal's plateau and guard.
+#: noise_kappa, drop_kappa and class_kappa_min: HEALTH_HISTORY, with the stop signal's
+#: plateau and class guard.
 ADDED_LATER: frozenset[str] = frozenset(
     {"source_key", "annotator_id", "noise_kappa", "drop_kappa", "class_kappa_min"}
 )
