@@ -101,7 +101,7 @@ def test_identical_predictions_give_kappa_one_for_every_class_and_a_new_class_ze
         _predictions(same),
         _predictions(before),
         [1.0, 1.0],
-        params=StopParams(kappa=0.9, window=3, guard_new_classes=False),
+        params=StopParams(kappa=0.9, window=3, class_kappa=0.0),
     )
     assert signal.class_kappa_min == 0.0 and signal.kappa > 0.9 and signal.advised
 
@@ -115,7 +115,7 @@ def test_new_classes_are_those_first_labeled_or_first_predicted_within_the_windo
 
 
 def test_a_class_newly_predicted_holds_the_advice_back_and_the_reason_says_so():
-    params = StopParams(kappa=0.97, window=3)
+    params = StopParams(kappa=0.97, window=3, guard_new_classes=True)
     same = _predictions(["a", "b"] * 50)
     new = get_new_classes({"a": 2, "b": 2}, {"a": 2, "b": 2, "c": 6}, round_id=7, window=3)
     held = get_stop_signal(same, same.copy(), [1.0, 1.0], params=params, new_classes=new)
@@ -131,6 +131,22 @@ def test_a_class_newly_predicted_holds_the_advice_back_and_the_reason_says_so():
         new_classes=new,
     )
     assert off.advised
+
+
+def test_with_the_defaults_a_class_newly_predicted_holds_the_advice_back():
+    before = _predictions(["a", "b"] * 50)
+    now = before.copy()
+    now.iloc[0] = "c"  # "c" appears: its one-vs-rest kappa is 0, overall kappa still 0.98
+    signal = get_stop_signal(
+        now, before, [1.0, 1.0], params=StopParams(), earlier_class_kappa_mins=[1.0, 0.2]
+    )
+    assert signal.kappa > 0.97 and signal.class_kappa_min == 0.0
+    assert not signal.advised and signal.criterion == "threshold"
+    assert signal.held == "class kappa" and "held back" in signal.reason
+    steady = get_stop_signal(
+        before, before.copy(), [1.0, 1.0], params=StopParams(), earlier_class_kappa_mins=[1, 1]
+    )
+    assert steady.advised and steady.reason.startswith("threshold:")
 
 
 def test_an_unstable_class_holds_the_advice_back_when_the_class_guard_is_on():
