@@ -126,34 +126,23 @@ THRESHOLDS = (0.95, 0.96, 0.97, 0.98, 0.985, 0.99)
 #: The stop rules replayed offline from one run's evidence (``get_stop_decision`` per round,
 #: :func:`get_rule_rows`): name to StopParams overrides, and whether a missed class of the
 #: plan (``explore_classes``) in the window holds the advice back too (a guard only the
-#: benchmark has). The first is today's product (threshold 0.97 alone).
+#: benchmark has). ``threshold`` is the product before the plateau and the guard;
+#: ``default`` is StopParams' defaults.
+_OFF = {"plateau": "off", "class_kappa": 0.0, "guard_new_classes": False}
+_GUARD = {"class_kappa": 0.5, "guard_new_classes": False}
 STOP_RULES: dict[str, tuple[dict, bool]] = {
-    "threshold": ({"plateau": "off", "guard_new_classes": False}, False),
-    "threshold+new": ({"plateau": "off"}, False),
-    "threshold+missed": ({"plateau": "off", "guard_new_classes": False}, True),
-    "threshold+classk0.5": (
-        {"plateau": "off", "guard_new_classes": False, "class_kappa": 0.5},
-        False,
-    ),
-    "threshold+classk0.7": (
-        {"plateau": "off", "guard_new_classes": False, "class_kappa": 0.7},
-        False,
-    ),
-    "slope": ({"plateau": "slope", "guard_new_classes": False}, False),
-    "slope+new": ({"plateau": "slope"}, False),
-    "slope0.005+new": ({"plateau": "slope", "plateau_rise": 0.005}, False),
-    "noise": ({"plateau": "noise", "guard_new_classes": False}, False),
-    "noise+new": ({"plateau": "noise"}, False),
-    "noise+new+missed": ({"plateau": "noise"}, True),
-    "noise+new+classk0.5": ({"plateau": "noise", "class_kappa": 0.5}, False),
-    "noise_slope+new": ({"plateau": "noise_slope"}, False),
-    "drop": ({"plateau": "drop", "guard_new_classes": False}, False),
-    "drop+new": ({"plateau": "drop"}, False),
-    "drop_slope+new": ({"plateau": "drop_slope"}, False),
-    "drop+0.01+new": ({"plateau": "drop", "noise_margin": 0.01}, False),
-    "noise-0.01+new": ({"plateau": "noise", "noise_margin": -0.01}, False),
-    "noise+0.01+new": ({"plateau": "noise", "noise_margin": 0.01}, False),
-    "noise+0.02+new": ({"plateau": "noise", "noise_margin": 0.02}, False),
+    "threshold": (_OFF, False),
+    "threshold+new": ({**_OFF, "guard_new_classes": True}, False),
+    "threshold+missed": (_OFF, True),
+    "threshold+classk0.5": ({**_OFF, **_GUARD}, False),
+    "noise+classk0.5": ({"plateau": "noise", **_GUARD}, False),
+    "drop+classk0.5": ({"plateau": "drop", **_GUARD}, False),
+    "noise_slope+classk0.5": ({"plateau": "noise_slope", **_GUARD}, False),
+    "drop_slope+classk0.5": ({"plateau": "drop_slope", **_GUARD}, False),
+    "slope0.85+classk0.5": ({"plateau": "slope", "plateau_kappa": 0.85, **_GUARD}, False),
+    "slope0.875": ({"plateau": "slope", "class_kappa": 0.0, "guard_new_classes": False}, False),
+    "slope0.875+new": ({"plateau": "slope", "class_kappa": 0.0, "guard_new_classes": True}, False),
+    "default": ({}, False),
 }
 #: The sets the stop rule is chosen on; the others are held out.
 STOP_TUNE = ("satimage", "magic", "shuttle")
@@ -1574,7 +1563,7 @@ def get_rule_markdown(results: list[dict], args: argparse.Namespace) -> list[str
         for label, group in (
             (f"tuning ({', '.join(tune)})", tune),
             (f"held out ({', '.join(held)})", held),
-            (f"all shared with {args.seeds} seeds", [*tune, *held]),
+            (f"all shared with {args.seeds} seeds", [*tune, *held] if held else []),
         )
         if len(group) > 1
     ]
