@@ -1584,6 +1584,8 @@ def get_rule_markdown(results: list[dict], args: argparse.Namespace) -> list[str
         "",
     ]
     lines += _stop_table(by_rule.drop(columns="order"), "rule")
+    if not tune:
+        return lines
     ok = [
         rule
         for rule, g in summarize_stop(rows[rows["dataset"].isin(tune)]).groupby("threshold")
