@@ -6,7 +6,12 @@ From what the workspace already records, each round computes:
   pool items drawn at random once; each round's model predicts it; Cohen's kappa between this
   round's predictions and the previous round's, its mean over the last ``stop.window`` rounds,
   the share of changed predictions and the mean normalized entropy. The advice "stop" comes
-  when the mean reaches ``stop.kappa``.
+  when the mean reaches ``stop.kappa``, or when it has levelled off below it (the plateau:
+  high enough and no longer rising, Laws and Schuetze 2008), unless a class is still unstable
+  (the class guard: the smallest one-vs-rest kappa of a class between successive rounds).
+  Each round also records the evidence other rules would need (a bootstrap-refit and a
+  drop-a-batch-refit kappa, the classes first labeled or predicted within the window), so a
+  benchmark replays any rule offline (:func:`get_stop_decision`).
 - **the model rating**, four factors from 0 to 100, each with the action that would raise it:
   *balance* (a classifier telling the training items from the pool: 100 at AUC 0.5, 0 at
   1.0), *coverage* (the share of the pool whose top probability clears the threshold that
@@ -173,6 +178,8 @@ class StopEvidence:
     drop_kappas : tuple of float or None
         Kappa between each round's candidate and a model refit without a random batch of
         its labels as large as the round's new ones.
+    weakest_class : str
+        This round's class with the smallest one-vs-rest kappa (named in the reason).
     new_classes : dict of str to str
         This round's classes still being found: class to why (first labeled, first
         predicted within the window).
@@ -183,6 +190,7 @@ class StopEvidence:
     class_kappa_mins: tuple[float | None, ...] = ()
     new_classes: dict[str, str] = field(default_factory=dict)
     drop_kappas: tuple[float | None, ...] = ()
+    weakest_class: str = ""
 
 
 @dataclass(frozen=True)
@@ -270,6 +278,10 @@ def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDeci
             notes.append(f"noise floor {floor:.4f}")
         if "slope" in params.plateau and rise is not None:
             notes.append(f"up {rise:+.4f} on the window before")
+        if params.plateau == "slope":
+            notes.append(
+                f"the plateau needs >= {params.plateau_kappa} and a rise < {params.plateau_rise}"
+            )
         return StopDecision(False, "", "", mean, rise, floor, "; ".join(notes))
     class_min = _window_mean(evidence.class_kappa_mins, window)
     held = ""
@@ -278,9 +290,10 @@ def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDeci
         hold = "the model is still finding classes: " + "; ".join(evidence.new_classes.values())
     elif params.class_kappa > 0 and class_min is not None and class_min < params.class_kappa:
         held = "class kappa"
+        weakest = f" (this round {evidence.weakest_class!r})" if evidence.weakest_class else ""
         hold = (
-            f"a class is still unstable: its one-vs-rest kappa averaged {class_min:.4f} over "
-            f"the window (< {params.class_kappa})"
+            f"a class is still unstable: the smallest one-vs-rest kappa of a class{weakest} "
+            f"averaged {class_min:.4f} over the window (< {params.class_kappa})"
         )
     if held:
         reason = f"{criterion} would advise stopping ({why}), held back: {hold}"
@@ -381,6 +394,7 @@ def get_stop_signal(
         class_kappa_mins=(*padded(earlier_class_kappa_mins), class_min),
         new_classes=new_classes or {},
         drop_kappas=(*padded(earlier_drop_kappas), drop_kappa),
+        weakest_class=min(by_class, key=lambda c: (by_class[c], c)),
     )
     decision = get_stop_decision(evidence, params=params)
     return StopSignal(

@@ -143,6 +143,7 @@ def test_with_the_defaults_a_class_newly_predicted_holds_the_advice_back():
     assert signal.kappa > 0.97 and signal.class_kappa_min == 0.0
     assert not signal.advised and signal.criterion == "threshold"
     assert signal.held == "class kappa" and "held back" in signal.reason
+    assert "this round 'c'" in signal.reason
     steady = get_stop_signal(
         before, before.copy(), [1.0, 1.0], params=StopParams(), earlier_class_kappa_mins=[1, 1]
     )
