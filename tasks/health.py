@@ -81,6 +81,17 @@ RANDOM_REASONS = ("seed", "qc", "test")
 #: Reasons of ``issued`` whose items the strategy or the plan chose.
 CHOSEN_REASONS = ("active", "explore", "rebalance")
 BALANCE_MODEL = "balance.txt"
+#: Per round in health_detail.json's ``stop_rounds``: the stop signal and its evidence.
+STOP_ROUND_KEYS = (
+    "round_id",
+    "kappa",
+    "kappa_mean",
+    "changed_share",
+    "mean_entropy",
+    "noise_kappa",
+    "drop_kappa",
+    "class_kappa_min",
+)
 MODELS_LISTING = "models.json"
 
 
@@ -1305,13 +1316,7 @@ def _save(
         "health_detail",
         {
             **detail,
-            "stop_rounds": [
-                {
-                    k: _plain(r[k])
-                    for k in ("round_id", "kappa", "kappa_mean", "changed_share", "mean_entropy")
-                }
-                for r in rounds
-            ],
+            "stop_rounds": [{k: _plain(r.get(k)) for k in STOP_ROUND_KEYS} for r in rounds],
         },
     )
     ctx.save("health_report", summary.to_dict())
