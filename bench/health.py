@@ -89,12 +89,14 @@ from flows.simulate import (  # noqa: E402
 )
 from tasks.evaluate import get_classification_metrics  # noqa: E402
 from tasks.features import get_feature_frame  # noqa: E402
+from tasks.health import StopEvidence, get_stop_decision  # noqa: E402
 from tasks.model import (  # noqa: E402
     encode_labels,
     fit_booster,
     get_out_of_fold_pred_probs,
     predict_proba,
 )
+from tasks.params import StopParams  # noqa: E402
 from tasks.simulate import get_labels_to_target, get_paired_test  # noqa: E402
 
 log = logging.getLogger("bench.health")
@@ -121,6 +123,29 @@ ARMS = (
 )
 MARGIN_ARMS = ("margin", "margin_plan", "margin_rebalance")
 THRESHOLDS = (0.95, 0.96, 0.97, 0.98, 0.985, 0.99)
+#: The stop rules replayed offline from one run's evidence (``get_stop_decision`` per round,
+#: :func:`get_rule_rows`): name to StopParams overrides, and whether a missed class of the
+#: plan (``explore_classes``) in the window holds the advice back too (a guard only the
+#: benchmark has). ``threshold`` is the product before the plateau and the guard;
+#: ``default`` is StopParams' defaults.
+_OFF = {"plateau": "off", "class_kappa": 0.0, "guard_new_classes": False}
+_GUARD = {"class_kappa": 0.5, "guard_new_classes": False}
+STOP_RULES: dict[str, tuple[dict, bool]] = {
+    "threshold": (_OFF, False),
+    "threshold+new": ({**_OFF, "guard_new_classes": True}, False),
+    "threshold+missed": (_OFF, True),
+    "threshold+classk0.5": ({**_OFF, **_GUARD}, False),
+    "noise+classk0.5": ({"plateau": "noise", **_GUARD}, False),
+    "drop+classk0.5": ({"plateau": "drop", **_GUARD}, False),
+    "noise_slope+classk0.5": ({"plateau": "noise_slope", **_GUARD}, False),
+    "drop_slope+classk0.5": ({"plateau": "drop_slope", **_GUARD}, False),
+    "slope0.85+classk0.5": ({"plateau": "slope", "plateau_kappa": 0.85, **_GUARD}, False),
+    "slope0.875": ({"plateau": "slope", "class_kappa": 0.0, "guard_new_classes": False}, False),
+    "slope0.875+new": ({"plateau": "slope", "class_kappa": 0.0, "guard_new_classes": True}, False),
+    "default": ({}, False),
+}
+#: The sets the stop rule is chosen on; the others are held out.
+STOP_TUNE = ("satimage", "magic", "shuttle")
 #: The stop signal's goals (issue 17).
 FIRE_SHARE, LOST_MEDIAN, LOST_WORST, STOP_RATIO = 0.90, 0.01, 0.02, 1.5
 
@@ -655,7 +680,9 @@ def get_goal1(r: dict, args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
         row[f"{arm}_aulc"] = s["mean_aulc"]
         row[f"{arm}_labels_to_target"] = s["median_labels_to_target"]
         row[f"{arm}_reached"] = f"{int(s['reached_target'])}/{int(s['seeds'])}"
-        if arm != "random":
+        # the comparison with random exists only when the run has a random arm (a stop-only
+        # run has the plan arm alone)
+        if arm != "random" and "aulc_diff_vs_random" in s.index:
             row[f"{arm}_minus_random"] = s["aulc_diff_vs_random"]
             row[f"{arm}_p"] = s["aulc_p_value"]
     if {"plan_minus_random", "noplan_minus_random"} <= row.keys():
@@ -815,6 +842,80 @@ def get_stop_rows(r: dict, thresholds: tuple[float, ...], arm: str = "plan") -> 
                 first = int(np.argmax(advised)) if advised.any() else -1
                 row["product_advice_agrees"] = first == at
             out.append(row)
+    return pd.DataFrame(out)
+
+
+def _names_of(cell: object) -> dict[str, str]:
+    """A curves.csv cell of class names joined by spaces, as a dict (class to "")."""
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)) or cell is pd.NA:
+        return {}
+    return dict.fromkeys(str(cell).split(), "")
+
+
+def replay_stop(c: pd.DataFrame, params: StopParams, *, missed_guard: bool = False) -> np.ndarray:
+    """Whether ``params``' rule advises stopping at each round of one campaign (``c``: its
+    curves rows, by labels), from the evidence simulate recorded: ``get_stop_decision`` fed
+    the rounds so far, as the health stage feeds it. ``missed_guard``: a class the plan
+    found missed (``explore_classes``) within the window holds the advice back too."""
+    advised = np.zeros(len(c), dtype=bool)
+    kappas: list[float] = []
+    noise: list[float | None] = []
+    dropped: list[float | None] = []
+    class_min: list[float | None] = []
+    missed = [bool(_names_of(m)) for m in c["explore_classes"]]
+    for i, row in enumerate(c.itertuples(index=False)):
+        if pd.isna(row.kappa):
+            continue
+        kappas.append(float(row.kappa))
+        noise.append(None if pd.isna(row.noise_kappa) else float(row.noise_kappa))
+        dropped.append(None if pd.isna(row.drop_kappa) else float(row.drop_kappa))
+        class_min.append(None if pd.isna(row.class_kappa_min) else float(row.class_kappa_min))
+        evidence = StopEvidence(
+            tuple(kappas),
+            tuple(noise),
+            tuple(class_min),
+            _names_of(row.new_classes),
+            tuple(dropped),
+        )
+        decision = get_stop_decision(evidence, params=params)
+        held = missed_guard and any(missed[max(0, i - params.window + 1) : i + 1])
+        advised[i] = decision.advised and not held
+    return advised
+
+
+def get_rule_rows(r: dict, rules: dict[str, tuple[dict, bool]], arm: str = "plan") -> pd.DataFrame:
+    """Per campaign of ``arm`` and stop rule: the first round the rule advises stopping,
+    replayed from the recorded evidence (:func:`replay_stop`); columns as
+    :func:`get_stop_rows`' with the rule's name in ``threshold``."""
+    out = []
+    curves = r["curves"]
+    if "noise_kappa" not in curves:  # a run from before the evidence was recorded
+        return pd.DataFrame()
+    for seed, c in curves[curves["strategy"] == arm].groupby("seed"):
+        c = c.sort_values("labels").reset_index(drop=True)
+        labels, f1 = c["labels"].to_numpy(), c["macro_f1"].to_numpy()
+        to_target = get_labels_to_target(labels, f1, r["target"])
+        for name, (overrides, missed_guard) in rules.items():
+            advised = replay_stop(c, StopParams(**overrides), missed_guard=missed_guard)
+            fired = bool(advised.any())
+            at = int(np.argmax(advised)) if fired else -1
+            out.append(
+                {
+                    "dataset": r["dataset"],
+                    "arm": arm,
+                    "seed": int(seed),
+                    "threshold": name,
+                    "budget": int(labels[-1]),
+                    "fired": fired,
+                    "labels_at_stop": float(labels[at]) if fired else math.inf,
+                    "f1_at_stop": float(f1[at]) if fired else math.nan,
+                    "f1_lost": r["reference"] - float(f1[at]) if fired else math.nan,
+                    "labels_to_target": to_target,
+                    "stop_over_target": float(labels[at]) / to_target
+                    if fired and math.isfinite(to_target)
+                    else math.nan,
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -1365,6 +1466,7 @@ def get_stop_markdown(results: list[dict], args: argparse.Namespace) -> list[str
         )
         + ".",
     ]
+    lines += get_rule_markdown(results, args)
     kappa = get_kappa_by_batch(results)
     if not kappa.empty:
         kappa.to_csv(out / "kappa_by_batch.csv", index=False)
@@ -1407,6 +1509,94 @@ def get_stop_markdown(results: list[dict], args: argparse.Namespace) -> list[str
                 for s in s50.itertuples()
             ],
         )
+    return lines
+
+
+def _stop_table(summary: pd.DataFrame, rule_header: str) -> list[str]:
+    table = [
+        [
+            s.dataset,
+            f"{s.threshold:g}" if isinstance(s.threshold, float) else str(s.threshold),
+            f"{s.fired}/{s.campaigns}",
+            _labels(s.median_labels_at_stop),
+            _f(s.median_f1_lost),
+            _f(s.worst_f1_lost),
+            _f(s.median_stop_over_target, 2),
+            _f(s.worst_stop_over_target, 2),
+            "yes" if meets_stop_goals(pd.Series(s._asdict())) else "no",
+        ]
+        for s in summary.itertuples()
+    ]
+    return _table(
+        [
+            "set",
+            rule_header,
+            "fired",
+            "median labels at stop",
+            "F1 lost: median",
+            "worst",
+            "stop / labels to 98%: median",
+            "worst",
+            "all goals",
+        ],
+        table,
+    )
+
+
+def get_rule_markdown(results: list[dict], args: argparse.Namespace) -> list[str]:
+    """The stop rules of :data:`STOP_RULES` replayed on the run's evidence: per set, pooled
+    over the tuning sets (``--stop-tune``), over the held-out shared sets, and over every
+    set with ``--seeds`` seeds."""
+    names = [r["dataset"] for r in results if r["dataset"] in args.stop_datasets]
+    parts = [get_rule_rows(r, STOP_RULES) for r in results if r["dataset"] in names]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return []
+    rows = pd.concat(parts, ignore_index=True)
+    rows.to_csv(args.out / "stop_rule_campaigns.csv", index=False)
+    seeds = rows.groupby("dataset")["seed"].nunique()
+    full = [n for n in names if seeds.get(n, 0) >= args.seeds]
+    tune = [n for n in args.stop_tune if n in full]
+    held = [n for n in full if n not in args.stop_tune and not is_rare_set(n)]
+    pooled = [
+        pooled_stop(rows, group).assign(dataset=label)
+        for label, group in (
+            (f"tuning ({', '.join(tune)})", tune),
+            (f"held out ({', '.join(held)})", held),
+            (f"all shared with {args.seeds} seeds", [*tune, *held] if held else []),
+        )
+        if len(group) > 1
+    ]
+    summary = pd.concat([summarize_stop(rows), *pooled], ignore_index=True)
+    summary.to_csv(args.out / "stop_rule_summary.csv", index=False)
+    order = {name: i for i, name in enumerate(STOP_RULES)}
+    by_rule = summary.assign(order=summary["threshold"].map(order)).sort_values(
+        ["order"], kind="stable"
+    )
+    lines = [
+        "",
+        "### The stop rules replayed (tasks.health.get_stop_decision on each round's evidence)",
+        "",
+        "Rules (StopParams overrides; `+missed`: the plan's missed classes in the window hold "
+        "it back): "
+        + "; ".join(f"`{n}` {o}{' + missed' if m else ''}" for n, (o, m) in STOP_RULES.items())
+        + ".",
+        "",
+    ]
+    lines += _stop_table(by_rule.drop(columns="order"), "rule")
+    if not tune:
+        return lines
+    ok = [
+        rule
+        for rule, g in summarize_stop(rows[rows["dataset"].isin(tune)]).groupby("threshold")
+        if len(g) == len(tune) and all(meets_stop_goals(s) for _, s in g.iterrows())
+    ]
+    lines += [
+        "",
+        f"Rules meeting every goal on each tuning set ({', '.join(tune)}): "
+        + (", ".join(f"`{r}`" for r in ok) if ok else "none")
+        + ".",
+    ]
     return lines
 
 
@@ -1510,6 +1700,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=1000, help="goal 1's label range end")
     parser.add_argument("--stop-budget", type=int, default=2000)
     parser.add_argument("--stop-datasets", default="satimage,pendigits,magic,rare")
+    parser.add_argument(
+        "--stop-tune", default=",".join(STOP_TUNE), help="the sets stop rules are chosen on"
+    )
     parser.add_argument("--margin-datasets", default="satimage,pendigits,magic")
     parser.add_argument("--margin-seeds", type=int, default=5)
     parser.add_argument("--margin-budget", type=int, default=800)
@@ -1542,6 +1735,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
     args.stop_datasets = _names(args.stop_datasets)
+    args.stop_tune = _names(args.stop_tune)
     args.margin_datasets = _names(args.margin_datasets)
     args.kappa_datasets = _names(args.kappa_datasets)
     args.variant_datasets = _names(args.variant_datasets)

@@ -85,10 +85,28 @@ HEALTH_COLUMNS = [
     "stop_advised",
     "explore_fraction",
     "rebalance_fraction",
+    # the stop signal's evidence, so that every candidate rule can be replayed offline
+    # (tasks.health.get_stop_decision): new_classes joined by spaces
+    "changed_share",
+    "mean_entropy",
+    "noise_kappa",
+    "drop_kappa",
+    "class_kappa_min",
+    "class_kappa_mean",
+    "new_classes",
+    "explore_classes",
+    "stop_criterion",
+    "stop_held",
 ]
 #: ``issued.csv``: every item a campaign's simulated annotator labeled, by the round that
 #: issued it (``reason``: seed, active, or relabel when flagging is on).
 ISSUED_COLUMNS = ["strategy", "seed", "round_id", "item_id", "reason"]
+
+
+def _health_value(health: object, name: str) -> object:
+    """A health summary field as a curves.csv cell: a tuple of classes joined by spaces."""
+    value = getattr(health, name)
+    return " ".join(map(str, value)) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
@@ -379,7 +397,7 @@ def run_campaign(
                         candidate["macro_f1"],
                         candidate["accuracy"],
                         seconds,
-                        *(getattr(health, name) for name in HEALTH_COLUMNS),
+                        *(_health_value(health, name) for name in HEALTH_COLUMNS),
                     ]
                 )
             if n_train >= budget:

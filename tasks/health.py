@@ -6,7 +6,12 @@ From what the workspace already records, each round computes:
   pool items drawn at random once; each round's model predicts it; Cohen's kappa between this
   round's predictions and the previous round's, its mean over the last ``stop.window`` rounds,
   the share of changed predictions and the mean normalized entropy. The advice "stop" comes
-  when the mean reaches ``stop.kappa``.
+  when the mean reaches ``stop.kappa``, or when it has levelled off below it (the plateau:
+  high enough and no longer rising, Laws and Schuetze 2008), unless a class is still unstable
+  (the class guard: the smallest one-vs-rest kappa of a class between successive rounds).
+  Each round also records the evidence other rules would need (a bootstrap-refit and a
+  drop-a-batch-refit kappa, the classes first labeled or predicted within the window), so a
+  benchmark replays any rule offline (:func:`get_stop_decision`).
 - **the model rating**, four factors from 0 to 100, each with the action that would raise it:
   *balance* (a classifier telling the training items from the pool: 100 at AUC 0.5, 0 at
   1.0), *coverage* (the share of the pool whose top probability clears the threshold that
@@ -45,7 +50,7 @@ from tasks.context import StageContext, StageSpec
 from tasks.drift import DriftResult, find_drift
 from tasks.evaluate import get_cached_probs
 from tasks.faults import crash_point
-from tasks.features import Features, FeatureSpace, model_space
+from tasks.features import Features, FeatureSpace, model_space, take_rows
 from tasks.model import (
     encode_labels,
     fit_booster,
@@ -84,6 +89,17 @@ RANDOM_REASONS = ("seed", "qc", "test")
 #: Reasons of ``issued`` whose items the strategy or the plan chose.
 CHOSEN_REASONS = ("active", "explore", "rebalance")
 BALANCE_MODEL = "balance.txt"
+#: Per round in health_detail.json's ``stop_rounds``: the stop signal and its evidence.
+STOP_ROUND_KEYS = (
+    "round_id",
+    "kappa",
+    "kappa_mean",
+    "changed_share",
+    "mean_entropy",
+    "noise_kappa",
+    "drop_kappa",
+    "class_kappa_min",
+)
 MODELS_LISTING = "models.json"
 
 
@@ -144,6 +160,166 @@ def get_cohen_kappa(first: np.ndarray, second: np.ndarray) -> float:
     return (observed - expected) / (1.0 - expected)
 
 
+def get_class_kappas(first: np.ndarray, second: np.ndarray) -> dict[str, float]:
+    """One-vs-rest Cohen's kappa of each class predicted in either array: the agreement of
+    "is it this class?" between two predictions of the same items.
+
+    A class newly predicted (absent from one array) gets 0; a class predicted identically
+    gets 1, however few its items.
+
+    Parameters
+    ----------
+    first, second : np.ndarray of str, shape (n,)
+
+    Returns
+    -------
+    dict of str to float
+        Class to kappa in [-1, 1] (higher: more stable), in sorted class order.
+    """
+    first, second = np.asarray(first).astype(str), np.asarray(second).astype(str)
+    return {str(c): get_cohen_kappa(first == c, second == c) for c in np.union1d(first, second)}
+
+
+@dataclass(frozen=True)
+class StopEvidence:
+    """What the stop advice is decided on, per round with a kappa, oldest first, this round
+    last (rounds without a kappa left out).
+
+    Attributes
+    ----------
+    kappas : tuple of float
+        Cohen's kappa between successive rounds' predictions on the stop set.
+    noise_kappas : tuple of float or None
+        Kappa between each round's candidate and a model refit on a bootstrap resample of its
+        labels (None where not computed).
+    class_kappa_mins : tuple of float or None
+        The smallest one-vs-rest kappa of a class between successive rounds.
+    drop_kappas : tuple of float or None
+        Kappa between each round's candidate and a model refit without a random batch of
+        its labels as large as the round's new ones.
+    weakest_class : str
+        This round's class with the smallest one-vs-rest kappa (named in the reason).
+    new_classes : dict of str to str
+        This round's classes still being found: class to why (first labeled, first
+        predicted within the window).
+    """
+
+    kappas: tuple[float, ...]
+    noise_kappas: tuple[float | None, ...] = ()
+    class_kappa_mins: tuple[float | None, ...] = ()
+    new_classes: dict[str, str] = field(default_factory=dict)
+    drop_kappas: tuple[float | None, ...] = ()
+    weakest_class: str = ""
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """``criterion``: what fired ("threshold", "plateau") or "" when nothing did; ``held``:
+    the guard that held a fired criterion back ("" when none)."""
+
+    advised: bool
+    criterion: str
+    held: str
+    kappa_mean: float | None
+    kappa_rise: float | None
+    noise_kappa_mean: float | None
+    reason: str
+
+
+def _window_mean(values: tuple[float | None, ...], window: int) -> float | None:
+    recent = [v for v in values[-window:] if v is not None and not math.isnan(v)]
+    return float(np.mean(recent)) if len(recent) == window else None
+
+
+def get_stop_decision(evidence: StopEvidence, *, params: StopParams) -> StopDecision:
+    """The stop advice from the rounds' evidence (:class:`StopEvidence`), by three rules:
+
+    - *threshold* (Bloodgood and Vijay-Shanker, 2009): the mean kappa over the last
+      ``params.window`` rounds reaches ``params.kappa``;
+    - *plateau*, for kappas that level off below it: with ``params.plateau`` "noise", the
+      mean kappa reaches the mean bootstrap-refit kappa over the same rounds minus
+      ``params.noise_margin`` (successive models disagree no more than a model disagrees
+      with itself refit on the same labels); with "slope" (Laws and Schuetze, 2008), the
+      mean kappa is at least ``params.plateau_kappa`` and rose less than
+      ``params.plateau_rise`` since the window before;
+    - the class guard holds a fired rule back while a class is still being found
+      (``params.guard_new_classes``) or the smallest per-class kappa averaged over the window
+      is under ``params.class_kappa``.
+
+    Pure: the same evidence gives the same decision, so a benchmark replays it per round.
+    """
+    window = params.window
+    kappas = evidence.kappas
+    if len(kappas) < window:
+        reason = f"{len(kappas)} of the {window} rounds the signal averages so far"
+        return StopDecision(False, "", "", None, None, None, reason)
+    mean = float(np.mean(kappas[-window:]))
+    rise = (
+        mean - float(np.mean(kappas[-2 * window : -window])) if len(kappas) >= 2 * window else None
+    )
+    noise = _window_mean(evidence.noise_kappas, window)
+    dropped = _window_mean(evidence.drop_kappas, window)
+    said = f"kappa averaged {mean:.4f} over the last {window} rounds"
+    floor_kind, _, needs_flat = params.plateau.partition("_")
+    floor = {"noise": noise, "drop": dropped}.get(floor_kind)
+    flat = rise is not None and rise < params.plateau_rise
+    criterion = ""
+    if mean >= params.kappa:
+        criterion = "threshold"
+        why = (
+            f"predictions have stabilized: {said} (>= {params.kappa}); more labels are "
+            "unlikely to change the model"
+        )
+    elif floor is not None and mean >= floor - params.noise_margin and (flat or not needs_flat):
+        criterion = "plateau"
+        refit = (
+            "a model refit on a bootstrap of the same labels"
+            if floor_kind == "noise"
+            else "a model refit without a random batch of the same size"
+        )
+        why = (
+            f"predictions have levelled off at the noise floor: {said} (< {params.kappa}), at "
+            f"least the {floor:.4f} {refit} agrees with the model"
+            + (f" minus {params.noise_margin}" if params.noise_margin else "")
+            + (f", up {rise:+.4f} on the window before" if needs_flat else "")
+            + "; new labels move the model no more than that refit does"
+        )
+    elif params.plateau == "slope" and flat and mean >= params.plateau_kappa:
+        criterion = "plateau"
+        why = (
+            f"predictions have levelled off: {said} (< {params.kappa}, >= "
+            f"{params.plateau_kappa}), up {rise:+.4f} on the {window} rounds before (< "
+            f"{params.plateau_rise})"
+        )
+    else:
+        notes = [f"{said} (< {params.kappa})"]
+        if floor is not None:
+            notes.append(f"noise floor {floor:.4f}")
+        if "slope" in params.plateau and rise is not None:
+            notes.append(f"up {rise:+.4f} on the window before")
+        if params.plateau == "slope":
+            notes.append(
+                f"the plateau needs >= {params.plateau_kappa} and a rise < {params.plateau_rise}"
+            )
+        return StopDecision(False, "", "", mean, rise, floor, "; ".join(notes))
+    class_min = _window_mean(evidence.class_kappa_mins, window)
+    held = ""
+    if params.guard_new_classes and evidence.new_classes:
+        held = "new classes"
+        hold = "the model is still finding classes: " + "; ".join(evidence.new_classes.values())
+    elif params.class_kappa > 0 and class_min is not None and class_min < params.class_kappa:
+        held = "class kappa"
+        weakest = f" (this round {evidence.weakest_class!r})" if evidence.weakest_class else ""
+        hold = (
+            f"a class is still unstable: the smallest one-vs-rest kappa of a class{weakest} "
+            f"averaged {class_min:.4f} over the window (< {params.class_kappa})"
+        )
+    if held:
+        reason = f"{criterion} would advise stopping ({why}), held back: {hold}"
+        return StopDecision(False, criterion, held, mean, rise, floor, reason)
+    return StopDecision(True, criterion, "", mean, rise, floor, f"{criterion}: {why}")
+
+
 @dataclass(frozen=True)
 class StopSignal:
     kappa: float | None
@@ -151,6 +327,39 @@ class StopSignal:
     changed_share: float | None
     advised: bool
     reason: str
+    criterion: str = ""
+    held: str = ""
+    kappa_rise: float | None = None
+    noise_kappa_mean: float | None = None
+    class_kappa_min: float | None = None
+    class_kappa_mean: float | None = None
+
+
+def get_new_classes(
+    first_labeled: dict[str, int],
+    first_predicted: dict[str, int],
+    *,
+    round_id: int,
+    window: int,
+) -> dict[str, str]:
+    """Classes first labeled for training, or first predicted on the stop set, in the last
+    ``window`` rounds (this one included): class to why.
+
+    Parameters
+    ----------
+    first_labeled, first_predicted : dict of str to int
+        Class to the round whose model first had a training label of it / first predicted
+        it on the stop set.
+    """
+    since = round_id - window + 1
+    new: dict[str, str] = {}
+    for name, first in sorted(first_labeled.items()):
+        if first >= since:
+            new[name] = f"class {name!r} got its first training label in round {first}"
+    for name, first in sorted(first_predicted.items()):
+        if first >= since and name not in new:
+            new[name] = f"class {name!r} was first predicted on the stop set in round {first}"
+    return new
 
 
 def get_stop_signal(
@@ -159,6 +368,12 @@ def get_stop_signal(
     earlier_kappas: list[float],
     *,
     params: StopParams,
+    noise_kappa: float | None = None,
+    earlier_noise_kappas: list[float | None] | None = None,
+    earlier_class_kappa_mins: list[float | None] | None = None,
+    new_classes: dict[str, str] | None = None,
+    drop_kappa: float | None = None,
+    earlier_drop_kappas: list[float | None] | None = None,
 ) -> StopSignal:
     """The stop signal from this round's and the previous round's predictions on the stop set.
 
@@ -169,32 +384,101 @@ def get_stop_signal(
         round with a model.
     earlier_kappas : list of float
         The kappas of the rounds before, oldest first (rounds without one left out).
+    noise_kappa : float, optional
+        This round's bootstrap-refit kappa (:func:`get_noise_kappa`).
+    drop_kappa : float, optional
+        This round's random-batch-refit kappa (:func:`get_noise_kappa` with ``drop``).
+    earlier_noise_kappas, earlier_class_kappa_mins, earlier_drop_kappas : list, optional
+        The same rounds' bootstrap-refit kappas, smallest per-class kappas and
+        random-batch-refit kappas (float or None each).
+    new_classes : dict of str to str, optional
+        :func:`get_new_classes` of this round.
     """
     if previous is None or previous.empty:
         return StopSignal(None, None, None, False, "no earlier model to compare with yet")
     common = current.index.intersection(previous.index)
     now, before = current.loc[common].to_numpy(), previous.loc[common].to_numpy()
     kappa = get_cohen_kappa(now, before)
-    recent = [*earlier_kappas, kappa][-params.window :]
-    changed = float(np.mean(now != before))
-    if len(recent) < params.window:
-        return StopSignal(
-            kappa,
-            None,
-            changed,
-            False,
-            f"{len(recent)} of the {params.window} rounds the signal averages so far",
-        )
-    mean = float(np.mean(recent))
-    if mean >= params.kappa:
-        reason = (
-            f"predictions have stabilized: kappa averaged {mean:.4f} over the last "
-            f"{params.window} rounds (>= {params.kappa}); more labels are unlikely to change "
-            "the model"
-        )
-        return StopSignal(kappa, mean, changed, True, reason)
-    reason = f"kappa averaged {mean:.4f} over the last {params.window} rounds (< {params.kappa})"
-    return StopSignal(kappa, mean, changed, False, reason)
+    by_class = get_class_kappas(now, before)
+    class_min = min(by_class.values())
+    n_earlier = len(earlier_kappas)
+
+    def padded(values: list[float | None] | None) -> tuple[float | None, ...]:
+        values = list(values or [])
+        return tuple([None] * (n_earlier - len(values)) + values[-n_earlier:] if n_earlier else [])
+
+    evidence = StopEvidence(
+        kappas=(*earlier_kappas, kappa),
+        noise_kappas=(*padded(earlier_noise_kappas), noise_kappa),
+        class_kappa_mins=(*padded(earlier_class_kappa_mins), class_min),
+        new_classes=new_classes or {},
+        drop_kappas=(*padded(earlier_drop_kappas), drop_kappa),
+        weakest_class=min(by_class, key=lambda c: (by_class[c], c)),
+    )
+    decision = get_stop_decision(evidence, params=params)
+    return StopSignal(
+        kappa,
+        decision.kappa_mean,
+        float(np.mean(now != before)),
+        decision.advised,
+        decision.reason,
+        criterion=decision.criterion,
+        held=decision.held,
+        kappa_rise=decision.kappa_rise,
+        noise_kappa_mean=decision.noise_kappa_mean,
+        class_kappa_min=class_min,
+        class_kappa_mean=float(np.mean(list(by_class.values()))),
+    )
+
+
+def get_noise_kappa(
+    features: Features,
+    codes: np.ndarray,
+    stop_features: Features,
+    predicted: np.ndarray,
+    *,
+    n_classes: int,
+    train_params: TrainParams,
+    random_state: int,
+    drop: int | None = None,
+    categorical: tuple[int, ...] = (),
+) -> float:
+    """Cohen's kappa between ``predicted`` (the candidate's classes on the stop set) and a
+    model refit on a bootstrap resample of the candidate's training labels: how much two
+    models disagree by fitting noise alone at this many labels. With ``drop``, the refit
+    leaves ``drop`` random labels out instead (no resampling): how much a random batch of
+    that size moves the model, the size of the last round's batch matching the perturbation
+    between successive rounds.
+
+    Parameters
+    ----------
+    features : pd.DataFrame or sparse matrix
+        Training features (in the model's space), shape (n, d); ``codes`` its class codes,
+        shape (n,); ``categorical`` the space's categorical positions.
+    stop_features : pd.DataFrame or sparse matrix
+        The stop set's features; ``predicted`` the candidate's class codes on it.
+
+    Returns
+    -------
+    float
+        In [-1, 1]; higher: the model is more stable under resampling of its labels.
+    """
+    rng = np.random.default_rng(random_state)
+    take = (
+        rng.integers(0, len(codes), size=len(codes))
+        if drop is None
+        else np.sort(rng.permutation(len(codes))[: max(len(codes) - drop, 1)])
+    )
+    booster = fit_booster(
+        take_rows(features, take),
+        np.asarray(codes)[take],
+        params=train_params,
+        n_classes=n_classes,
+        random_state=random_state,
+        categorical=categorical,
+    )
+    refit = predict_proba(booster, stop_features, n_classes).argmax(axis=1)
+    return get_cohen_kappa(refit, np.asarray(predicted))
 
 
 # -- the rating -------------------------------------------------------------------------------
@@ -710,6 +994,7 @@ class HealthSeeds:
     balance_cv: int
     balance_fit: int
     random_only: int
+    noise: int = 0
 
 
 @dataclass(frozen=True)
@@ -794,6 +1079,7 @@ def run(ctx: StageContext) -> HealthSummary:
         balance_cv=ctx.random_state("health-balance-cv"),
         balance_fit=ctx.random_state("health-balance-fit"),
         random_only=ctx.random_state("health-random-only"),
+        noise=ctx.random_state("health-noise"),
     )
     result = get_health(inputs, fields, params=params, round_id=round_id, seeds=seeds)
     return _save(
@@ -860,15 +1146,63 @@ def get_health(
         if previous_round is not None
         else None
     )
+    test = current[current["split"] == "test"].reset_index(drop=True)
+    train = current[current["split"] == "train"].reset_index(drop=True)
+    noise_kappa = (
+        get_noise_kappa(
+            features(train["item_id"]),
+            encode_labels(train["label"], classes),
+            features(stop_set["item_id"]),
+            stop_probs.argmax(axis=1),
+            n_classes=len(classes),
+            train_params=aux_train,
+            random_state=seeds.noise,
+            categorical=inputs.space.categorical,
+        )
+        if len(train) and previous is not None
+        else None
+    )
+    added = (
+        len(train) - int(history["train_items"].iloc[-1])
+        if not history.empty and pd.notna(history["train_items"].iloc[-1])
+        else 0
+    )
+    drop_kappa = (
+        get_noise_kappa(
+            features(train["item_id"]),
+            encode_labels(train["label"], classes),
+            features(stop_set["item_id"]),
+            stop_probs.argmax(axis=1),
+            n_classes=len(classes),
+            train_params=aux_train,
+            random_state=seeds.noise,
+            drop=added,
+            categorical=inputs.space.categorical,
+        )
+        if 0 < added < len(train) and previous is not None
+        else None
+    )
+    known_rounds = {*history["round_id"].astype(int), round_id} if not history.empty else {round_id}
+    shown = pd.concat([inputs.stop_predictions, this_round], ignore_index=True)
+    shown = shown[shown["round_id"].isin(known_rounds)]
+    new_classes = get_new_classes(
+        {str(c): int(r) for c, r in train.groupby("label")["last_round"].min().items()},
+        {str(c): int(r) for c, r in shown.groupby("predicted_label")["round_id"].min().items()},
+        round_id=round_id,
+        window=params.stop.window,
+    )
     signal = get_stop_signal(
         _stop_series(this_round, round_id),
         previous,
         [float(k) for k in earlier["kappa"]] if not earlier.empty else [],
         params=params.stop,
+        noise_kappa=noise_kappa,
+        earlier_noise_kappas=_column(earlier, "noise_kappa"),
+        earlier_class_kappa_mins=_column(earlier, "class_kappa_min"),
+        new_classes=new_classes,
+        drop_kappa=drop_kappa,
+        earlier_drop_kappas=_column(earlier, "drop_kappa"),
     )
-
-    test = current[current["split"] == "test"].reset_index(drop=True)
-    train = current[current["split"] == "train"].reset_index(drop=True)
     test_features = features(test["item_id"]) if len(test) else None
     test_codes = encode_labels(test["label"], classes) if len(test) else np.array([], dtype=int)
     # evaluate predicted the test items with this model when it promoted it: reuse them
@@ -975,6 +1309,15 @@ def get_health(
         mean_entropy=float(this_round["entropy"].mean()),
         stop_advised=signal.advised,
         stop_reason=signal.reason,
+        stop_criterion=signal.criterion,
+        stop_held=signal.held,
+        kappa_rise=signal.kappa_rise,
+        noise_kappa=noise_kappa,
+        drop_kappa=drop_kappa,
+        noise_kappa_mean=signal.noise_kappa_mean,
+        class_kappa_min=signal.class_kappa_min,
+        class_kappa_mean=signal.class_kappa_mean,
+        new_classes=tuple(new_classes),
         explore_fraction=plan.explore_fraction,
         explore_classes=plan.explore_classes,
         rebalance_fraction=plan.rebalance_fraction,
@@ -1023,17 +1366,18 @@ def _save(
         "health_detail",
         {
             **detail,
-            "stop_rounds": [
-                {
-                    k: _plain(r[k])
-                    for k in ("round_id", "kappa", "kappa_mean", "changed_share", "mean_entropy")
-                }
-                for r in rounds
-            ],
+            "stop_rounds": [{k: _plain(r.get(k)) for k in STOP_ROUND_KEYS} for r in rounds],
         },
     )
     ctx.save("health_report", summary.to_dict())
     return summary
+
+
+def _column(history: pd.DataFrame, name: str) -> list[float | None]:
+    """A history column as a list, None where empty (also a history written before it)."""
+    if history.empty or name not in history:
+        return [None] * len(history)
+    return [None if pd.isna(v) else float(v) for v in history[name]]
 
 
 def _plain(value: object) -> object:

@@ -183,6 +183,9 @@ HEALTH_HISTORY = {
     "kappa_mean": "float64",
     "changed_share": "float64",
     "mean_entropy": "float64",
+    "noise_kappa": "float64",
+    "drop_kappa": "float64",
+    "class_kappa_min": "float64",
     "stop_advised": "boolean",
     "explore_fraction": "float64",
     "rebalance_fraction": "float64",
@@ -192,8 +195,12 @@ HEALTH_HISTORY = {
 
 #: Columns a table gained after workspaces were made: a file written before lacks them and is
 #: read with them empty (its rows are never rewritten to fill them). Any other missing column
-#: is an error. source_key and annotator_id: ACCEPTED and LEDGER, with Label Studio intake.
-ADDED_LATER: frozenset[str] = frozenset({"source_key", "annotator_id"})
+#: is an error. source_key and annotator_id: ACCEPTED and LEDGER, with Label Studio intake;
+#: noise_kappa, drop_kappa and class_kappa_min: HEALTH_HISTORY, with the stop signal's
+#: plateau and class guard.
+ADDED_LATER: frozenset[str] = frozenset(
+    {"source_key", "annotator_id", "noise_kappa", "drop_kappa", "class_kappa_min"}
+)
 
 
 def get_annotator_key(frame: pd.DataFrame) -> pd.Series:

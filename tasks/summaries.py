@@ -188,6 +188,24 @@ class HealthSummary(Summary):
     mean_entropy: float | None = None
     stop_advised: bool = False
     stop_reason: str = ""
+    #: the rule that fired ("threshold", "plateau"; "" when none) and the guard that held it
+    #: back ("new classes", "class kappa"; "" when none)
+    stop_criterion: str = ""
+    stop_held: str = ""
+    #: the mean kappa's rise since the window before (the slope rule)
+    kappa_rise: float | None = None
+    #: this round's candidate against a model refit on a bootstrap of its labels, and the mean
+    #: over the window (the noise floor)
+    noise_kappa: float | None = None
+    noise_kappa_mean: float | None = None
+    #: this round's candidate against a model refit without a random batch of its labels as
+    #: large as the round's new ones
+    drop_kappa: float | None = None
+    #: one-vs-rest kappa per class between successive rounds: the smallest and the mean
+    class_kappa_min: float | None = None
+    class_kappa_mean: float | None = None
+    #: classes first labeled or first predicted within the window (the class guard)
+    new_classes: tuple[str, ...] = ()
     # -- what select does next ---------------------------------------------------------
     explore_fraction: float = 0.0
     explore_classes: tuple[str, ...] = ()

@@ -11,16 +11,21 @@ from sklearn.metrics import cohen_kappa_score
 
 from tasks import schema
 from tasks.health import (
+    StopEvidence,
     draw_stop_set,
     fit_balance_model,
     get_balance_auc,
     get_balance_rating,
+    get_class_kappas,
     get_cohen_kappa,
     get_coverage,
     get_missed_classes,
+    get_new_classes,
+    get_noise_kappa,
     get_normalized_entropy,
     get_per_class,
     get_plan,
+    get_stop_decision,
     get_stop_signal,
     get_worst_labels,
 )
@@ -83,6 +88,138 @@ def test_stop_advice_comes_when_the_window_mean_reaches_the_threshold():
     moving = get_stop_signal(changed, same, [1.0, 1.0], params=params)
     assert not moving.advised and moving.changed_share == pytest.approx(0.2)
     assert moving.kappa < 0.9
+
+
+def test_identical_predictions_give_kappa_one_for_every_class_and_a_new_class_zero():
+    same = np.array(["a", "b", "c"] * 20 + ["d"])
+    assert get_class_kappas(same, same.copy()) == {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    before = same.copy()
+    before[-1] = "a"  # "d" is predicted for the first time
+    by_class = get_class_kappas(same, before)
+    assert by_class["d"] == 0.0 and by_class["b"] == 1.0 and 0.9 < by_class["a"] < 1.0
+    signal = get_stop_signal(
+        _predictions(same),
+        _predictions(before),
+        [1.0, 1.0],
+        params=StopParams(kappa=0.9, window=3, class_kappa=0.0),
+    )
+    assert signal.class_kappa_min == 0.0 and signal.kappa > 0.9 and signal.advised
+
+
+def test_new_classes_are_those_first_labeled_or_first_predicted_within_the_window():
+    new = get_new_classes({"a": 2, "b": 2, "c": 6}, {"a": 2, "b": 3, "d": 5}, round_id=7, window=3)
+    assert list(new) == ["c", "d"]  # rounds 5, 6, 7 are the window
+    assert "first training label in round 6" in new["c"]
+    assert "first predicted on the stop set in round 5" in new["d"]
+    assert get_new_classes({"a": 2}, {"a": 2}, round_id=5, window=3) == {}
+
+
+def test_a_class_newly_predicted_holds_the_advice_back_and_the_reason_says_so():
+    params = StopParams(kappa=0.97, window=3, guard_new_classes=True)
+    same = _predictions(["a", "b"] * 50)
+    new = get_new_classes({"a": 2, "b": 2}, {"a": 2, "b": 2, "c": 6}, round_id=7, window=3)
+    held = get_stop_signal(same, same.copy(), [1.0, 1.0], params=params, new_classes=new)
+    assert not held.advised and held.criterion == "threshold" and held.held == "new classes"
+    assert "held back" in held.reason and "'c'" in held.reason
+    free = get_stop_signal(same, same.copy(), [1.0, 1.0], params=params, new_classes={})
+    assert free.advised and free.reason.startswith("threshold:")
+    off = get_stop_signal(
+        same,
+        same.copy(),
+        [1.0, 1.0],
+        params=params.model_copy(update={"guard_new_classes": False}),
+        new_classes=new,
+    )
+    assert off.advised
+
+
+def test_with_the_defaults_a_class_newly_predicted_holds_the_advice_back():
+    before = _predictions(["a", "b"] * 50)
+    now = before.copy()
+    now.iloc[0] = "c"  # "c" appears: its one-vs-rest kappa is 0, overall kappa still 0.98
+    signal = get_stop_signal(
+        now, before, [1.0, 1.0], params=StopParams(), earlier_class_kappa_mins=[1.0, 0.2]
+    )
+    assert signal.kappa > 0.97 and signal.class_kappa_min == 0.0
+    assert not signal.advised and signal.criterion == "threshold"
+    assert signal.held == "class kappa" and "held back" in signal.reason
+    assert "this round 'c'" in signal.reason
+    steady = get_stop_signal(
+        before, before.copy(), [1.0, 1.0], params=StopParams(), earlier_class_kappa_mins=[1, 1]
+    )
+    assert steady.advised and steady.reason.startswith("threshold:")
+
+
+def test_an_unstable_class_holds_the_advice_back_when_the_class_guard_is_on():
+    evidence = StopEvidence(kappas=(0.98, 0.98, 0.98), class_kappa_mins=(0.9, 0.4, 0.5))
+    on = get_stop_decision(evidence, params=StopParams(class_kappa=0.7))
+    assert not on.advised and on.held == "class kappa" and "0.6000" in on.reason
+    assert get_stop_decision(evidence, params=StopParams(class_kappa=0.0)).advised
+
+
+@pytest.mark.parametrize("plateau", ["slope", "noise_slope", "drop_slope"])
+def test_a_plateau_fires_only_when_the_kappa_is_flat(plateau):
+    params = StopParams(
+        kappa=0.97, window=3, plateau=plateau, plateau_kappa=0.85, plateau_rise=0.01
+    )
+    floor = (0.88,) * 6  # the refits agree with the model less than successive models do
+    flat = StopEvidence(
+        kappas=(0.89, 0.90, 0.89, 0.90, 0.89, 0.90), noise_kappas=floor, drop_kappas=floor
+    )
+    fired = get_stop_decision(flat, params=params)
+    assert fired.advised and fired.criterion == "plateau" and "levelled off" in fired.reason
+    assert fired.kappa_rise == pytest.approx(0.01 / 3)
+    rising = StopEvidence(
+        kappas=(0.80, 0.82, 0.84, 0.87, 0.89, 0.91), noise_kappas=floor, drop_kappas=floor
+    )
+    still = get_stop_decision(rising, params=params)
+    assert not still.advised and still.criterion == "" and "up +0.0700" in still.reason
+    # too few rounds to measure a rise: no plateau
+    assert not get_stop_decision(
+        StopEvidence(kappas=flat.kappas[:4], noise_kappas=floor, drop_kappas=floor), params=params
+    ).advised
+
+
+@pytest.mark.parametrize("plateau", ["noise", "drop"])
+def test_a_noise_floor_fires_when_successive_kappa_reaches_the_refit_kappa(plateau):
+    params = StopParams(kappa=0.97, window=3, plateau=plateau)
+    kappas = (0.90, 0.91, 0.92)
+    below = StopEvidence(kappas=kappas, noise_kappas=(0.95,) * 3, drop_kappas=(0.95,) * 3)
+    assert not get_stop_decision(below, params=params).advised
+    reached = StopEvidence(kappas=kappas, noise_kappas=(0.91,) * 3, drop_kappas=(0.91,) * 3)
+    decision = get_stop_decision(reached, params=params)
+    assert decision.advised and decision.reason.startswith("plateau:")
+    assert "noise floor" in decision.reason and decision.noise_kappa_mean == pytest.approx(0.91)
+    # a refit missing from one round of the window: no floor, no plateau
+    gap = StopEvidence(
+        kappas=kappas, noise_kappas=(None, 0.91, 0.91), drop_kappas=(None, 0.91, 0.91)
+    )
+    assert not get_stop_decision(gap, params=params).advised
+    assert not get_stop_decision(
+        reached, params=params.model_copy(update={"plateau": "off"})
+    ).advised
+
+
+def test_the_threshold_fires_before_a_plateau_and_the_reason_names_it():
+    evidence = StopEvidence(kappas=(0.98, 0.99, 1.0), noise_kappas=(0.5,) * 3)
+    decision = get_stop_decision(evidence, params=StopParams(kappa=0.97, plateau="noise"))
+    assert decision.criterion == "threshold" and decision.reason.startswith("threshold:")
+
+
+def test_noise_kappa_is_one_when_the_refit_drops_nothing_and_high_on_separable_data():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 2, size=300)
+    features = pd.DataFrame({"x": codes * 6.0 + rng.normal(size=300), "y": rng.normal(size=300)})
+    stop = features.iloc[:100].reset_index(drop=True)
+    booster = fit_booster(features, codes, params=TRAIN, n_classes=2, random_state=0)
+    predicted = (
+        booster.predict(stop).argmax(axis=1)
+        if booster.predict(stop).ndim == 2
+        else (booster.predict(stop) > 0.5).astype(int)
+    )
+    kwargs = {"n_classes": 2, "train_params": TRAIN, "random_state": 0}
+    assert get_noise_kappa(features, codes, stop, predicted, drop=0, **kwargs) == 1.0
+    assert get_noise_kappa(features, codes, stop, predicted, **kwargs) > 0.9
 
 
 def test_normalized_entropy_is_zero_when_certain_and_one_when_uniform():
@@ -560,5 +697,10 @@ def test_the_health_core_rates_a_model_from_frames_alone_and_the_next_round_comp
     later, _ = _health_inputs(3, history, stop)
     second = get_health(later, {**fields, "round_id": 3}, params=params, round_id=3, seeds=seeds)
     assert second.summary.kappa == 1.0 and second.summary.changed_share == 0.0
+    assert second.summary.class_kappa_min == 1.0 and second.summary.class_kappa_mean == 1.0
+    assert second.summary.noise_kappa > 0.9  # three separable classes: refitting barely moves it
+    assert second.summary.drop_kappa is None  # no label came in since round 2
+    # every class got its first label this round (last_round 3): the guard names them
+    assert second.summary.new_classes == ("a", "b", "c")
     assert len(second.stop_predictions) == 1000  # this round's rows added, none rewritten
     pd.testing.assert_frame_equal(second.stop_predictions.iloc[:500], stop)
