@@ -528,9 +528,14 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         console.print(table)
     e, v, f = st.summaries.evaluate, st.summaries.validate, st.summaries.flag
     if e is not None and e.candidate:
+        scores = (
+            f"MAP {e.candidate['map']:.4f}, micro-F1 {e.candidate['micro_f1']:.4f}, macro-F1 "
+            f"{e.candidate['macro_f1']:.4f}"
+            if "map" in e.candidate  # label sets
+            else f"macro-F1 {e.candidate['macro_f1']:.4f}, accuracy {e.candidate['accuracy']:.4f}"
+        )
         console.print(
-            f"last evaluation (round {e.round_id}, {e.n_test} test items): macro-F1 "
-            f"{e.candidate['macro_f1']:.4f}, accuracy {e.candidate['accuracy']:.4f}; "
+            f"last evaluation (round {e.round_id}, {e.n_test} test items): {scores}; "
             f"promoted: {e.promoted} ({e.gate})"
         )
     if v is not None:

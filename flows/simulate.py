@@ -52,7 +52,14 @@ from tasks.features import (
     fit_feature_space,
 )
 from tasks.model import encode_labels, fit_booster, predict_proba
-from tasks.params import Params, ParamsError, ScoreParams, dump_params, load_params
+from tasks.params import (
+    Params,
+    ParamsError,
+    ScoreParams,
+    dump_params,
+    load_params,
+    parse_override,
+)
 from tasks.simulate import (
     answer_batch,
     answer_batch_by_annotators,
@@ -137,6 +144,13 @@ class SimulationSpec:
         unknown = [s for s in self.resolved().strategies if s not in REGISTRY]
         if unknown:
             raise WorkspaceError(f"--strategies {unknown} unknown; known: {sorted(REGISTRY)}")
+        for text in self.overrides:
+            path, value = parse_override(text)
+            if path == ["project", "task"] and value != "multiclass":
+                raise WorkspaceError(
+                    "alloop simulate runs items of one class (project.task: multiclass); label "
+                    "sets are measured by bench/reuters.py for now"
+                )
         for name in self.resolved().strategies:
             try:
                 check_strategy_task(name, "multiclass")

@@ -386,3 +386,24 @@ def test_a_rerun_of_a_label_set_round_is_exact(set_rounds):
 
     result = al_rerun(str(set_rounds["root"]), 3)
     assert result.identical, result.differences
+
+
+def test_status_and_the_report_page_work_on_a_label_set_workspace(set_rounds):
+    from conftest import run_cli
+
+    root = set_rounds["root"]
+    done = run_cli(["alloop", "status", "-w", str(root)], root)
+    assert done.returncode == 0, done.stderr
+    assert "MAP" in done.stdout
+    page = run_cli(["alloop", "report", "-w", str(root)], root)
+    assert page.returncode == 0, page.stderr
+    assert (root / "reports/round.html").read_text().count("<svg") >= 1
+
+
+def test_a_simulation_of_label_sets_is_refused_with_where_they_are_measured(tmp_path):
+    from flows.simulate import SimulationSpec
+    from flows.workspace import WorkspaceError
+
+    spec = SimulationSpec(dataset=tmp_path / "x.parquet", overrides=("project.task=multilabel",))
+    with pytest.raises(WorkspaceError, match="bench/reuters.py"):
+        spec.check()
