@@ -66,6 +66,8 @@ TARGETS = (0.80, 0.85)
 GOAL_LABELS_080 = 875
 GOAL_RATIO_085 = 1.7
 GOAL_MINUTES = 60
+#: The label counts the report's curve table shows.
+CURVE_POINTS = (100, 300, 500, 900, 1000, 1500, 2000, 2500, 3000)
 CURVE_COLUMNS = ["strategy", "seed", "round", "labels", "map", "micro_f1", "macro_f1", "seconds"]
 
 log = logging.getLogger("bench.reuters")
@@ -293,12 +295,24 @@ def get_summary_table(campaigns: pd.DataFrame, *, budget: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def get_curve_table(curves: pd.DataFrame, points: tuple[int, ...] = CURVE_POINTS) -> pd.DataFrame:
+    """Mean MAP over seeds per arm at a few label counts (rows: arms; columns: labels; NaN
+    where no campaign of the arm has that point)."""
+    at = curves[curves["labels"].isin(points)]
+    return at.pivot_table(index="strategy", columns="labels", values="map", aggfunc="mean")
+
+
 def _labels(value: float) -> str:
     return "never" if not math.isfinite(value) else f"{value:,.0f}"
 
 
 def get_markdown(
-    summary: pd.DataFrame, *, reference: float, args: argparse.Namespace, wall: float
+    summary: pd.DataFrame,
+    *,
+    reference: float,
+    args: argparse.Namespace,
+    wall: float,
+    curve_table: pd.DataFrame | None = None,
 ) -> str:
     """The summary table and issue 19's goals, checked on this run's numbers."""
     lines = [
@@ -328,6 +342,19 @@ def get_markdown(
         f"Campaign time summed: {summary['total_seconds'].sum() / 60:.1f} min; "
         f"this invocation {wall / 60:.1f} min wall.",
         "",
+    ]
+    if curve_table is not None and not curve_table.empty:
+        columns = [int(c) for c in curve_table.columns]
+        lines += [
+            "Mean MAP over the seeds at some label counts:",
+            "",
+            "| arm | " + " | ".join(f"{c:,}" for c in columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        for arm, values in curve_table.iterrows():
+            lines.append(f"| {arm} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+        lines.append("")
+    lines += [
         "Goals of issue 19 (labels to 0.80 MAP at most "
         f"{GOAL_LABELS_080}; random / arm at 0.85 at least {GOAL_RATIO_085}; AULC never "
         "significantly below random, p < 0.05):",
@@ -431,7 +458,11 @@ def main(argv: list[str] | None = None) -> None:
     summary = get_summary_table(campaigns, budget=args.budget)
     summary.to_csv(args.out / "summary.csv", index=False)
     report = get_markdown(
-        summary, reference=reference, args=args, wall=time.perf_counter() - started
+        summary,
+        reference=reference,
+        args=args,
+        wall=time.perf_counter() - started,
+        curve_table=get_curve_table(curves),
     )
     (args.out / "reuters.md").write_text(report)
     print(report, flush=True)
