@@ -121,3 +121,50 @@ def test_the_round_benchmark_times_every_stage_of_the_pipeline():
     from flows.pipeline import STAGE_NAMES
 
     assert _load("round").STAGES == STAGE_NAMES
+
+
+@pytest.fixture(scope="module")
+def reuters():
+    return _load("reuters")
+
+
+def test_reuters_picks_the_highest_utilities_never_nan_ties_by_seed(reuters):
+    utilities = np.array([0.2, np.nan, 0.9, 0.5, 0.5, 0.5, np.nan])
+    picks = reuters.select_top(utilities, 3, np.random.default_rng(0))
+    assert picks[0] == 2 and set(picks[1:]) <= {3, 4, 5} and len(set(picks)) == 3
+    again = reuters.select_top(utilities, 3, np.random.default_rng(0))
+    assert picks.tolist() == again.tolist()
+    assert set(reuters.select_top(utilities, 10, np.random.default_rng(0))) == {0, 2, 3, 4, 5}
+
+
+def test_reuters_summary_of_generated_curves(reuters):
+    labels = np.arange(100, 1001, 50)
+    rows = []
+    for seed in range(6):
+        for arm, slope in (("random", 0.00035), ("ml_diversity", 0.0012)):
+            scores = np.minimum(0.5 + slope * (labels - 100) + 0.0001 * seed, 0.95)
+            for i, (n, m) in enumerate(zip(labels, scores, strict=True)):
+                rows.append([arm, seed, i, n, m, m, m, float(i)])
+    curves = pd.DataFrame(rows, columns=reuters.CURVE_COLUMNS)
+    campaigns = reuters.get_campaign_table(curves, start=100, stop=1000)
+    assert len(campaigns) == 12 and (campaigns["seconds"] == len(labels) - 1).all()
+    summary = reuters.get_summary_table(campaigns, budget=1000).set_index("strategy")
+    # diversity: 0.80 at 100 + 0.3 / 0.0012 = 350 labels, 0.85 at 400; random 0.80 at 600,
+    # 0.85 never within 1,000 labels: the ratio is the lower bound 1,000 / 400
+    assert summary.loc["ml_diversity", "median_labels_to_0.80"] == 350
+    assert summary.loc["random", "median_labels_to_0.80"] == 1000
+    assert summary.loc["random", "reached_0.85"] == 0
+    assert summary.loc["ml_diversity", "ratio_random_at_0.85"] == pytest.approx(2.5)
+    assert summary.loc["ml_diversity", "ratio_kind"] == "at least"
+    assert summary.loc["ml_diversity", "aulc_diff_vs_random"] > 0
+    assert summary.loc["ml_diversity", "paired_seeds"] == 6
+    text = reuters.get_markdown(summary.reset_index(), reference=0.9, args=None, wall=60.0)
+    assert "| ml_diversity | 6 | 350 (6/6) | 400 (6/6) | 2.50 (at least) |" in text
+    assert "| random | 6 | 1,000 (6/6) | never (0/6) | n/a |" in text
+
+
+def test_reuters_results_go_outside_the_checkout(reuters, tmp_path):
+    args = reuters.parse_args(["--seeds", "3"])
+    assert args.out.is_dir() and not args.out.resolve().is_relative_to(ROOT)
+    args.out.rmdir()
+    assert reuters.parse_args(["--out", str(tmp_path)]).out == tmp_path
