@@ -698,8 +698,12 @@ def test_the_health_core_rates_a_model_from_frames_alone_and_the_next_round_comp
     second = get_health(later, {**fields, "round_id": 3}, params=params, round_id=3, seeds=seeds)
     assert second.summary.kappa == 1.0 and second.summary.changed_share == 0.0
     assert second.summary.class_kappa_min == 1.0 and second.summary.class_kappa_mean == 1.0
-    assert second.summary.noise_kappa > 0.9  # three separable classes: refitting barely moves it
-    assert second.summary.drop_kappa is None  # no label came in since round 2
+    # the default plateau (slope) reads no refit, so none is made
+    assert second.summary.noise_kappa is None and second.summary.drop_kappa is None
+    noisy = params.model_copy(update={"stop": params.stop.model_copy(update={"plateau": "noise"})})
+    refit = get_health(later, {**fields, "round_id": 3}, params=noisy, round_id=3, seeds=seeds)
+    assert refit.summary.noise_kappa > 0.9  # three separable classes: refitting barely moves it
+    assert refit.summary.drop_kappa is None  # a drop refit only for the drop rules
     # every class got its first label this round (last_round 3): the guard names them
     assert second.summary.new_classes == ("a", "b", "c")
     assert len(second.stop_predictions) == 1000  # this round's rows added, none rewritten
