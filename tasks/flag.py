@@ -62,6 +62,41 @@ FOUND_COLUMNS = {
 }
 
 
+def _why_not_checked(labeled_rows: pd.DataFrame, labels: pd.Series, params: FlagParams) -> str:
+    """Why the training labels are not checked this round ("" when they are)."""
+    if len(labeled_rows) != len(labels):
+        raise ValueError(f"labeled_rows has {len(labeled_rows)} rows but labels has {len(labels)}")
+    if not params.enabled:
+        return "flagging is disabled (flag.enabled: false)"
+    if len(labels) < params.min_labels:
+        return f"{len(labels)} training labels, fewer than flag.min_labels={params.min_labels}"
+    return ""
+
+
+def _pick_flags(
+    issues: np.ndarray,
+    quality: np.ndarray,
+    item_ids: pd.Series,
+    confirmed_ids: pd.Series | None,
+    *,
+    params: FlagParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows to flag: the issues not yet confirmed, the most doubtful first and at most
+    ``flag.max_fraction`` of the labels below ``flag.estimate_from_labels``, then the
+    confirmed issues (outside the bound); and which rows are confirmed."""
+    n = issues.size
+    confirmed = (
+        schema.is_in(item_ids, confirmed_ids)
+        if confirmed_ids is not None
+        else np.zeros(n, dtype=bool)
+    )
+    doubted = np.flatnonzero(issues & ~confirmed)
+    cap = n if n >= params.estimate_from_labels else int(params.max_fraction * n)
+    # the most doubtful first; equal qualities in row order, so the cut is deterministic
+    doubted = doubted[np.argsort(quality[doubted], kind="stable")][:cap]
+    return np.concatenate([doubted, np.flatnonzero(issues & confirmed)]), confirmed
+
+
 def get_label_probs(
     labeled_rows: pd.DataFrame,
     labels: pd.Series,
@@ -97,25 +132,21 @@ def get_label_probs(
         columns, when that is the case (empty otherwise).
     """
     columns = {"item_id": "string", **dict.fromkeys(classes, "float64")}
-    none = schema.empty(columns)
-    if len(labeled_rows) != len(labels):
-        raise ValueError(f"labeled_rows has {len(labeled_rows)} rows but labels has {len(labels)}")
-    if not params.enabled:
-        return none, "flagging is disabled (flag.enabled: false)"
-    if len(labels) < params.min_labels:
-        return (
-            none,
-            f"{len(labels)} training labels, fewer than flag.min_labels={params.min_labels}",
-        )
+    skipped = _why_not_checked(labeled_rows, labels, params)
+    if skipped:
+        return schema.empty(columns), skipped
     codes = encode_labels(labels.reset_index(drop=True), classes)
     present = np.unique(codes)
     if present.size < 2:
-        return none, "the training labels hold a single class"
+        return schema.empty(columns), "the training labels hold a single class"
     # the model learns the classes seen, coded 0..k-1
     compact = np.searchsorted(present, codes)
     n_folds = int(min(params.cv_folds, np.bincount(compact).min()))
     if n_folds < 2:
-        return none, "a class has a single training label: no out-of-fold estimate possible"
+        return (
+            schema.empty(columns),
+            "a class has a single training label: no out-of-fold estimate possible",
+        )
     space = space or FeatureSpace()
     pred_probs = get_out_of_fold_pred_probs(
         space.transform(labeled_rows.reset_index(drop=True)),
@@ -189,20 +220,7 @@ def find_mislabels_from_probs(
             labels=compact, pred_probs=pred_probs, filter_by=params.filter_by, n_jobs=1
         )
     item_ids = label_probs["item_id"].reset_index(drop=True)
-    confirmed = (
-        schema.is_in(item_ids, confirmed_ids)
-        if confirmed_ids is not None
-        else np.zeros(compact.size, dtype=bool)
-    )
-    doubted = np.flatnonzero(issues & ~confirmed)
-    cap = (
-        compact.size
-        if compact.size >= params.estimate_from_labels
-        else int(params.max_fraction * compact.size)
-    )
-    # the most doubtful first; equal qualities in row order, so the cut is deterministic
-    doubted = doubted[np.argsort(quality[doubted], kind="stable")][:cap]
-    flagged = np.concatenate([doubted, np.flatnonzero(issues & confirmed)])
+    flagged, confirmed = _pick_flags(issues, quality, item_ids, confirmed_ids, params=params)
     found = pd.DataFrame(
         {
             "item_id": item_ids.to_numpy()[flagged],
@@ -230,16 +248,9 @@ def get_set_label_probs(
     booster per label fitted on the other folds (:func:`tasks.multilabel.fit_one_vs_rest`),
     without class weights. Same columns; rows do not sum to 1."""
     columns = {"item_id": "string", **dict.fromkeys(classes, "float64")}
-    none = schema.empty(columns)
-    if len(labeled_rows) != len(labels):
-        raise ValueError(f"labeled_rows has {len(labeled_rows)} rows but labels has {len(labels)}")
-    if not params.enabled:
-        return none, "flagging is disabled (flag.enabled: false)"
-    if len(labels) < params.min_labels:
-        return (
-            none,
-            f"{len(labels)} training labels, fewer than flag.min_labels={params.min_labels}",
-        )
+    skipped = _why_not_checked(labeled_rows, labels, params)
+    if skipped:
+        return schema.empty(columns), skipped
     space = space or FeatureSpace()
     matrix = get_label_matrix(labels.astype(str), classes, separator=label_sets.separator)
     features = space.transform(labeled_rows.reset_index(drop=True))
@@ -283,21 +294,9 @@ def find_set_mislabels_from_probs(
     issues = find_multilabel_issues(labels=given, pred_probs=pred_probs, n_jobs=1)
     quality = get_multilabel_quality_scores(given, pred_probs)
     item_ids = label_probs["item_id"].reset_index(drop=True)
-    confirmed = (
-        schema.is_in(item_ids, confirmed_ids)
-        if confirmed_ids is not None
-        else np.zeros(len(given), dtype=bool)
-    )
-    doubted = np.flatnonzero(issues & ~confirmed)
-    cap = (
-        len(given)
-        if len(given) >= params.estimate_from_labels
-        else int(params.max_fraction * len(given))
-    )
-    doubted = doubted[np.argsort(quality[doubted], kind="stable")][:cap]
-    flagged = np.concatenate([doubted, np.flatnonzero(issues & confirmed)])
+    flagged, confirmed = _pick_flags(issues, quality, item_ids, confirmed_ids, params=params)
     suggested = get_predicted_sets(pred_probs[flagged], classes, separator=label_sets.separator)
-    return pd.DataFrame(
+    found = pd.DataFrame(
         {
             "item_id": item_ids.to_numpy()[flagged],
             "given_label": labels.to_numpy()[flagged],
@@ -306,6 +305,7 @@ def find_set_mislabels_from_probs(
             "confirmed": confirmed[flagged],
         }
     ).astype(FOUND_COLUMNS)
+    return found.sort_values(["label_quality", "item_id"]).reset_index(drop=True)
 
 
 def find_mislabels(

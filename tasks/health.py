@@ -1151,27 +1151,14 @@ def get_health(
     # the refits cost two fits a round: made only for a plateau rule that reads them (the
     # default, slope, does not: a 200,000-item round's health share went from 7.7% to 10.1%)
     plateau = params.stop.plateau
-    noise_kappa = (
-        get_noise_kappa(
-            features(train["item_id"]),
-            encode_labels(train["label"], classes),
-            features(stop_set["item_id"]),
-            stop_probs.argmax(axis=1),
-            n_classes=len(classes),
-            train_params=aux_train,
-            random_state=seeds.noise,
-            categorical=inputs.space.categorical,
-        )
-        if plateau in ("noise", "noise_slope") and len(train) and previous is not None
-        else None
-    )
     added = (
         len(train) - int(history["train_items"].iloc[-1])
         if not history.empty and pd.notna(history["train_items"].iloc[-1])
         else 0
     )
-    drop_kappa = (
-        get_noise_kappa(
+
+    def refit_kappa(drop: int | None) -> float:
+        return get_noise_kappa(
             features(train["item_id"]),
             encode_labels(train["label"], classes),
             features(stop_set["item_id"]),
@@ -1179,10 +1166,15 @@ def get_health(
             n_classes=len(classes),
             train_params=aux_train,
             random_state=seeds.noise,
-            drop=added,
+            drop=drop,
             categorical=inputs.space.categorical,
         )
-        if plateau in ("drop", "drop_slope") and 0 < added < len(train) and previous is not None
+
+    refit = len(train) and previous is not None
+    noise_kappa = refit_kappa(None) if refit and plateau in ("noise", "noise_slope") else None
+    drop_kappa = (
+        refit_kappa(added)
+        if refit and plateau in ("drop", "drop_slope") and 0 < added < len(train)
         else None
     )
     known_rounds = {*history["round_id"].astype(int), round_id} if not history.empty else {round_id}
