@@ -521,7 +521,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         names = {s: run["arms"].get(s, run["arms"].get(DEFAULT)) for s in result.curves["strategy"]}
         curves.append(result.curves.assign(strategy=result.curves["strategy"].map(names)))
         issued.append(result.issued.assign(strategy=result.issued["strategy"].map(names)))
-        meta = {"reference": result.reference_macro_f1, "target": result.target}
+        meta = {"reference": result.reference_score, "target": result.target}
     curves_all = pd.concat(curves, ignore_index=True)
     issued_all = pd.concat(issued, ignore_index=True)
     truth = pd.read_parquet(args.out / name / folder / "data" / "truth.parquet")
@@ -626,7 +626,7 @@ def get_plan_reasons(
 class Finished:
     curves: pd.DataFrame
     issued: pd.DataFrame
-    reference_macro_f1: float
+    reference_score: float
     target: float
     seconds: float
 
@@ -649,7 +649,7 @@ def load_finished(spec: SimulationSpec, folder: Path) -> Finished | None:
     return Finished(
         pd.read_csv(folder / "curves.csv"),
         pd.read_csv(folder / "issued.csv", dtype={"item_id": str}),
-        float(meta["reference_macro_f1"]),
+        float(meta["reference_score"]),
         float(meta["target"]),
         float(meta_path.stat().st_mtime - (folder / "data").stat().st_mtime),
     )

@@ -214,7 +214,7 @@ def combine(run: dict, skal_curves: list[pd.DataFrame], args: argparse.Namespace
     out = args.out / run["dataset"]
     curves.to_csv(out / "curves_with_baseline.csv", index=False)
     summary.to_csv(out / "summary_with_baseline.csv", index=False)
-    return {**run, "reference": result.reference_macro_f1, "summary": summary}
+    return {**run, "reference": result.reference_score, "summary": summary}
 
 
 def _labels(value: float) -> str:

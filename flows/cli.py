@@ -713,6 +713,24 @@ def simulate(
             "each item goes to one of them in turn, a relabel to one who has not voted on it.",
         ),
     ] = 1,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="multiclass (one class per item) or multilabel (the label column holds sets: "
+            "lists, or texts joined by project.label_separator)."
+        ),
+    ] = "multiclass",
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="The test score followed: macro_f1 or accuracy; for label sets map, micro_f1 "
+            "or macro_f1 (default: macro_f1, map for label sets)."
+        ),
+    ] = None,
+    target: Annotated[
+        float | None,
+        typer.Option(help="The score to reach, absolute (default: 98% of the full-data score)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the results.")] = Path("simulation"),
     jobs: Annotated[int, typer.Option(help="Campaigns run in parallel (processes).")] = 1,
     set_: Annotated[
@@ -721,8 +739,9 @@ def simulate(
 ) -> None:
     """Whole campaigns per strategy and seed on a labeled dataset: does it beat random?
 
-    Learning curves (CSV, PNG), area under the curve, labels and annotator hours to reach 98% of
-    the full-data macro-F1, the ratio to random and a paired test over seeds.
+    Learning curves (CSV, PNG), area under the curve, labels and annotator hours to reach the
+    target (98% of the full-data score, or --target), the ratio to random and a paired test over
+    seeds.
     """
     from flows import runtime
 
@@ -744,13 +763,16 @@ def simulate(
         annotators=annotators,
         overrides=tuple(set_ or ()),
         jobs=jobs,
+        task=task,
+        metric=metric,
+        target=target,
     )
 
     def report(strategy: str, seed: int, curve: Any) -> None:
-        last = curve.iloc[-1] if len(curve) else None
+        name = spec.score_metric
         where = (
-            f"{int(last.labels)} labels, macro-F1 {last.macro_f1:.4f}"
-            if last is not None
+            f"{int(curve['labels'].iloc[-1])} labels, {name} {curve[name].iloc[-1]:.4f}"
+            if len(curve)
             else "no model"
         )
         console.print(f"  {strategy} seed {seed}: {where}")

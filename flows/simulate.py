@@ -15,7 +15,13 @@ The protocol:
   the training labels reach ``budget``; test and QC slices of the product's batches are off
   (``select.test_fraction=0``, ``select.qc_fraction=0``): the test set is the fixed split;
 - flagging runs only when answers are noisy (``noise > 0``);
-- the target is 98% of the macro-F1 of the same model trained on every training-pool label.
+- the score is ``metric`` on the test split (default: macro-F1; mean average precision for
+  label sets); the target is ``target`` when given, else 98% of the score of the same model
+  trained on every training-pool label.
+
+Label sets (``task="multilabel"``): the label column holds lists (parquet) or texts joined by
+``project.label_separator``; the campaigns run the product's label-set stages, and a noisy
+answer swaps one label of the set for another class.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from flows.workspace import TEMPLATE_ROOT, WorkspaceError, prepare_pool, read_ta
 from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import Catalog, RoundInfo, write_csv, write_text
 from tasks.context import StageContext
-from tasks.evaluate import get_classification_metrics
+from tasks.evaluate import SET_THRESHOLD, get_classification_metrics
 from tasks.features import (
     DETECT_ROWS,
     FeatureSpace,
@@ -52,11 +58,21 @@ from tasks.features import (
     fit_feature_space,
 )
 from tasks.model import encode_labels, fit_booster, predict_proba
+from tasks.multilabel import (
+    fit_one_vs_rest,
+    get_label_matrix,
+    get_multilabel_metrics,
+    get_rarest_labels,
+    split_label_set,
+    to_label_text,
+)
 from tasks.params import (
     Params,
     ParamsError,
+    ProjectParams,
     ScoreParams,
     dump_params,
+    get_task_strategy,
     load_params,
     parse_override,
 )
@@ -80,7 +96,20 @@ SPLIT_SEED = 0
 #: The first round's clock; round r starts r days later (the clock only orders events).
 CLOCK = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 
-CURVE_COLUMNS = ["strategy", "seed", "round_id", "labels", "macro_f1", "accuracy", "seconds"]
+#: The score of each trained round, one column per metric (NaN where the task has none).
+METRIC_COLUMNS = ["macro_f1", "accuracy", "map", "micro_f1"]
+#: What ``--metric`` may name, per task.
+METRIC_NAMES = {
+    "macro_f1": "macro-F1",
+    "accuracy": "accuracy",
+    "map": "MAP",
+    "micro_f1": "micro-F1",
+}
+TASK_METRICS = {
+    "multiclass": ("macro_f1", "accuracy"),
+    "multilabel": ("map", "micro_f1", "macro_f1"),
+}
+CURVE_COLUMNS = ["strategy", "seed", "round_id", "labels", *METRIC_COLUMNS, "seconds"]
 #: What the health stage said each round (tasks/health.py): the rating, the stop signal's mean
 #: kappa and its advice. A baseline run outside alloop (a benchmark's) leaves them empty.
 HEALTH_COLUMNS = [
@@ -111,8 +140,11 @@ ISSUED_COLUMNS = ["strategy", "seed", "round_id", "item_id", "reason"]
 
 
 def _health_value(health: object, name: str) -> object:
-    """A health summary field as a curves.csv cell: a tuple of classes joined by spaces."""
+    """A health summary field as a curves.csv cell: a tuple of classes joined by spaces, NaN
+    where the stage computed nothing (a round without a kappa yet)."""
     value = getattr(health, name)
+    if value is None:
+        return np.nan
     return " ".join(map(str, value)) if isinstance(value, tuple) else value
 
 
@@ -133,10 +165,22 @@ class SimulationSpec:
     test_fraction: float = 0.25
     overrides: tuple[str, ...] = ()
     jobs: int = 1
+    #: ``multiclass``: one class per item; ``multilabel``: a set of labels per item
+    task: str = "multiclass"
+    #: the test score the curves follow (:data:`TASK_METRICS`); None: the task's first
+    metric: str | None = None
+    #: the score to reach, absolute; None: 98% of the full-data model's
+    target: float | None = None
+
+    @property
+    def score_metric(self) -> str:
+        """The metric the curves, the target and the AULC are in."""
+        return self.metric or TASK_METRICS.get(self.task, ("macro_f1",))[0]
 
     def resolved(self) -> SimulationSpec:
-        """This spec with :data:`DEFAULT` replaced by the template's ``score.strategy``."""
-        default = get_default_strategy()
+        """This spec with :data:`DEFAULT` replaced by the template's ``score.strategy`` (in its
+        label-set form for label sets, :func:`tasks.params.get_task_strategy`)."""
+        default = get_task_strategy(get_default_strategy(), self.task)
         named = tuple(dict.fromkeys(default if s == DEFAULT else s for s in self.strategies))
         return replace(self, strategies=named)
 
@@ -144,16 +188,25 @@ class SimulationSpec:
         unknown = [s for s in self.resolved().strategies if s not in REGISTRY]
         if unknown:
             raise WorkspaceError(f"--strategies {unknown} unknown; known: {sorted(REGISTRY)}")
+        if self.task not in TASK_METRICS:
+            raise WorkspaceError(f"--task must be one of {list(TASK_METRICS)}, got {self.task!r}")
         for text in self.overrides:
             path, value = parse_override(text)
-            if path == ["project", "task"] and value != "multiclass":
+            if path == ["project", "task"] and value != self.task:
                 raise WorkspaceError(
-                    "alloop simulate runs items of one class (project.task: multiclass); label "
-                    "sets are measured by bench/reuters.py for now"
+                    f"-S project.task={value} differs from --task {self.task}: the task of a "
+                    "simulation is given by --task"
                 )
+        if self.score_metric not in TASK_METRICS[self.task]:
+            raise WorkspaceError(
+                f"--metric {self.score_metric} does not score {self.task} items; choose one of "
+                f"{list(TASK_METRICS[self.task])}"
+            )
+        if self.target is not None and not 0.0 < self.target <= 1.0:
+            raise WorkspaceError(f"--target must be in (0, 1], got {self.target}")
         for name in self.resolved().strategies:
             try:
-                check_strategy_task(name, "multiclass")
+                check_strategy_task(name, self.task)
             except ValueError as exc:
                 raise WorkspaceError(f"--strategies: {exc}") from exc
         for name, value, low in (
@@ -186,7 +239,8 @@ class Dataset:
 @dataclass
 class SimulationResult:
     out: Path
-    reference_macro_f1: float
+    #: the full-data model's test score, in the spec's metric
+    reference_score: float
     target: float
     curves: pd.DataFrame
     campaigns: pd.DataFrame
@@ -209,7 +263,9 @@ def _sorted_classes(labels: pd.Series) -> list[str]:
 
 def get_stratified_test_ids(truth: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
     """``fraction`` of each class's items (rounded, at least one of a class with two or more),
-    drawn with ``seed``: the same split for every strategy and seed of a simulation."""
+    drawn with ``seed``: the same split for every strategy and seed of a simulation. Label sets
+    are stratified by their rarest label (:func:`tasks.multilabel.get_rarest_labels`): pass
+    ``truth`` with ``label`` already that label."""
     rng = np.random.default_rng(seed)
     picked = []
     for _, group in truth.groupby("label", sort=True):
@@ -228,6 +284,9 @@ def load_dataset(spec: SimulationSpec) -> Dataset:
         )
     if raw[spec.label_column].isna().any():
         raise WorkspaceError(f"{spec.dataset}: the label column has empty values")
+    separator = _get_separator(spec)
+    if spec.task == "multilabel":
+        raw[spec.label_column] = _read_label_sets(raw[spec.label_column], spec, separator)
     split = None
     if spec.split_column is not None:
         if spec.split_column not in raw.columns:
@@ -242,18 +301,68 @@ def load_dataset(spec: SimulationSpec) -> Dataset:
         if id_column in raw.columns:
             raise WorkspaceError("the dataset has an item_id column: pass --id-column item_id")
         raw.insert(0, id_column, np.arange(len(raw)))
-    classes = _sorted_classes(raw[spec.label_column].astype(str))
+    classes = _sorted_classes(
+        raw[spec.label_column].astype(str).str.split(separator).explode()
+        if spec.task == "multilabel"
+        else raw[spec.label_column].astype(str)
+    )
+    if spec.task == "multilabel":
+        raw[spec.label_column] = [
+            to_label_text(labels.split(separator), classes, separator=separator)
+            for labels in raw[spec.label_column]
+        ]
     if len(classes) < 2:
         raise WorkspaceError(f"{spec.dataset}: the label column has fewer than two classes")
     items, truth = prepare_pool(
-        raw, id_column=id_column, classes=classes, label_column=spec.label_column
+        raw,
+        id_column=id_column,
+        classes=classes,
+        label_column=spec.label_column,
+        label_separator=separator if spec.task == "multilabel" else None,
     )
     assert truth is not None  # a label column was given
     if split is not None:
         test_ids = pd.Index(truth["item_id"][split.to_numpy() == "test"], dtype="string")
+    elif spec.task == "multilabel":
+        rarest = get_rarest_labels(truth["label"], separator=separator)
+        test_ids = get_stratified_test_ids(
+            truth.assign(label=rarest), spec.test_fraction, SPLIT_SEED
+        )
     else:
         test_ids = get_stratified_test_ids(truth, spec.test_fraction, SPLIT_SEED)
     return Dataset(items, truth, test_ids, tuple(classes))
+
+
+def _get_separator(spec: SimulationSpec) -> str:
+    """The label separator the campaigns' params declare (``project.label_separator``)."""
+    separator = ProjectParams.model_fields["label_separator"].default
+    for text in spec.overrides:
+        path, value = parse_override(text)
+        if path == ["project", "label_separator"]:
+            separator = str(value)
+    return separator
+
+
+def _read_label_sets(column: pd.Series, spec: SimulationSpec, separator: str) -> pd.Series:
+    """Each row's label set as text joined by ``separator``, from a list (parquet) or a text;
+    refused, naming the rows, when a set is empty, names a label twice, or a label holds the
+    separator."""
+    sets = [split_label_set(value, separator=separator) for value in column]
+    empty = [str(i) for i, labels in zip(column.index, sets, strict=True) if not labels][:5]
+    if empty:
+        raise WorkspaceError(
+            f"{spec.dataset}: the label sets of rows {empty} are empty; every item needs at "
+            "least one label (drop those rows first)"
+        )
+    for i, labels in zip(column.index, sets, strict=True):
+        if len(set(labels)) != len(labels):
+            raise WorkspaceError(f"{spec.dataset}: row {i} names a label twice: {labels}")
+        if any(separator in label for label in labels):
+            raise WorkspaceError(
+                f"{spec.dataset}: row {i} has a label holding the separator {separator!r} "
+                f"({labels}); choose another with -S project.label_separator=..."
+            )
+    return pd.Series([separator.join(labels) for labels in sets], index=column.index)
 
 
 def get_default_strategy() -> str:
@@ -266,7 +375,11 @@ def get_campaign_params(
     spec: SimulationSpec, classes: Sequence[str], strategy: str, seed: int
 ) -> Params:
     template = yaml.safe_load((TEMPLATE_ROOT / "params.yaml").read_text())
-    template["project"] = {**template.get("project", {}), "classes": list(classes)}
+    template["project"] = {
+        **template.get("project", {}),
+        "classes": list(classes),
+        "task": spec.task,
+    }
     overrides = [
         f"score.strategy={strategy}",
         f"project.random_state={seed}",
@@ -309,13 +422,28 @@ def get_reference_space(data: Dataset, params: Params) -> FeatureSpace:
     )
 
 
-def get_reference_score(data: Dataset, params: Params) -> float:
-    """Test macro-F1 of the model trained on every training-pool label (in the feature space
-    the campaigns use, :func:`get_reference_space`)."""
+def get_reference_score(data: Dataset, params: Params, metric: str = "macro_f1") -> float:
+    """Test ``metric`` of the model trained on every training-pool label (in the feature space
+    the campaigns use, :func:`get_reference_space`; one booster per label for label sets)."""
     train = data.truth[~data.truth["item_id"].isin(data.test_ids)]
     test = data.truth[data.truth["item_id"].isin(data.test_ids)]
     rows = data.items.set_index("item_id")
     space = get_reference_space(data, params)
+    if params.project.task == "multilabel":
+        separator = params.project.label_separator
+        model = fit_one_vs_rest(
+            space.transform(rows.loc[train["item_id"]].reset_index()),
+            get_label_matrix(train["label"], data.classes, separator=separator),
+            params=params.train,
+            random_state=SPLIT_SEED,
+            categorical=space.categorical,
+        )
+        return get_multilabel_metrics(
+            get_label_matrix(test["label"], data.classes, separator=separator),
+            model.predict(space.transform(rows.loc[test["item_id"]].reset_index())),
+            data.classes,
+            threshold=SET_THRESHOLD,
+        )[metric]
     booster = fit_booster(
         space.transform(rows.loc[train["item_id"]].reset_index()),
         encode_labels(train["label"], data.classes),
@@ -328,7 +456,7 @@ def get_reference_score(data: Dataset, params: Params) -> float:
         booster, space.transform(rows.loc[test["item_id"]].reset_index()), len(data.classes)
     )
     labels = encode_labels(test["label"], data.classes)
-    return get_classification_metrics(labels, probs, data.classes)["macro_f1"]
+    return get_classification_metrics(labels, probs, data.classes)[metric]
 
 
 # -- one campaign -------------------------------------------------------------------------------
@@ -386,6 +514,7 @@ def run_campaign(
     truth = pd.read_parquet(data_dir / "truth.parquet")
     known = truth.set_index("item_id")["label"]
     classes = params.project.classes
+    separator = params.project.label_separator if params.project.task == "multilabel" else None
     rows = []
     seconds = 0.0
     voted = pd.DataFrame(columns=["item_id", "annotator"])  # who answered what, for relabels
@@ -408,8 +537,7 @@ def run_campaign(
                         seed,
                         round_id,
                         n_train,
-                        candidate["macro_f1"],
-                        candidate["accuracy"],
+                        *(candidate.get(name, np.nan) for name in METRIC_COLUMNS),
                         seconds,
                         *(_health_value(health, name) for name in HEALTH_COLUMNS),
                     ]
@@ -429,6 +557,7 @@ def run_campaign(
                 batch["confidence"].replace("", np.nan).astype(float).fillna(0.0).to_numpy(),
                 params=params.annotation,
                 true_labels=known.loc[batch["item_id"]].reset_index(drop=True),
+                separator=separator,
             )
             answers = (
                 answer_batch(
@@ -439,6 +568,7 @@ def run_campaign(
                     annotator="sim-annotator",
                     labeled_at=info.started_at,
                     random_state=seed * 100_003 + round_id,
+                    separator=separator,
                 )
                 if annotators == 1
                 else answer_batch_by_annotators(
@@ -449,6 +579,7 @@ def run_campaign(
                     labeled_at=info.started_at,
                     random_state=seed * 100_003 + round_id,
                     voted=voted,
+                    separator=separator,
                 )
             )
             voted = pd.concat([voted, answers[["item_id", "annotator"]]], ignore_index=True)
@@ -512,10 +643,13 @@ def run_campaigns(
     jobs: Sequence[CampaignJob],
     *,
     processes: int,
-    on_done: Callable[[CampaignJob, CampaignResult], None],
-    run_job: Callable[[CampaignJob], CampaignResult] | None = None,
+    on_done: Callable[[CampaignJob, Any], None],
+    run_job: Callable[[CampaignJob], Any] | None = None,
 ) -> None:
     """Run every job, one thread per numerical library, and call ``on_done`` as each ends.
+
+    ``run_job`` (default: one campaign of :func:`run_campaign`, returning a
+    :data:`CampaignResult`) must be a module-level function, as worker processes import it.
 
     ``processes == 1`` runs them in this process, one after another; more starts as many
     worker processes (spawned: a forked child of a process that ran OpenMP code can hang).
@@ -548,31 +682,35 @@ def _campaign_job(args: CampaignJob) -> CampaignResult:
 # -- statistics and outputs ---------------------------------------------------------------------
 
 
-def get_stop_point(curve: pd.DataFrame, reference: float | None) -> dict[str, float]:
+def get_stop_point(
+    curve: pd.DataFrame, reference: float | None, metric: str = "macro_f1"
+) -> dict[str, float]:
     """Where one campaign's stop advice first came (:data:`HEALTH_COLUMNS`): its labels
-    (``inf`` when it never came), the macro-F1 there and the F1 lost against ``reference``
-    (the full-data model), and the rating then and at the end."""
+    (``inf`` when it never came), the score (``metric``) there and the score lost against
+    ``reference`` (the full-data model), and the rating then and at the end."""
     advised = (
         curve["stop_advised"].astype("boolean").fillna(False).to_numpy(dtype=bool)
         if "stop_advised" in curve
         else np.zeros(len(curve), dtype=bool)
     )
-    ratings = curve["rating"] if "rating" in curve else pd.Series(np.nan, index=curve.index)
+    ratings = pd.to_numeric(
+        curve["rating"] if "rating" in curve else pd.Series(np.nan, index=curve.index)
+    )
     final_rating = float(ratings.iloc[-1]) if len(curve) else float("nan")
     if not advised.any():
         return {
             "labels_at_stop": float("inf"),
-            "macro_f1_at_stop": float("nan"),
-            "f1_lost_at_stop": float("nan"),
+            "score_at_stop": float("nan"),
+            "score_lost_at_stop": float("nan"),
             "rating_at_stop": float("nan"),
             "final_rating": final_rating,
         }
     at = int(np.argmax(advised))
-    f1 = float(curve["macro_f1"].iloc[at])
+    score = float(curve[metric].iloc[at])
     return {
         "labels_at_stop": float(curve["labels"].iloc[at]),
-        "macro_f1_at_stop": f1,
-        "f1_lost_at_stop": reference - f1 if reference is not None else float("nan"),
+        "score_at_stop": score,
+        "score_lost_at_stop": reference - score if reference is not None else float("nan"),
         "rating_at_stop": float(ratings.iloc[at]),
         "final_rating": final_rating,
     }
@@ -585,14 +723,16 @@ def get_campaign_table(
     start: int,
     stop: int,
     reference: float | None = None,
+    metric: str = "macro_f1",
 ) -> pd.DataFrame:
-    """One row per campaign: AULC over ``[start, stop]`` labels, labels and annotator hours to
-    reach ``target`` (``inf`` / NaN when never reached), final macro-F1, and where the stop
-    advice came (:func:`get_stop_point`; the F1 lost is against ``reference``)."""
+    """One row per campaign: AULC of ``metric`` over ``[start, stop]`` labels, labels and
+    annotator hours to reach ``target`` (``inf`` / NaN when never reached), the final score,
+    and where the stop advice came (:func:`get_stop_point`; the score lost is against
+    ``reference``)."""
     out = []
     for (strategy, seed), c in curves.groupby(["strategy", "seed"], sort=True):
         c = c.sort_values("labels")
-        labels, f1 = c["labels"].to_numpy(), c["macro_f1"].to_numpy()
+        labels, f1 = c["labels"].to_numpy(), c[metric].to_numpy()
         to_target = get_labels_to_target(labels, f1, target)
         hours = (
             float(c.loc[c["labels"] == to_target, "seconds"].iloc[0]) / 3600
@@ -607,8 +747,8 @@ def get_campaign_table(
                 "labels_to_target": to_target,
                 "hours_to_target": hours,
                 "final_labels": int(labels[-1]),
-                "final_macro_f1": float(f1[-1]),
-                **get_stop_point(c, reference),
+                "final_score": float(f1[-1]),
+                **get_stop_point(c, reference, metric),
             }
         )
     return pd.DataFrame(out)
@@ -637,9 +777,9 @@ def get_summary_table(campaigns: pd.DataFrame, *, baseline: str = BASELINE) -> p
         row["median_labels_at_stop"] = (
             float(np.median(c.loc[fired, "labels_at_stop"])) if fired.any() else float("nan")
         )
-        lost = c.loc[fired, "f1_lost_at_stop"].dropna()
-        row["median_f1_lost_at_stop"] = float(lost.median()) if len(lost) else float("nan")
-        row["max_f1_lost_at_stop"] = float(lost.max()) if len(lost) else float("nan")
+        lost = c.loc[fired, "score_lost_at_stop"].dropna()
+        row["median_score_lost_at_stop"] = float(lost.median()) if len(lost) else float("nan")
+        row["max_score_lost_at_stop"] = float(lost.max()) if len(lost) else float("nan")
         both = fired & np.isfinite(c["labels_to_target"])
         row["median_stop_over_target"] = (
             float(np.median(c.loc[both, "labels_at_stop"] / c.loc[both, "labels_to_target"]))
@@ -661,8 +801,16 @@ def get_summary_table(campaigns: pd.DataFrame, *, baseline: str = BASELINE) -> p
     return pd.DataFrame(rows)
 
 
-def plot_learning_curves(curves: pd.DataFrame, target: float, path: Path, title: str) -> None:
-    """Mean macro-F1 per strategy against labels, with a band of two standard deviations."""
+def plot_learning_curves(
+    curves: pd.DataFrame,
+    target: float,
+    path: Path,
+    title: str,
+    *,
+    metric: str = "macro_f1",
+    target_label: str = "target (98% of full)",
+) -> None:
+    """Mean ``metric`` per strategy against labels, with a band of two standard deviations."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -671,7 +819,7 @@ def plot_learning_curves(curves: pd.DataFrame, target: float, path: Path, title:
     fig, ax = plt.subplots(figsize=(8, 5))
     for strategy, c in curves.groupby("strategy", sort=True):
         grid = np.unique(c["labels"])
-        per_seed = [np.interp(grid, s["labels"], s["macro_f1"]) for _, s in c.groupby("seed")]
+        per_seed = [np.interp(grid, s["labels"], s[metric]) for _, s in c.groupby("seed")]
         stack = np.vstack(per_seed)
         mean, sd = stack.mean(axis=0), stack.std(axis=0)
         (line,) = ax.plot(grid, mean, label=f"{strategy} ({len(per_seed)} seeds)")
@@ -679,15 +827,15 @@ def plot_learning_curves(curves: pd.DataFrame, target: float, path: Path, title:
         stops = [
             point["labels_at_stop"]
             for _, seed_curve in c.groupby("seed")
-            if math.isfinite((point := get_stop_point(seed_curve, None))["labels_at_stop"])
+            if math.isfinite((point := get_stop_point(seed_curve, None, metric))["labels_at_stop"])
         ]
         if stops:  # where the stop advice came, median over the seeds where it came
             at = float(np.median(stops))
             ax.plot([at], [np.interp(at, grid, mean)], marker="v", color=line.get_color(), ms=9)
-    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target (98% of full)")
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=target_label)
     ax.plot([], [], marker="v", linestyle="", color="grey", label="stop advice (median)")
     ax.set_xlabel("training labels")
-    ax.set_ylabel("test macro-F1")
+    ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)}")
     ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -718,11 +866,12 @@ def _log_campaigns(
         )
         rid = run.info.run_id
         curve = curves[(curves["strategy"] == row.strategy) & (curves["seed"] == row.seed)]
+        metric = spec.score_metric
         metrics = [
-            ("macro_f1", float(point.macro_f1), int(point.labels))
-            for point in curve.itertuples(index=False)
+            (metric, float(value), int(labels))
+            for labels, value in zip(curve["labels"], curve[metric], strict=True)
         ]
-        for key in ("aulc", "labels_to_target", "hours_to_target", "final_macro_f1"):
+        for key in ("aulc", "labels_to_target", "hours_to_target", "final_score"):
             value = float(getattr(row, key))
             if math.isfinite(value):
                 metrics.append((key, value, 0))
@@ -737,19 +886,28 @@ def _log_campaigns(
                 "budget": spec.budget,
                 "noise": spec.noise,
                 "annotators": spec.annotators,
+                "task": spec.task,
+                "metric": spec.score_metric,
             },
             metrics=metrics,
         )
         client.set_terminated(rid, "FINISHED")
 
 
+def get_target_label(spec: SimulationSpec) -> str:
+    """How the target was set: absolute (``--target``) or 98% of the full-data score."""
+    return "target (given)" if spec.target is not None else f"target ({TARGET_SHARE:.0%} of full)"
+
+
 def get_report(spec: SimulationSpec, reference: float, target: float, summary: pd.DataFrame) -> str:
+    name = METRIC_NAMES.get(spec.score_metric, spec.score_metric)
+    items = "label sets" if spec.task == "multilabel" else "one class per item"
     lines = [
         f"# Simulation on {spec.dataset.name}",
         "",
-        f"{spec.seeds} seeds; {spec.initial} random labels, then batches of {spec.batch} up to "
-        f"{spec.budget}; noise {spec.noise:.0%}{_crowd(spec)}. Full-data macro-F1 "
-        f"{reference:.4f}; target (98%) {target:.4f}.",
+        f"{items.capitalize()}; {spec.seeds} seeds; {spec.initial} random labels, then batches "
+        f"of {spec.batch} up to {spec.budget}; noise {spec.noise:.0%}{_crowd(spec)}. Full-data "
+        f"{name} {reference:.4f}; {get_target_label(spec)} {target:.4f}.",
         "",
         "| strategy | median labels to target | reached | ratio vs random | mean AULC | "
         "AULC - random | p | median hours to target |",
@@ -765,7 +923,7 @@ def get_report(spec: SimulationSpec, reference: float, target: float, summary: p
     lines += [
         "",
         "| strategy | stop advice came | median labels at stop | labels at stop / to target "
-        "| F1 lost at stop: median | worst | final rating |",
+        f"| {name} lost at stop: median | worst | final rating |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary.to_dict("records"):
@@ -773,19 +931,19 @@ def get_report(spec: SimulationSpec, reference: float, target: float, summary: p
             f"| {r['strategy']} | {r['stop_fired']}/{r['seeds']} | "
             f"{_fmt_labels(r['median_labels_at_stop'])} | "
             f"{_fmt(r['median_stop_over_target'], 2)} | "
-            f"{_fmt(r['median_f1_lost_at_stop'], 4)} | {_fmt(r['max_f1_lost_at_stop'], 4)} | "
+            f"{_fmt(r['median_score_lost_at_stop'], 4)} | "
+            f"{_fmt(r['max_score_lost_at_stop'], 4)} | "
             f"{_fmt(r['mean_final_rating'], 0)} |"
         )
     lines += [
         "",
-        "Labels to target: the first label count whose test macro-F1 reaches the target "
+        f"Labels to target: the first label count whose test {name} reaches the target "
         "(never = not within the budget). Ratio: random's median labels to target divided by the "
-        "strategy's. AULC: mean macro-F1 over the label range, trapezoidal. p: Wilcoxon "
+        f"strategy's. AULC: mean {name} over the label range, trapezoidal. p: Wilcoxon "
         "signed-rank test of the paired AULC differences over seeds. Hours: the annotation-time "
         "model (tasks/annotation_time.py) summed over the batches. Stop advice: the first round "
-        "whose stop signal (stop.kappa over stop.window rounds) advised stopping; F1 lost: the "
-        "full-data macro-F1 minus the macro-F1 there. Rating: the model rating (0-100) of the "
-        "last round, mean over seeds.",
+        f"whose stop signal advised stopping; lost: the full-data {name} minus the {name} there. "
+        "Rating: the model rating (0-100) of the last round, mean over seeds.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -839,8 +997,9 @@ def simulate(
             f"--budget {spec.budget} exceeds the {n_train_pool} items of the training pool"
         )
     reference_params = get_campaign_params(spec, data.classes, BASELINE, 0)
-    reference = get_reference_score(data, reference_params)
-    target = TARGET_SHARE * reference
+    metric = spec.score_metric
+    reference = get_reference_score(data, reference_params, metric)
+    target = spec.target if spec.target is not None else TARGET_SHARE * reference
     jobs = [
         (
             str(data_dir.resolve()),
@@ -855,8 +1014,9 @@ def simulate(
         for strategy in spec.strategies
     ]
     log.info(
-        "%s: full-data macro-F1 %.4f; %d campaigns on %d process(es)",
+        "%s: full-data %s %.4f; %d campaigns on %d process(es)",
         spec.dataset.name,
+        METRIC_NAMES[metric],
         reference,
         len(jobs),
         spec.jobs,
@@ -868,7 +1028,8 @@ def simulate(
         curve = result[0]
         results.append(result)
         last = (
-            f"{curve['labels'].iloc[-1]} labels, macro-F1 {curve['macro_f1'].iloc[-1]:.4f}"
+            f"{curve['labels'].iloc[-1]} labels, {METRIC_NAMES[metric]} "
+            f"{curve[metric].iloc[-1]:.4f}"
             if len(curve)
             else "no model"
         )
@@ -897,7 +1058,12 @@ def simulate(
         .reset_index(drop=True)
     )
     campaigns = get_campaign_table(
-        curves, target=target, start=spec.initial, stop=spec.budget, reference=reference
+        curves,
+        target=target,
+        start=spec.initial,
+        stop=spec.budget,
+        reference=reference,
+        metric=metric,
     )
     summary = get_summary_table(campaigns)
     files = [out / "curves.csv", out / "campaigns.csv", out / "summary.csv", out / "issued.csv"]
@@ -906,13 +1072,21 @@ def simulate(
     summary.to_csv(files[2], index=False)
     issued.to_csv(files[3], index=False)
     png = out / "learning_curves.png"
-    plot_learning_curves(curves, target, png, f"{spec.dataset.stem}: test macro-F1 by labels")
+    plot_learning_curves(
+        curves,
+        target,
+        png,
+        f"{spec.dataset.stem}: test {METRIC_NAMES[metric]} by labels",
+        metric=metric,
+        target_label=get_target_label(spec),
+    )
     report = out / "simulation.md"
     report.write_text(get_report(spec, reference, target, summary))
     meta = {
         **asdict(spec),
         "dataset": str(spec.dataset),
-        "reference_macro_f1": reference,
+        "metric": metric,
+        "reference_score": reference,
         "target": target,
     }
     (out / "simulation.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")

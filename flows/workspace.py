@@ -141,9 +141,13 @@ def prepare_pool(
     classes: Sequence[str],
     label_column: str | None = None,
     drop_columns: Sequence[str] = (),
+    label_separator: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Split a raw pool into the items (``item_id`` + features) and, for simulations, the
     true labels. Pure; raises :class:`WorkspaceError` naming the column and the problem.
+
+    ``label_separator``: the labels are sets joined by it (``project.task: multilabel``), and
+    each label of a set must be one of ``classes``.
 
     ``drop_columns`` are removed first. A feature column holding the class names, or one that
     predicts ``label_column`` exactly, is refused (see :func:`find_class_name_columns` and
@@ -182,7 +186,12 @@ def prepare_pool(
         if label_column not in raw.columns:
             raise WorkspaceError(f"--label-column {label_column!r} is not a column of the pool")
         labels = raw[label_column].astype(str)
-        unknown = sorted(set(labels) - set(classes))
+        named = (
+            set(labels)
+            if label_separator is None
+            else set(labels.str.split(label_separator).explode())
+        )
+        unknown = sorted(named - set(classes))
         if unknown:
             raise WorkspaceError(
                 f"label column {label_column!r} holds {unknown[:10]}, not among --classes "

@@ -7,6 +7,13 @@ study of pre-annotation measured for these two cases. The model's confidence (it
 predicted probability) is read as its probability of being right, so an item is expected to
 take ``confidence * confirm + (1 - confidence) * assign`` seconds.
 
+A label set (``project.task: multilabel``) counts its labels: a suggested set that is right is
+confirmed in ``confirm_seconds``, as one class is; a wrong one is labeled by hand, its first
+label in ``assign_seconds`` and each further label in ``label_seconds`` (the item is read once,
+then each label is one more choice). The number of labels is the answer's when it is known
+(simulation) and the suggested set's otherwise; the confidence of a set is the model's
+probability that the whole set is right (:func:`tasks.multilabel.get_set_confidence`).
+
 A batch is exported grouped by suggested class (:mod:`tasks.export`); each time the next item
 has another suggestion than the one before, the annotator switches context, which costs
 ``switch_seconds``.
@@ -20,7 +27,9 @@ import pandas as pd
 from tasks.params import AnnotationParams
 
 
-def get_item_seconds(confidence: np.ndarray, *, params: AnnotationParams) -> np.ndarray:
+def get_item_seconds(
+    confidence: np.ndarray, *, params: AnnotationParams, n_labels: np.ndarray | None = None
+) -> np.ndarray:
     """Expected annotation seconds per item.
 
     Parameters
@@ -28,16 +37,27 @@ def get_item_seconds(confidence: np.ndarray, *, params: AnnotationParams) -> np.
     confidence : np.ndarray of float, shape (n,)
         The model's probability that its suggestion is right, in [0, 1]; NaN = no suggestion
         (before the first model), which is an item assigned by hand.
+    n_labels : np.ndarray of int, shape (n,), optional
+        Labels per item (label sets); default one each.
 
     Returns
     -------
     np.ndarray of float, shape (n,)
-        ``confidence * confirm_seconds + (1 - confidence) * assign_seconds``, between the two.
+        ``confidence * confirm_seconds + (1 - confidence) * hand``, ``hand`` the seconds of
+        labeling by hand (:func:`get_hand_seconds`).
     """
     conf = np.asarray(confidence, dtype=float)
     _check_unit_interval(conf, "confidence")
     conf = np.clip(np.nan_to_num(conf, nan=0.0), 0.0, 1.0)
-    return conf * params.confirm_seconds + (1.0 - conf) * params.assign_seconds
+    hand = get_hand_seconds(np.ones(conf.size) if n_labels is None else n_labels, params=params)
+    return conf * params.confirm_seconds + (1.0 - conf) * hand
+
+
+def get_hand_seconds(n_labels: np.ndarray, *, params: AnnotationParams) -> np.ndarray:
+    """Seconds to label an item of ``n_labels`` labels by hand: ``assign_seconds`` for the
+    first, ``label_seconds`` for each further one (an item has at least one)."""
+    count = np.maximum(np.asarray(n_labels, dtype=float), 1.0)
+    return params.assign_seconds + (count - 1.0) * params.label_seconds
 
 
 def get_batch_seconds(
@@ -46,6 +66,7 @@ def get_batch_seconds(
     *,
     params: AnnotationParams,
     true_labels: pd.Series | None = None,
+    separator: str | None = None,
 ) -> float:
     """Expected annotation seconds of a whole batch, in the order it is exported.
 
@@ -57,8 +78,12 @@ def get_batch_seconds(
         The model's probability that each suggestion is right (see :func:`get_item_seconds`).
     true_labels : pd.Series of str, shape (n,), optional
         The right answers, when they are known (simulation): then an item takes
-        ``confirm_seconds`` if its suggestion is right and ``assign_seconds`` otherwise,
-        instead of the expectation from ``confidence``.
+        ``confirm_seconds`` if its suggestion is right and the seconds of labeling it by hand
+        (:func:`get_hand_seconds`) otherwise, instead of the expectation from ``confidence``.
+    separator : str, optional
+        Label sets (``project.label_separator``): the labels of each item are counted, those of
+        the answer when ``true_labels`` are given, else those of the suggestion; sets are
+        compared as sets, whatever their order.
 
     Returns
     -------
@@ -75,18 +100,41 @@ def get_batch_seconds(
             f"got {conf.shape}"
         )
     if true_labels is None:
-        items = get_item_seconds(conf, params=params)
+        counts = None if separator is None else _count_labels(predicted, separator)
+        items = get_item_seconds(conf, params=params, n_labels=counts)
     else:
         truth = pd.Series(true_labels).reset_index(drop=True)
         if len(truth) != len(predicted):
             raise ValueError(
                 f"true_labels has {len(truth)} items, predicted_labels {len(predicted)}"
             )
-        right = (predicted.astype("string") == truth.astype("string")).fillna(False)
-        items = np.where(right.to_numpy(dtype=bool), params.confirm_seconds, params.assign_seconds)
+        if separator is None:
+            right = (predicted.astype("string") == truth.astype("string")).fillna(False)
+            hand = get_hand_seconds(np.ones(len(truth)), params=params)
+        else:
+            right = pd.Series(
+                [
+                    _as_set(p, separator) == _as_set(t, separator)
+                    for p, t in zip(predicted, truth, strict=True)
+                ]
+            )
+            hand = get_hand_seconds(_count_labels(truth, separator), params=params)
+        items = np.where(right.to_numpy(dtype=bool), params.confirm_seconds, hand)
     groups = predicted.astype("string").fillna("").to_numpy(dtype=object)
     switches = int((groups[1:] != groups[:-1]).sum())
     return float(items.sum() + params.switch_seconds * switches)
+
+
+def _as_set(value: object, separator: str) -> frozenset[str]:
+    """The labels of one set text (empty for a missing value)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return frozenset()
+    return frozenset(piece for piece in str(value).split(separator) if piece)
+
+
+def _count_labels(texts: pd.Series, separator: str) -> np.ndarray:
+    """Labels per set text (a missing one counts as one label, labeled by hand)."""
+    return np.array([max(len(_as_set(t, separator)), 1) for t in texts], dtype=float)
 
 
 def _check_unit_interval(values: np.ndarray, name: str) -> None:

@@ -432,7 +432,12 @@ def run(ctx: StageContext) -> ExportSummary:
     crash_point("during:export")
     # in the order the annotators work through the batch: grouped by suggestion
     batch_seconds = get_batch_seconds(
-        table["predicted_label"], table["confidence"].to_numpy(), params=ctx.params.annotation
+        table["predicted_label"],
+        table["confidence"].to_numpy(),
+        params=ctx.params.annotation,
+        separator=ctx.params.project.label_separator
+        if ctx.params.project.task == "multilabel"
+        else None,
     )
     ctx.save(
         "round_report",

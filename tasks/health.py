@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -48,7 +49,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from tasks import schema
 from tasks.context import StageContext, StageSpec
 from tasks.drift import DriftResult, find_drift
-from tasks.evaluate import get_cached_probs
+from tasks.evaluate import SET_THRESHOLD, get_cached_probs
 from tasks.faults import crash_point
 from tasks.features import Features, FeatureSpace, model_space, take_rows
 from tasks.model import (
@@ -57,7 +58,13 @@ from tasks.model import (
     get_out_of_fold_pred_probs,
     predict_proba,
 )
-from tasks.multilabel import load_model
+from tasks.multilabel import (
+    get_label_matrix,
+    get_label_sets,
+    get_predicted_sets,
+    get_set_confidence,
+    load_model,
+)
 from tasks.params import HealthParams, Params, StopParams, TrainParams
 from tasks.summaries import HealthSummary
 
@@ -374,6 +381,8 @@ def get_stop_signal(
     new_classes: dict[str, str] | None = None,
     drop_kappa: float | None = None,
     earlier_drop_kappas: list[float | None] | None = None,
+    separator: str | None = None,
+    classes: Sequence[str] = (),
 ) -> StopSignal:
     """The stop signal from this round's and the previous round's predictions on the stop set.
 
@@ -393,13 +402,19 @@ def get_stop_signal(
         random-batch-refit kappas (float or None each).
     new_classes : dict of str to str, optional
         :func:`get_new_classes` of this round.
+    separator, classes : optional
+        The predictions are label sets joined by ``separator``, of ``classes``: the kappas are
+        :func:`get_set_kappas`.
     """
     if previous is None or previous.empty:
         return StopSignal(None, None, None, False, "no earlier model to compare with yet")
     common = current.index.intersection(previous.index)
     now, before = current.loc[common].to_numpy(), previous.loc[common].to_numpy()
-    kappa = get_cohen_kappa(now, before)
-    by_class = get_class_kappas(now, before)
+    if separator is None:
+        kappa = get_cohen_kappa(now, before)
+        by_class = get_class_kappas(now, before)
+    else:
+        kappa, by_class = get_set_kappas(now, before, classes, separator=separator)
     class_min = min(by_class.values())
     n_earlier = len(earlier_kappas)
 
@@ -588,19 +603,37 @@ def get_coverage(
     """
     if len(test_codes) == 0 or len(pool_probs) == 0:
         return 0.0, None
-    confidence = test_probs.max(axis=1)
-    correct = test_probs.argmax(axis=1) == test_codes
+    threshold = get_confidence_threshold(
+        test_probs.max(axis=1),
+        test_probs.argmax(axis=1) == test_codes,
+        precision=precision,
+        min_items=min_items,
+    )
+    if threshold is None:
+        return 0.0, None
+    return float(np.mean(pool_probs.max(axis=1) >= threshold)), threshold
+
+
+def get_confidence_threshold(
+    confidence: np.ndarray, right: np.ndarray, *, precision: float, min_items: int = 1
+) -> float | None:
+    """The lowest confidence ``t`` at which the items of confidence at least ``t`` (at least
+    ``min_items`` of them) are ``right`` in at least ``precision`` of cases; None when none.
+
+    Parameters
+    ----------
+    confidence : np.ndarray of float, shape (n,)
+    right : np.ndarray of bool, shape (n,)
+        Whether each item's prediction is right.
+    """
     order = np.argsort(-confidence, kind="stable")
-    hits = np.cumsum(correct[order])
+    hits = np.cumsum(right[order])
     running = hits / np.arange(1, order.size + 1)
     # a threshold is only as fine as the confidences: the top-k set is cut after a run of ties
     distinct = np.r_[confidence[order][1:] != confidence[order][:-1], True]
     enough = np.arange(1, order.size + 1) >= min_items
     good = np.flatnonzero((running >= precision) & distinct & enough)
-    if good.size == 0:
-        return 0.0, None
-    threshold = float(confidence[order][good[-1]])
-    return float(np.mean(pool_probs.max(axis=1) >= threshold)), threshold
+    return float(confidence[order][good[-1]]) if good.size else None
 
 
 def get_per_class(
@@ -651,6 +684,144 @@ def get_worst_labels(per_class: pd.DataFrame, *, params: HealthParams) -> dict[s
     n_worst = max(1, math.ceil(params.worst_share * len(rated)))
     worst = rated.sort_values(["f1", "class"]).head(n_worst)
     return {str(c): float(f) for c, f in zip(worst["class"], worst["f1"], strict=True)}
+
+
+# -- label sets (project.task: multilabel) ---------------------------------------------------
+# The measures above read one class per item. A label set is a row of yes/no decisions, one
+# per label, and the label-set measures read it that way:
+#
+# - *agreement* between two rounds' predicted sets (the stop signal's kappa): Cohen's kappa of
+#   the two indicator matrices read as one list of yes/no decisions, item by label; a label's
+#   own kappa is that of its column (the one-vs-rest kappa a class has);
+# - *uncertainty* of a prediction: the mean over labels of the binary entropy of ``p``;
+# - *per label*: F1, precision and recall of the predicted sets on the test items, label by
+#   label, beside the label's share of the training sets and of the sets predicted on the pool;
+# - *coverage*: the share of the pool whose predicted set is trusted, the model's probability
+#   that the whole set is right (:func:`tasks.multilabel.get_set_confidence`) clearing the
+#   threshold at which exactly right sets make the wanted precision on the test items.
+
+
+def get_set_kappas(
+    first: Sequence[str], second: Sequence[str], classes: Sequence[str], *, separator: str
+) -> tuple[float, dict[str, float]]:
+    """Agreement of two predictions of label sets on the same items.
+
+    Parameters
+    ----------
+    first, second : sequence of str, length n
+        Sets written by :func:`tasks.multilabel.to_label_text`.
+
+    Returns
+    -------
+    (float, dict of str to float)
+        Cohen's kappa over every item-label decision, and each label's own kappa, for the
+        labels that either prediction gives some item (:func:`tasks.health.get_cohen_kappa`
+        semantics: two identical columns agree fully).
+    """
+    a = get_label_matrix(list(first), classes, separator=separator).astype(bool)
+    b = get_label_matrix(list(second), classes, separator=separator).astype(bool)
+    pooled = get_cohen_kappa(a.ravel(), b.ravel())
+    by_label = {
+        str(name): get_cohen_kappa(a[:, k], b[:, k])
+        for k, name in enumerate(classes)
+        if a[:, k].any() or b[:, k].any()
+    }
+    return pooled, dict(sorted(by_label.items()))
+
+
+def get_set_entropy(pred_probs: np.ndarray) -> np.ndarray:
+    """Mean over labels of each row's binary entropy, divided by ``log 2``: in [0, 1], 0 when
+    every label is certain, 1 when every label is a coin toss.
+
+    Parameters
+    ----------
+    pred_probs : np.ndarray of float, shape (n, n_labels)
+    """
+    p = np.clip(np.asarray(pred_probs, dtype=float), 1e-12, 1.0 - 1e-12)
+    bits = -(p * np.log(p) + (1.0 - p) * np.log(1.0 - p)) / math.log(2.0)
+    return bits.mean(axis=1)
+
+
+def get_per_label(
+    test_matrix: np.ndarray,
+    test_probs: np.ndarray,
+    *,
+    classes: Sequence[str],
+    label_counts: pd.Series,
+    pool_probs: np.ndarray,
+    threshold: float,
+) -> pd.DataFrame:
+    """Per label, the columns :func:`tasks.health.get_per_class` gives a class: test items
+    that have it, F1, precision and recall of the predicted sets (``threshold``, at least one
+    label per set as :func:`tasks.multilabel.get_predicted_sets`), its share of the training
+    labels (``label_counts``: sets holding it) and the share of pool items whose predicted set
+    holds it."""
+    k = len(classes)
+    has_test = len(test_matrix) > 0
+    predicted = _predicted_matrix(test_probs, classes, threshold) if has_test else None
+    on_pool = _predicted_matrix(pool_probs, classes, threshold)
+
+    def score(metric) -> np.ndarray:
+        if not has_test:
+            return np.full(k, np.nan)
+        return metric(test_matrix, predicted, average=None, zero_division=0.0)
+
+    total_labels = max(int(label_counts.sum()), 1)
+    return pd.DataFrame(
+        {
+            "class": list(classes),
+            "test_items": test_matrix.sum(axis=0).astype(int) if has_test else 0,
+            "f1": score(f1_score),
+            "precision": score(precision_score),
+            "recall": score(recall_score),
+            "label_share": [float(label_counts.get(c, 0)) / total_labels for c in classes],
+            "predicted_share": on_pool.mean(axis=0) if len(on_pool) else np.zeros(k),
+        }
+    )
+
+
+def get_set_coverage(
+    test_probs: np.ndarray,
+    test_matrix: np.ndarray,
+    pool_probs: np.ndarray,
+    *,
+    classes: Sequence[str],
+    threshold: float,
+    precision: float,
+    min_items: int = 1,
+) -> tuple[float, float | None]:
+    """The share of the pool whose predicted set is trusted, and the set confidence it takes
+    (:func:`tasks.health.get_confidence_threshold` with "right" meaning the whole set is).
+
+    Returns
+    -------
+    (float, float or None)
+        Coverage in [0, 1] and the threshold; (0, None) when no threshold reaches the
+        precision.
+    """
+    if len(test_matrix) == 0 or len(pool_probs) == 0:
+        return 0.0, None
+    right = (_predicted_matrix(test_probs, classes, threshold) == test_matrix).all(axis=1)
+    cut = get_confidence_threshold(
+        get_set_confidence(test_probs, threshold=threshold),
+        right,
+        precision=precision,
+        min_items=min_items,
+    )
+    if cut is None:
+        return 0.0, None
+    return float(np.mean(get_set_confidence(pool_probs, threshold=threshold) >= cut)), cut
+
+
+def explode_sets(sets: pd.Series, *, separator: str) -> pd.Series:
+    """One row per label of each set, the set's index repeated (the per-label counts of
+    training labels and of first rounds come from it)."""
+    return sets.astype(str).str.split(separator).explode()
+
+
+def _predicted_matrix(probs: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
+    sets = get_predicted_sets(probs, classes, separator="\x1f", threshold=threshold)
+    return get_label_matrix(list(sets), classes, separator="\x1f")
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -1017,8 +1188,7 @@ def run(ctx: StageContext) -> HealthSummary:
     current = ctx.load("current")
     candidate = ctx.load("candidate")
     n_train = int((current["split"] == "train").sum())
-    label_sets = params.project.task == "multilabel"
-    rated = params.health.enabled and candidate.text is not None and not label_sets
+    rated = params.health.enabled and candidate.text is not None
     balanced = rated and n_train >= params.health.min_labels
     pool_ids = ctx.pool_ids() if stop_set.empty or balanced else None
     if stop_set.empty:
@@ -1044,9 +1214,6 @@ def run(ctx: StageContext) -> HealthSummary:
             "health.enabled is false"
             if not params.health.enabled
             else "no model trained this round"
-            if candidate.text is None
-            else "label sets: the rating and the stop signal read one class per item; for "
-            "label sets they are not built yet"
         )
         summary = HealthSummary(**fields, not_rated_because=why)
         return _save(ctx, summary, stop_predictions, {}, detail, history, train_items=n_train)
@@ -1114,8 +1281,14 @@ def get_health(
 
     The health stage's own classifiers (balance, the random-only model) fit a few thousand
     rows with ``health.num_threads`` threads, not ``train.num_threads``.
+
+    Label sets (``project.task: multilabel``) are read with the label-set measures (the
+    section "label sets" above); the refits of the noise-floor plateau rules, the random-only
+    model and the explore slice read one class per item and are left out for them.
     """
     classes = params.project.classes
+    sets = get_label_sets(params)
+    separator = sets.separator if sets is not None else None
     aux_train = params.train.model_copy(update={"num_threads": params.health.num_threads})
     booster, rows, current = inputs.booster, inputs.rows, inputs.current
 
@@ -1123,6 +1296,7 @@ def get_health(
         return inputs.space.transform(rows.loc[item_ids.to_numpy()].reset_index())
 
     stop_set = inputs.stop_set
+    # one class: probabilities over the classes; label sets: each label's probability
     stop_probs = predict_proba(booster, features(stop_set["item_id"]), len(classes))
     names = np.asarray(classes, dtype=object)
     this_round = schema.conform(
@@ -1130,9 +1304,17 @@ def get_health(
             {
                 "round_id": round_id,
                 "item_id": stop_set["item_id"].to_numpy(),
-                "predicted_label": names[stop_probs.argmax(axis=1)],
-                "confidence": stop_probs.max(axis=1),
-                "entropy": get_normalized_entropy(stop_probs),
+                "predicted_label": names[stop_probs.argmax(axis=1)]
+                if separator is None
+                else get_predicted_sets(
+                    stop_probs, classes, separator=separator, threshold=SET_THRESHOLD
+                ),
+                "confidence": stop_probs.max(axis=1)
+                if separator is None
+                else get_set_confidence(stop_probs, threshold=SET_THRESHOLD),
+                "entropy": get_normalized_entropy(stop_probs)
+                if separator is None
+                else get_set_entropy(stop_probs),
             }
         ),
         schema.STOP_PREDICTIONS,
@@ -1170,7 +1352,7 @@ def get_health(
             categorical=inputs.space.categorical,
         )
 
-    refit = len(train) and previous is not None
+    refit = len(train) and previous is not None and separator is None
     noise_kappa = refit_kappa(None) if refit and plateau in ("noise", "noise_slope") else None
     drop_kappa = (
         refit_kappa(added)
@@ -1180,9 +1362,13 @@ def get_health(
     known_rounds = {*history["round_id"].astype(int), round_id} if not history.empty else {round_id}
     shown = pd.concat([inputs.stop_predictions, this_round], ignore_index=True)
     shown = shown[shown["round_id"].isin(known_rounds)]
+    labeled_rounds = _by_label(train, "label", separator).groupby("label")["last_round"].min()
+    predicted_rounds = (
+        _by_label(shown, "predicted_label", separator).groupby("predicted_label")["round_id"].min()
+    )
     new_classes = get_new_classes(
-        {str(c): int(r) for c, r in train.groupby("label")["last_round"].min().items()},
-        {str(c): int(r) for c, r in shown.groupby("predicted_label")["round_id"].min().items()},
+        {str(c): int(r) for c, r in labeled_rounds.items()},
+        {str(c): int(r) for c, r in predicted_rounds.items()},
         round_id=round_id,
         window=params.stop.window,
     )
@@ -1197,9 +1383,18 @@ def get_health(
         new_classes=new_classes,
         drop_kappa=drop_kappa,
         earlier_drop_kappas=_column(earlier, "drop_kappa"),
+        separator=separator,
+        classes=classes,
     )
     test_features = features(test["item_id"]) if len(test) else None
-    test_codes = encode_labels(test["label"], classes) if len(test) else np.array([], dtype=int)
+    # one class: class codes; label sets: the 0/1 matrix of the test items' sets
+    if separator is not None:
+        test_codes = get_label_matrix(test["label"].astype(str), classes, separator=separator)
+    elif len(test):
+        test_codes = encode_labels(test["label"], classes)
+    else:
+        test_codes = np.array([], dtype=int)
+    label_counts = _by_label(train, "label", separator)["label"].value_counts()
     # evaluate predicted the test items with this model when it promoted it: reuse them
     test_probs = (
         get_cached_probs(booster, test["item_id"], test_features, len(classes), inputs.test_cache)[
@@ -1208,20 +1403,39 @@ def get_health(
         if test_features is not None
         else np.zeros((0, len(classes)))
     )
-    per_class = get_per_class(
-        test_codes,
-        test_probs,
-        classes=classes,
-        label_counts=train["label"].value_counts(),
-        pool_predicted=stop_probs.argmax(axis=1),
-    )
-    coverage, threshold = get_coverage(
-        test_probs,
-        test_codes,
-        stop_probs,
-        precision=params.health.coverage_precision,
-        min_items=params.health.coverage_min_test_items,
-    )
+    if separator is None:
+        per_class = get_per_class(
+            test_codes,
+            test_probs,
+            classes=classes,
+            label_counts=label_counts,
+            pool_predicted=stop_probs.argmax(axis=1),
+        )
+        coverage, threshold = get_coverage(
+            test_probs,
+            test_codes,
+            stop_probs,
+            precision=params.health.coverage_precision,
+            min_items=params.health.coverage_min_test_items,
+        )
+    else:
+        per_class = get_per_label(
+            test_codes,
+            test_probs,
+            classes=classes,
+            label_counts=label_counts,
+            pool_probs=stop_probs,
+            threshold=SET_THRESHOLD,
+        )
+        coverage, threshold = get_set_coverage(
+            test_probs,
+            test_codes,
+            stop_probs,
+            classes=classes,
+            threshold=SET_THRESHOLD,
+            precision=params.health.coverage_precision,
+            min_items=params.health.coverage_min_test_items,
+        )
     # over the classes the test items have, as evaluate's macro-F1 (history, the gate)
     macro_f1 = float(per_class.loc[per_class["test_items"] > 0, "f1"].mean()) if len(test) else None
     worst = get_worst_labels(per_class, params=params.health)
@@ -1267,11 +1481,15 @@ def get_health(
             random_state=seeds.random_only,
             space=inputs.space,
         )
-        if test_features is not None and len(random_train) < len(train)
+        if test_features is not None and len(random_train) < len(train) and separator is None
         else None
     )
-    missed = get_missed_classes(
-        per_class, *_class_counts_by_origin(current, inputs.issued), params=params.health
+    missed = (
+        get_missed_classes(
+            per_class, *_class_counts_by_origin(current, inputs.issued), params=params.health
+        )
+        if separator is None
+        else {}
     )
     plan = get_plan(
         missed=missed,
@@ -1321,7 +1539,7 @@ def get_health(
     detail = {
         "per_class": per_class.replace({np.nan: None}).to_dict(orient="records"),
         "class_balance": {
-            "labels": {str(k): int(v) for k, v in train["label"].value_counts().items()},
+            "labels": {str(k): int(v) for k, v in label_counts.items()},
             "predicted": dict(
                 zip(classes, per_class["predicted_share"].astype(float), strict=True)
             ),
@@ -1366,6 +1584,13 @@ def _save(
     )
     ctx.save("health_report", summary.to_dict())
     return summary
+
+
+def _by_label(frame: pd.DataFrame, column: str, separator: str | None) -> pd.DataFrame:
+    """``frame`` with one row per label of ``column``'s sets (as it is for one class)."""
+    if separator is None or frame.empty:
+        return frame
+    return frame.assign(**{column: frame[column].astype(str).str.split(separator)}).explode(column)
 
 
 def _column(history: pd.DataFrame, name: str) -> list[float | None]:

@@ -114,9 +114,6 @@ def fit_booster(
     ``bagging_fraction`` and ``bagging_freq``: see :func:`get_lgb_params`.
     """
     labels = np.asarray(labels, dtype=int)
-    weight = get_class_weights(labels, n_classes, params.class_weight)
-    if sample_weight is not None:
-        weight = weight * np.asarray(sample_weight, dtype=float)
     lgb_params = get_lgb_params(
         params,
         n_labels=labels.size,
@@ -128,11 +125,27 @@ def fit_booster(
     dataset = lgb.Dataset(
         features,
         label=labels,
-        weight=weight,
+        weight=get_item_weights(labels, n_classes, params, sample_weight),
         params={"verbosity": -1},
         free_raw_data=True,
         categorical_feature=list(categorical) if categorical else "auto",
     )
+    return train_booster(lgb_params, dataset, params)
+
+
+def get_item_weights(
+    labels: np.ndarray, n_classes: int, params: TrainParams, sample_weight: np.ndarray | None
+) -> np.ndarray:
+    """Each item's training weight: its class weight (``params.class_weight``) times its own
+    ``sample_weight`` (a flagged label, down-weighted)."""
+    weight = get_class_weights(labels, n_classes, params.class_weight)
+    if sample_weight is not None:
+        weight = weight * np.asarray(sample_weight, dtype=float)
+    return weight
+
+
+def train_booster(lgb_params: dict, dataset: lgb.Dataset, params: TrainParams) -> lgb.Booster:
+    """LightGBM's training on ``dataset`` (built, or to build with ``lgb_params``)."""
     # keep_training_booster: lgb.train otherwise copies the model through its text form
     # (serialise, parse) to free the dataset, a cost that grows with trees x classes
     return lgb.train(

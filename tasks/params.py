@@ -376,12 +376,14 @@ class AnnotationParams(_Section):
 
     3 s and 7 s are the medians measured in a published study of pre-annotation: confirming a
     correct suggestion versus assigning the class by hand. ``switch_seconds`` is an estimate of
-    the cost of moving on to items of another suggested class.
+    the cost of moving on to items of another suggested class, ``label_seconds`` one of each
+    label of a set labeled by hand after its first (``project.task: multilabel``).
     """
 
     confirm_seconds: float = Field(default=3.0, gt=0.0)
     assign_seconds: float = Field(default=7.0, gt=0.0)
     switch_seconds: float = Field(default=2.0, ge=0.0)
+    label_seconds: float = Field(default=2.0, ge=0.0)
 
 
 class ExportParams(_Section):
@@ -460,11 +462,14 @@ class Params(_Section):
         return self
 
     def get_strategy(self) -> str:
-        """The strategy the score stage runs: ``score.strategy``; in a multilabel project the
-        default ``diversity`` is its label-set form, ``ml_diversity``."""
-        if self.project.task == "multilabel" and self.score.strategy == "diversity":
-            return "ml_diversity"
-        return self.score.strategy
+        """The strategy the score stage runs (:func:`get_task_strategy` of ``score.strategy``)."""
+        return get_task_strategy(self.score.strategy, self.project.task)
+
+
+def get_task_strategy(name: str, task: str) -> str:
+    """The strategy ``name`` runs as for items of ``task``: in a multilabel project the default
+    ``diversity`` is its label-set form, ``ml_diversity``; any other name is itself."""
+    return "ml_diversity" if task == "multilabel" and name == "diversity" else name
 
 
 class ParamsError(ValueError):

@@ -20,6 +20,7 @@ def answer_batch(
     annotator: str,
     labeled_at: str,
     random_state: int,
+    separator: str | None = None,
 ) -> pd.DataFrame:
     """The label file an annotator would send back for ``item_ids``.
 
@@ -29,6 +30,9 @@ def answer_batch(
         ``item_id`` and true ``label`` of at least every item asked.
     noise : float in [0, 1]
         Share of answers replaced by a uniformly chosen *other* class.
+    separator : str, optional
+        Labels are sets joined by it: a wrong answer swaps one label of the set, chosen
+        uniformly, for a class outside the set (:func:`_corrupt`).
 
     Returns
     -------
@@ -39,7 +43,7 @@ def answer_batch(
         raise ValueError(f"noise must be in [0, 1], got {noise}")
     answers = _true_answers(item_ids, truth)
     rng = np.random.default_rng(random_state)
-    _corrupt(answers, np.full(answers.size, noise), classes, rng)
+    _corrupt(answers, np.full(answers.size, noise), classes, rng, separator)
     return pd.DataFrame(
         {
             "item_id": item_ids.to_numpy(),
@@ -78,6 +82,7 @@ def answer_batch_by_annotators(
     labeled_at: str,
     random_state: int,
     voted: pd.DataFrame | None = None,
+    separator: str | None = None,
 ) -> pd.DataFrame:
     """The label files several annotators would send back for ``item_ids``, as one table.
 
@@ -94,6 +99,8 @@ def answer_batch_by_annotators(
         (see :func:`get_annotator_noise`).
     voted : pd.DataFrame, optional
         ``item_id, annotator`` of the votes given before.
+    separator : str, optional
+        Labels are sets joined by it (see :func:`answer_batch`).
 
     Returns
     -------
@@ -123,7 +130,7 @@ def answer_batch_by_annotators(
         fresh = [name for name in fresh if name not in done]
         chosen.append(fresh[0] if fresh else names[turn])
     rates = np.array([annotators[name] for name in chosen], dtype=float)
-    _corrupt(answers, rates, classes, noise_rng)
+    _corrupt(answers, rates, classes, noise_rng, separator)
     return pd.DataFrame(
         {
             "item_id": item_ids.to_numpy(),
@@ -143,15 +150,30 @@ def _true_answers(item_ids: pd.Series, truth: pd.DataFrame) -> np.ndarray:
 
 
 def _corrupt(
-    answers: np.ndarray, rates: np.ndarray, classes: Sequence[str], rng: np.random.Generator
+    answers: np.ndarray,
+    rates: np.ndarray,
+    classes: Sequence[str],
+    rng: np.random.Generator,
+    separator: str | None = None,
 ) -> None:
-    """Replace each answer, with its probability in ``rates``, by a uniformly chosen other
-    class (in place)."""
+    """Make each answer wrong with its probability in ``rates`` (in place): a class becomes a
+    uniformly chosen other class; a label set (``separator`` given) has one of its labels,
+    chosen uniformly, swapped for a uniformly chosen class outside the set, so that it keeps
+    its size (a set holding every class stays right)."""
     wrong = np.flatnonzero(rng.random(answers.size) < rates)
     names = np.asarray(classes, dtype=object)
+    order = {name: k for k, name in enumerate(classes)}
     for position in wrong:
-        others = names[names != answers[position]]
-        answers[position] = others[rng.integers(others.size)]
+        if separator is None:
+            others = names[names != answers[position]]
+            answers[position] = others[rng.integers(others.size)]
+            continue
+        labels = answers[position].split(separator)
+        others = names[~np.isin(names, labels)]
+        if others.size == 0:
+            continue
+        labels[rng.integers(len(labels))] = others[rng.integers(others.size)]
+        answers[position] = separator.join(sorted(labels, key=order.__getitem__))
 
 
 # -- learning-curve statistics ---------------------------------------------------------------

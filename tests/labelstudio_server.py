@@ -27,6 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -374,7 +375,7 @@ class LabelStudioServer:
     def annotate(
         self,
         task_id: int,
-        choice: str,
+        choice: str | Sequence[str],
         *,
         token: str | None = None,
         from_name: str = "label",
@@ -382,6 +383,7 @@ class LabelStudioServer:
         lead_time: float | None = None,
     ) -> dict[str, Any]:
         """Submit one Choices annotation of a task as the user of `token`; returns it.
+        ``choice``: one class, or several (a multi-choice answer: a label set).
 
         ``POST /api/tasks/{task_id}/annotations/`` with ``{"result": [one choices region],
         "was_cancelled": false}``; its ``completed_by`` is the user of the token.
@@ -429,16 +431,18 @@ class LabelStudioServer:
         return self.request("PATCH", f"/api/annotations/{annotation_id}/", token=token, json=body)
 
 
-def _choices_region(choice: str, *, from_name: str, to_name: str) -> dict[str, Any]:
-    if not isinstance(choice, str):
+def _choices_region(choice: str | Sequence[str], *, from_name: str, to_name: str) -> dict[str, Any]:
+    choices = [choice] if isinstance(choice, str) else list(choice)
+    if not choices or not all(isinstance(c, str) for c in choices):
         raise TypeError(
-            f"choice must be a string (Label Studio stores it as given), got {choice!r}"
+            "choice must be a string or a non-empty list of strings (Label Studio stores it as "
+            f"given), got {choice!r}"
         )
     return {
         "from_name": from_name,
         "to_name": to_name,
         "type": "choices",
-        "value": {"choices": [choice]},
+        "value": {"choices": choices},
     }
 
 

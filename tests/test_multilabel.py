@@ -19,6 +19,8 @@ from tasks.multilabel import (
     fit_one_vs_rest,
     get_label_matrix,
     get_multilabel_metrics,
+    get_predicted_sets,
+    get_set_confidence,
     split_label_set,
     to_label_text,
 )
@@ -108,6 +110,39 @@ def test_one_booster_per_label_learns_each_label_and_reads_back_the_same():
         OneVsRestModel.from_string('{"format": "other"}')
 
 
+def test_the_labels_share_one_binned_dataset_and_get_the_boosters_fitted_alone():
+    from tasks.model import fit_booster
+
+    rows, matrix = _stories(400, seed=1)
+    rows["city"] = pd.Categorical(np.random.default_rng(1).choice(["a", "b", "c"], size=400))
+    space = fit_feature_space(
+        rows, text_columns=("body",), params=TextParams(), fingerprint="", random_state=0
+    )
+    features = space.transform(rows)
+    weights = np.where(np.arange(400) % 7 == 0, 0.5, 1.0)  # some flagged, down-weighted
+    params = TrainParams(num_boost_round=20)
+    model = fit_one_vs_rest(
+        features,
+        matrix,
+        params=params,
+        random_state=3,
+        categorical=space.categorical,
+        sample_weight=weights,
+    )
+    assert space.categorical  # the category column is in the shared dataset too
+    for k, booster in enumerate(model.boosters):
+        alone = fit_booster(
+            features,
+            matrix[:, k],
+            params=params,
+            n_classes=2,
+            random_state=3 + k,
+            categorical=space.categorical,
+            sample_weight=weights,
+        )
+        assert booster.model_to_string() == alone.model_to_string()
+
+
 def test_the_metrics_have_their_known_values():
     truth = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
     perfect = get_multilabel_metrics(truth, truth * 0.9 + 0.05, ("a", "b", "c"), threshold=0.5)
@@ -120,6 +155,15 @@ def test_the_metrics_have_their_known_values():
     assert metrics["map"] == pytest.approx((2 + (1 / 3 + 2 / 4) / 2) / 3)
     with pytest.raises(ValueError, match="must both be"):
         get_multilabel_metrics(truth, probs[:, :2], ("a", "b", "c"), threshold=0.5)
+
+
+def test_the_confidence_of_a_set_is_the_probability_that_the_whole_set_is_right():
+    probs = np.array([[0.9, 0.8, 0.1, 0.0], [0.3, 0.2, 0.1, 0.0], [np.nan] * 4])
+    sets = get_predicted_sets(probs, CLASSES, separator="|")
+    assert sets[0] == "earn|grain" and sets[1] == "earn" and sets[2] is pd.NA
+    # {earn, grain}: 0.9 * 0.8 * 0.9 * 1.0; {earn} alone (none reaches 0.5): 0.3 * 0.8 * 0.9
+    np.testing.assert_allclose(get_set_confidence(probs)[:2], [0.648, 0.216])
+    assert np.isnan(get_set_confidence(probs)[2])
 
 
 def test_label_set_strategies_rank_the_set_the_model_is_least_sure_of_first():
@@ -150,13 +194,44 @@ def test_a_strategy_of_the_other_task_is_refused_with_the_ones_that_fit():
         check_strategy_task("margin", "multilabel")
 
 
-def test_a_simulation_refuses_a_label_set_strategy_until_label_sets_run_in_rounds(tmp_path):
+def test_a_simulation_refuses_a_strategy_or_metric_of_the_other_task(tmp_path):
     from flows.simulate import SimulationSpec
     from flows.workspace import WorkspaceError
 
-    spec = SimulationSpec(dataset=tmp_path / "x.parquet", strategies=("ml_diversity",))
+    path = tmp_path / "x.parquet"
     with pytest.raises(WorkspaceError, match="--strategies: query strategy 'ml_diversity'"):
-        spec.check()
+        SimulationSpec(dataset=path, strategies=("ml_diversity",)).check()
+    with pytest.raises(WorkspaceError, match="--metric map does not score multiclass"):
+        SimulationSpec(dataset=path, metric="map").check()
+    with pytest.raises(WorkspaceError, match="differs from --task multiclass"):
+        SimulationSpec(dataset=path, overrides=("project.task=multilabel",)).check()
+    with pytest.raises(WorkspaceError, match="--target must be in"):
+        SimulationSpec(dataset=path, task="multilabel", target=1.5).check()
+    spec = SimulationSpec(dataset=path, task="multilabel", strategies=("default", "random"))
+    spec.check()
+    # the default diversity runs in its label-set form
+    assert spec.resolved().strategies == ("ml_diversity", "random")
+    assert spec.score_metric == "map"
+
+
+def test_a_wrong_set_answer_swaps_one_label_and_keeps_the_size():
+    from tasks.simulate import answer_batch
+
+    truth = pd.DataFrame({"item_id": ["1", "2", "3"], "label": ["earn|grain", "crude", "earn"]})
+    answers = answer_batch(
+        truth["item_id"],
+        truth,
+        classes=CLASSES,
+        noise=1.0,
+        annotator="sim",
+        labeled_at="2026-01-01T00:00:00Z",
+        random_state=0,
+        separator="|",
+    )
+    for given, right in zip(answers["label"], truth["label"], strict=True):
+        got, want = set(given.split("|")), set(right.split("|"))
+        assert len(got) == len(want) and len(got - want) == 1 and got <= set(CLASSES)
+        assert given == to_label_text(sorted(got), CLASSES, separator="|")  # one spelling
 
 
 # -- label sets at intake ---------------------------------------------------------------------
@@ -343,10 +418,64 @@ def test_the_model_is_one_booster_per_label_and_is_judged_by_map(set_rounds):
     assert (root / "models/champion/model.txt").read_text().startswith('{"format": "alloop-one')
     report = (root / "reports/round.md").read_text()
     assert "candidate MAP" in report
-    health = json.loads((root / "reports/health.json").read_text())
-    assert "label sets" in health["not_rated_because"]
     flag = json.loads((root / "reports/flag.json").read_text())
     assert flag["checked"] > 0 and not flag["skipped_because"]
+
+
+def test_a_label_set_round_is_rated_and_its_stop_signal_compares_the_sets(set_rounds):
+    root = set_rounds["root"]
+    health = json.loads((root / "reports/health.json").read_text())
+    assert not health["not_rated_because"] and 0 <= health["rating"] <= 100
+    for factor in ("coverage", "all_labels", "worst_labels"):
+        assert 0 <= health[factor] <= 100, factor
+    # round 3's model against round 2's on the stop set, label by label
+    assert -1 <= health["kappa"] <= 1 and 0 <= health["changed_share"] <= 1
+    assert set(health["worst_classes"]) <= set(CLASSES)
+    predictions = pd.read_parquet(root / "data/labels/stop_predictions.parquet")
+    assert set(predictions["round_id"]) == {2, 3}
+    sets = predictions["predicted_label"].str.split("|")
+    assert sets.map(lambda labels: set(labels) <= set(CLASSES)).all()
+    assert predictions["entropy"].between(0, 1).all()
+    detail = json.loads((root / "reports/health_detail.json").read_text())
+    assert {row["class"] for row in detail["per_class"]} == set(CLASSES)
+    assert set(detail["class_balance"]["labels"]) <= set(CLASSES)  # labels, not sets
+
+
+def test_the_label_set_measures_have_their_known_values():
+    from tasks.health import get_per_label, get_set_coverage, get_set_entropy, get_set_kappas
+
+    first = ["earn|grain", "earn", "crude", "wheat"]
+    kappa, by_label = get_set_kappas(first, first, CLASSES, separator="|")
+    assert kappa == 1.0 and by_label == dict.fromkeys(sorted(CLASSES), 1.0)
+    second = ["earn", "earn", "crude", "wheat"]  # one of 16 decisions differs
+    kappa, by_label = get_set_kappas(first, second, CLASSES, separator="|")
+    # observed 15/16; expected from the shares of yes (5/16, 4/16)
+    expected = (5 / 16) * (4 / 16) + (11 / 16) * (12 / 16)
+    assert kappa == pytest.approx((15 / 16 - expected) / (1 - expected))
+    assert by_label["grain"] == 0.0 and by_label["earn"] == 1.0
+    entropy = get_set_entropy(np.array([[0.5, 0.5], [1.0, 0.0]]))
+    np.testing.assert_allclose(entropy, [1, 0], atol=1e-9)
+    truth = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]])
+    probs = np.array([[0.9, 0.8, 0.1, 0.1], [0.9, 0.7, 0.1, 0.1], [0.1, 0.1, 0.9, 0.1]])
+    per_label = get_per_label(
+        truth,
+        probs,
+        classes=CLASSES,
+        label_counts=pd.Series({"earn": 3, "grain": 1}),
+        pool_probs=probs,
+        threshold=0.5,
+    ).set_index("class")
+    assert per_label.loc["earn", "f1"] == 1.0 and per_label.loc["grain", "precision"] == 0.5
+    assert (
+        per_label.loc["grain", "test_items"] == 1 and per_label.loc["earn", "label_share"] == 0.75
+    )
+    assert per_label.loc["grain", "predicted_share"] == pytest.approx(2 / 3)
+    # set confidences 0.5832 (right), 0.5103 (wrong: grain predicted), 0.6561 (right): the cut
+    # falls above the wrong one, and two of the three pool items clear it
+    coverage, cut = get_set_coverage(
+        probs, truth, probs, classes=CLASSES, threshold=0.5, precision=0.95
+    )
+    assert cut == pytest.approx(0.9 * 0.8 * 0.9 * 0.9) and coverage == pytest.approx(2 / 3)
 
 
 def test_the_next_batch_goes_out_with_predicted_sets(set_rounds):
@@ -400,10 +529,52 @@ def test_status_and_the_report_page_work_on_a_label_set_workspace(set_rounds):
     assert (root / "reports/round.html").read_text().count("<svg") >= 1
 
 
-def test_a_simulation_of_label_sets_is_refused_with_where_they_are_measured(tmp_path):
-    from flows.simulate import SimulationSpec
-    from flows.workspace import WorkspaceError
+def test_a_simulation_of_label_sets_runs_rounds_to_an_absolute_map_target(tmp_path):
+    from flows.simulate import SimulationSpec, simulate
 
-    spec = SimulationSpec(dataset=tmp_path / "x.parquet", overrides=("project.task=multilabel",))
-    with pytest.raises(WorkspaceError, match="bench/reuters.py"):
-        spec.check()
+    rows, matrix = _stories(700, seed=5)
+    data = rows.drop(columns=["item_id"]).assign(
+        topics=[[c for c, k in zip(CLASSES, row, strict=True) if k] for row in matrix],
+        split=np.where(np.arange(len(rows)) % 4 == 0, "test", "train"),
+    )
+    data.to_parquet(tmp_path / "stories.parquet")  # the sets as parquet lists
+    spec = SimulationSpec(
+        dataset=tmp_path / "stories.parquet",
+        label_column="topics",
+        split_column="split",
+        task="multilabel",
+        metric="map",
+        target=0.8,
+        strategies=("default", "random"),
+        seeds=2,
+        initial=40,
+        batch=30,
+        budget=130,
+        noise=0.1,
+        jobs=2,
+    )
+    result = simulate(spec, tmp_path / "out")
+    assert result.target == 0.8 and result.reference_score > 0.9
+    assert set(result.curves["strategy"]) == {"ml_diversity", "random"}
+    curves = result.curves
+    assert curves["map"].between(0, 1).all() and curves["accuracy"].isna().all()
+    last = curves.sort_values("labels").groupby(["strategy", "seed"]).tail(1)
+    # relabels of flagged sets (noise 0.1) take places in batches: the budget is passed, not hit
+    assert (last["labels"] >= 130).all() and (last["map"] > 0.7).all()
+    # labels to the target are read off the MAP curve
+    for row in result.campaigns.itertuples():
+        curve = curves[(curves["strategy"] == row.strategy) & (curves["seed"] == row.seed)]
+        reached = curve.loc[curve["map"] >= 0.8, "labels"]
+        assert row.labels_to_target == (reached.min() if len(reached) else np.inf)
+    # the seed batch goes out with no suggestion: each set by hand, 7 s for its first label and
+    # 2 s for each further one (annotation defaults), the labels of the true set counted
+    sizes = pd.Series(matrix.sum(axis=1), index=rows["item_id"])
+    for (strategy, seed), issued in result.issued.groupby(["strategy", "seed"]):
+        seed_ids = issued.loc[issued["round_id"] == 1, "item_id"].astype(str)
+        first = curves[(curves["strategy"] == strategy) & (curves["seed"] == seed)]
+        hand = (7.0 + 2.0 * (sizes.loc[seed_ids] - 1)).sum()
+        assert first["seconds"].iloc[0] == pytest.approx(hand) and hand > 7.0 * len(seed_ids)
+    report = (tmp_path / "out" / "simulation.md").read_text()
+    assert "Label sets" in report and "MAP" in report and "target (given) 0.8000" in report
+    meta = json.loads((tmp_path / "out" / "simulation.json").read_text())
+    assert meta["metric"] == "map" and meta["target"] == 0.8

@@ -35,11 +35,11 @@ CAMPAIGN_COLUMNS = [
     "labels_to_target",
     "hours_to_target",
     "final_labels",
-    "final_macro_f1",
+    "final_score",
     # where the stop advice came (tasks/health.py), and the rating
     "labels_at_stop",
-    "macro_f1_at_stop",
-    "f1_lost_at_stop",
+    "score_at_stop",
+    "score_lost_at_stop",
     "rating_at_stop",
     "final_rating",
 ]
@@ -52,8 +52,8 @@ SUMMARY_COLUMNS = [
     "median_hours_to_target",
     "stop_fired",
     "median_labels_at_stop",
-    "median_f1_lost_at_stop",
-    "max_f1_lost_at_stop",
+    "median_score_lost_at_stop",
+    "max_score_lost_at_stop",
     "median_stop_over_target",
     "mean_final_rating",
     "labels_ratio_vs_random",
@@ -179,7 +179,7 @@ def test_statistics_are_recomputed_from_the_curves(simulation):
     summary = pd.read_csv(out / "summary.csv").set_index("strategy")
     meta = json.loads((out / "simulation.json").read_text())
     target = meta["target"]
-    assert target == pytest.approx(0.98 * meta["reference_macro_f1"])
+    assert target == pytest.approx(0.98 * meta["reference_score"])
     for row in campaigns.itertuples(index=False):
         c = curves[(curves["strategy"] == row.strategy) & (curves["seed"] == row.seed)]
         x, y = c["labels"].to_numpy(float), c["macro_f1"].to_numpy()

@@ -433,6 +433,25 @@ def test_batch_seconds_with_known_truth_count_right_and_wrong_suggestions():
     assert get_batch_seconds(predicted.iloc[:0], np.array([]), params=TIMES) == 0.0
 
 
+def test_a_label_set_by_hand_costs_its_first_label_then_each_further_one():
+    times = TIMES.model_copy(update={"label_seconds": 1.5})
+    truth = pd.Series(["a|b|c", "a", "b|a", pd.NA], dtype="string")
+    predicted = pd.Series(["a|b", "a", "a|b", "a|b"], dtype="string")
+    got = get_batch_seconds(
+        predicted, np.full(4, 0.5), params=times, true_labels=truth, separator="|"
+    )
+    # wrong: 7 + 2 * 1.5; right: 3; right in another order: 3; no answer known: by hand, 7;
+    # one switch (a|b -> a -> a|b): 2 * 2
+    assert got == pytest.approx(10 + 3 + 3 + 7 + 4)
+    # without the answer, the suggested set's labels are counted: 0.5 * 3 + 0.5 * (7 + 1.5)
+    expected = get_batch_seconds(predicted.iloc[:1], np.array([0.5]), params=times, separator="|")
+    assert expected == pytest.approx(5.75)
+    np.testing.assert_allclose(
+        get_item_seconds(np.array([0.0, 1.0]), params=times, n_labels=np.array([3, 3])),
+        [10.0, 3.0],
+    )
+
+
 def test_time_model_refuses_bad_input():
     with pytest.raises(ValueError, match="confidence"):
         get_item_seconds(np.array([1.5]), params=TIMES)
