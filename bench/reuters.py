@@ -332,7 +332,7 @@ def get_markdown(
     summary: pd.DataFrame,
     *,
     reference: float,
-    args: argparse.Namespace,
+    jobs: int,
     wall: float,
     curve_table: pd.DataFrame | None = None,
 ) -> str:
@@ -362,7 +362,7 @@ def get_markdown(
         "",
         f"Full-data reference (one-vs-rest on all pool stories): MAP {reference:.4f}. "
         f"Campaign time summed: {summary['total_seconds'].sum() / 60:.1f} min; "
-        f"this invocation {wall / 60:.1f} min wall with --jobs {args.jobs} (issue 19's goal: "
+        f"this invocation {wall / 60:.1f} min wall with --jobs {jobs} (issue 19's goal: "
         f"10 seeds of two arms to 3,000 labels under {GOAL_MINUTES} min on 2 cores).",
         "",
     ]
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     report = get_markdown(
         summary,
         reference=reference,
-        args=args,
+        jobs=args.jobs,
         wall=time.perf_counter() - started,
         curve_table=get_curve_table(curves),
     )

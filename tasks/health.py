@@ -61,6 +61,7 @@ from tasks.model import (
 from tasks.multilabel import (
     get_label_matrix,
     get_label_sets,
+    get_predicted_mask,
     get_predicted_sets,
     get_set_confidence,
     load_model,
@@ -715,8 +716,8 @@ def get_set_kappas(
     -------
     (float, dict of str to float)
         Cohen's kappa over every item-label decision, and each label's own kappa, for the
-        labels that either prediction gives some item (:func:`tasks.health.get_cohen_kappa`
-        semantics: two identical columns agree fully).
+        labels that either prediction gives some item (:func:`get_cohen_kappa`'s semantics:
+        two identical columns agree fully).
     """
     a = get_label_matrix(list(first), classes, separator=separator).astype(bool)
     b = get_label_matrix(list(second), classes, separator=separator).astype(bool)
@@ -751,15 +752,15 @@ def get_per_label(
     pool_probs: np.ndarray,
     threshold: float,
 ) -> pd.DataFrame:
-    """Per label, the columns :func:`tasks.health.get_per_class` gives a class: test items
+    """Per label, the columns :func:`get_per_class` gives a class: test items
     that have it, F1, precision and recall of the predicted sets (``threshold``, at least one
     label per set as :func:`tasks.multilabel.get_predicted_sets`), its share of the training
     labels (``label_counts``: sets holding it) and the share of pool items whose predicted set
     holds it."""
     k = len(classes)
     has_test = len(test_matrix) > 0
-    predicted = _predicted_matrix(test_probs, classes, threshold) if has_test else None
-    on_pool = _predicted_matrix(pool_probs, classes, threshold)
+    predicted = get_predicted_mask(test_probs, threshold).astype(int) if has_test else None
+    on_pool = get_predicted_mask(pool_probs, threshold)
 
     def score(metric) -> np.ndarray:
         if not has_test:
@@ -785,13 +786,12 @@ def get_set_coverage(
     test_matrix: np.ndarray,
     pool_probs: np.ndarray,
     *,
-    classes: Sequence[str],
     threshold: float,
     precision: float,
     min_items: int = 1,
 ) -> tuple[float, float | None]:
     """The share of the pool whose predicted set is trusted, and the set confidence it takes
-    (:func:`tasks.health.get_confidence_threshold` with "right" meaning the whole set is).
+    (:func:`get_confidence_threshold` with "right" meaning the whole set is).
 
     Returns
     -------
@@ -801,7 +801,7 @@ def get_set_coverage(
     """
     if len(test_matrix) == 0 or len(pool_probs) == 0:
         return 0.0, None
-    right = (_predicted_matrix(test_probs, classes, threshold) == test_matrix).all(axis=1)
+    right = (get_predicted_mask(test_probs, threshold) == test_matrix.astype(bool)).all(axis=1)
     cut = get_confidence_threshold(
         get_set_confidence(test_probs, threshold=threshold),
         right,
@@ -811,17 +811,6 @@ def get_set_coverage(
     if cut is None:
         return 0.0, None
     return float(np.mean(get_set_confidence(pool_probs, threshold=threshold) >= cut)), cut
-
-
-def explode_sets(sets: pd.Series, *, separator: str) -> pd.Series:
-    """One row per label of each set, the set's index repeated (the per-label counts of
-    training labels and of first rounds come from it)."""
-    return sets.astype(str).str.split(separator).explode()
-
-
-def _predicted_matrix(probs: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
-    sets = get_predicted_sets(probs, classes, separator="\x1f", threshold=threshold)
-    return get_label_matrix(list(sets), classes, separator="\x1f")
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -1431,7 +1420,6 @@ def get_health(
             test_probs,
             test_codes,
             stop_probs,
-            classes=classes,
             threshold=SET_THRESHOLD,
             precision=params.health.coverage_precision,
             min_items=params.health.coverage_min_test_items,

@@ -335,7 +335,7 @@ def get_predicted_sets(
     np.ndarray of object, shape (n,)
     """
     probs = np.asarray(pred_probs, dtype=float)
-    chosen = _get_predicted_mask(probs, threshold)
+    chosen = get_predicted_mask(probs, threshold)
     out = np.full(probs.shape[0], pd.NA, dtype=object)
     for row in np.flatnonzero(~np.isnan(probs).any(axis=1)):
         out[row] = separator.join(classes[k] for k in np.flatnonzero(chosen[row]))
@@ -352,13 +352,13 @@ def get_set_confidence(pred_probs: np.ndarray, *, threshold: float = 0.5) -> np.
     np.ndarray of float, shape (n,), values in [0, 1]
     """
     probs = np.asarray(pred_probs, dtype=float)
-    chosen = _get_predicted_mask(probs, threshold)
+    chosen = get_predicted_mask(probs, threshold)
     return np.where(chosen, probs, 1.0 - probs).prod(axis=1)
 
 
-def _get_predicted_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Which labels each row's predicted set holds (shape of ``probs``, bool); a NaN row holds
-    none."""
+def get_predicted_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Which labels each row's predicted set (:func:`get_predicted_sets`) holds: shape of
+    ``probs``, bool; a NaN row holds none."""
     chosen = probs >= threshold
     unset = ~chosen.any(axis=1) & ~np.isnan(probs).any(axis=1)
     if unset.any():

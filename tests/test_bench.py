@@ -158,9 +158,10 @@ def test_reuters_summary_of_generated_curves(reuters):
     assert summary.loc["ml_diversity", "ratio_kind"] == "at least"
     assert summary.loc["ml_diversity", "aulc_diff_vs_random"] > 0
     assert summary.loc["ml_diversity", "paired_seeds"] == 6
-    text = reuters.get_markdown(summary.reset_index(), reference=0.9, args=None, wall=60.0)
+    text = reuters.get_markdown(summary.reset_index(), reference=0.9, jobs=2, wall=60.0)
     assert "| ml_diversity | 6 | 350 (6/6) | 400 (6/6) | 2.50 (at least) |" in text
     assert "| random | 6 | 1,000 (6/6) | never (0/6) | n/a |" in text
+    assert "1.0 min wall with --jobs 2" in text
 
 
 def test_reuters_results_go_outside_the_checkout(reuters, tmp_path):

@@ -472,9 +472,7 @@ def test_the_label_set_measures_have_their_known_values():
     assert per_label.loc["grain", "predicted_share"] == pytest.approx(2 / 3)
     # set confidences 0.5832 (right), 0.5103 (wrong: grain predicted), 0.6561 (right): the cut
     # falls above the wrong one, and two of the three pool items clear it
-    coverage, cut = get_set_coverage(
-        probs, truth, probs, classes=CLASSES, threshold=0.5, precision=0.95
-    )
+    coverage, cut = get_set_coverage(probs, truth, probs, threshold=0.5, precision=0.95)
     assert cut == pytest.approx(0.9 * 0.8 * 0.9 * 0.9) and coverage == pytest.approx(2 / 3)
 
 
