@@ -18,13 +18,41 @@ with the arm's registered strategy (labeled items NaN; ``ml_diversity`` gets the
 score stage builds: SVD coordinates standardized by the labeled rows,
 :func:`tasks.score.get_embedding_stats` and :func:`tasks.score.get_embedding`), and labels the
 ``--batch`` items of highest utility (equal utilities in a seeded random order, as
-:func:`tasks.selection.select_batch` does), until ``--budget`` labels.
+:func:`tasks.selection.select_batch` does), or, in a small-text arm, the ``--batch`` items its
+strategy queries (below), until ``--budget`` labels.
+
+Arms: ``random`` (the baseline), ``ml_diversity`` and ``ml_mean_uncertainty`` (alloop's
+registered strategies; any other registered name works too) and ``smalltext_cvirs``.
 
 scikit-activeml (1.0.1) has no multi-label query strategy. What a user of it would write
 around the same one-vs-rest model, its ``uncertainty_scores`` (least confidence,
 ``1 - max(p, 1 - p)``) of each label's binary prediction averaged over the labels, is
 ``ml_mean_uncertainty`` halved (``1 - max(p, 1 - p) = (1 - |2 p - 1|) / 2``): the same ranking,
 so it is not a separate arm.
+
+``smalltext_cvirs`` is small-text's (1.4.1) multi-label uncertainty sampling,
+``CategoryVectorInconsistencyAndRanking`` (CVIRS, Reyes et al. 2018), the one query strategy
+of that release declared multi-label (it refuses labels that are not a CSR matrix); its
+``LeastConfidence``, ``PredictionEntropy`` and ``BreakingTies`` read a row of probabilities
+as one distribution over classes (its maximum, its entropy after normalizing, its top two),
+not as one probability per label. The arm keeps everything else of the protocol: the same
+model, fitted the same way, and each round small-text's ``query`` picks the ``--batch`` items
+(:func:`query_smalltext`) through :class:`SmallTextClassifier`, which answers the strategy's
+only call, ``predict_proba``, with the model's per-label probabilities; small-text trains
+nothing. Its score is the Hamming distance of an item's predicted label set (probability above
+0.5) to the labeled items' sets, times a ranking term of per-label margins; as released, that
+term ranks positions rather than items (``np.argsort`` read as ranks) and its margin is
+``|p_j - sum(p)|``, and the entropy distance the paper uses where the Hamming distance is
+below 1 is computed but not returned: the arm measures the library as a user gets it.
+small-text is not one of alloop's dependencies; to run the arm, install it beside the project::
+
+    .venv/bin/python -m pip install --no-deps --target /path/st-site small-text==1.4.1 dill
+    PYTHONPATH=.:/path/st-site .venv/bin/python bench/reuters.py --arms random,smalltext_cvirs
+
+(``--no-deps``: its other requirements, numpy, scipy, scikit-learn, tqdm and packaging, are
+alloop's already; its wheel also installs a top-level ``tests`` package, which can be deleted
+from ``/path/st-site``.) Without it, a run asking for the arm stops before any campaign and
+says so.
 
 Everything goes under ``--out`` (default: a new folder under the system's temporary folder,
 never the checkout): ``curves/<arm>_seed<s>.csv`` as each campaign finishes (a rerun with the
@@ -69,6 +97,12 @@ CATEGORIES = (
 )  # fmt: skip
 BASELINE = "random"
 ARMS = (BASELINE, "ml_diversity", "ml_mean_uncertainty")
+#: Arms that let small-text pick the batch around the same model: the arm's name, its query
+#: strategy (a class of ``small_text.query_strategies``) and the strategy's arguments.
+SMALLTEXT_ARMS = {
+    "smalltext_cvirs": ("CategoryVectorInconsistencyAndRanking", {"pbar": None}),
+}
+SMALLTEXT_VERSION = "1.4.1"
 #: Issue 19's goals: labels to 0.80 MAP at most, and random's labels to 0.85 over ours at least.
 TARGETS = (0.80, 0.85)
 GOAL_LABELS_080 = 875
@@ -225,6 +259,17 @@ def run_campaign(
         )  # fmt: skip
         if n >= budget or n == n_pool:
             break
+        if arm in SMALLTEXT_ARMS:
+            picked = query_smalltext(
+                arm,
+                model,
+                labeled,
+                corpus,
+                n=min(batch, budget - n, n_pool - n),
+                random_state=seed * 1000 + round_id,
+            )
+            labeled[picked] = True
+            continue
         probs = model.predict(corpus.x_pool) if _reads_probs(arm) else None
         utilities = get_utilities(
             arm, probs, labeled, corpus, batch=batch, random_state=seed * 1000 + round_id
@@ -234,6 +279,88 @@ def run_campaign(
         )
         labeled[picked] = True
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+# -- the small-text arms ------------------------------------------------------------------------
+class SmallTextClassifier:
+    """What small-text's query strategies call on a classifier, answered by alloop's fitted
+    one-vs-rest model (:class:`tasks.multilabel.OneVsRestModel`): small-text never trains it.
+
+    ``predict_proba(dataset)`` is the model's per-label probabilities of the dataset's rows
+    (``dataset.x``, a small-text ``SklearnDataset`` or a view of one), shape
+    ``(n, n_labels)``, rows not summing to 1.
+    """
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    def predict_proba(self, dataset: object) -> np.ndarray:
+        return np.asarray(self.model.predict(dataset.x), dtype=float)
+
+
+def import_smalltext() -> tuple[object, object]:
+    """small-text's ``query_strategies`` module and its ``SklearnDataset``, or an error saying
+    how to get them (small-text is not one of alloop's dependencies)."""
+    try:
+        from small_text import query_strategies
+        from small_text.data import SklearnDataset
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            f"the {', '.join(SMALLTEXT_ARMS)} arm needs small-text {SMALLTEXT_VERSION}, which "
+            f"is not importable here ({error}). Install it outside the project's environment: "
+            f"`.venv/bin/python -m pip install --no-deps --target DIR "
+            f"small-text=={SMALLTEXT_VERSION} dill`, then run with PYTHONPATH=.:DIR"
+        ) from error
+    return query_strategies, SklearnDataset
+
+
+def query_smalltext(
+    arm: str,
+    model: object,
+    labeled: np.ndarray,
+    corpus: Corpus,
+    *,
+    n: int,
+    random_state: int,
+) -> np.ndarray:
+    """The ``n`` pool positions the arm's small-text strategy queries (``strategy.query(clf,
+    dataset, indices_unlabeled, indices_labeled, y, n=n)``, as small-text's active learner
+    calls it).
+
+    ``clf`` is :class:`SmallTextClassifier` around ``model``; ``dataset`` the pool's features
+    with an all-zero label matrix (the strategy reads no pool label); ``y`` the labeled
+    items' label sets as a CSR matrix, rows in the order of ``indices_labeled`` (a CSR ``y``
+    is how small-text tells multi-label data). numpy's global random state is seeded with
+    ``random_state`` for the call and restored after it (what small-text's random choices
+    draw from; the CVIRS strategy draws none).
+    """
+    from scipy.sparse import csr_matrix
+
+    query_strategies, SklearnDataset = import_smalltext()
+    name, kwargs = SMALLTEXT_ARMS[arm]
+    strategy = getattr(query_strategies, name)(**kwargs)
+    n_pool, n_labels = corpus.y_pool.shape
+    indices_labeled = np.flatnonzero(labeled)
+    indices_unlabeled = np.flatnonzero(~labeled)
+    dataset = SklearnDataset(
+        corpus.x_pool,
+        csr_matrix((n_pool, n_labels), dtype=np.int64),
+        target_labels=np.arange(n_labels),
+    )
+    y = csr_matrix(corpus.y_pool[indices_labeled].astype(np.int64))
+    # small-text draws from numpy's global random state, so that is the state seeded
+    saved = np.random.get_state()  # noqa: NPY002
+    np.random.seed(random_state)  # noqa: NPY002
+    try:
+        picked = strategy.query(
+            SmallTextClassifier(model), dataset, indices_unlabeled, indices_labeled, y, n=n
+        )
+    finally:
+        np.random.set_state(saved)  # noqa: NPY002
+    picked = np.asarray(picked, dtype=np.int64)
+    if picked.size != n or np.unique(picked).size != n or labeled[picked].any():
+        raise RuntimeError(f"{arm} queried {picked.tolist()}: not {n} distinct unlabeled items")
+    return picked
 
 
 def _reads_probs(arm: str) -> bool:
@@ -407,7 +534,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=ROOT.parent / "shared" / "data" / "reuters" / "reuters21578_apte.parquet",
     )
-    parser.add_argument("--arms", default=",".join(ARMS), help="registered strategies")
+    parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help=f"registered strategies, or small-text's: {', '.join(SMALLTEXT_ARMS)}",
+    )
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--initial", type=int, default=100)
@@ -448,6 +579,8 @@ def run_campaigns(args: argparse.Namespace, reference_file: Path) -> None:
     from flows.simulate import single_threaded
 
     curve_dir = args.out / "curves"
+    if set(args.arms) & set(SMALLTEXT_ARMS):
+        import_smalltext()  # before the reference's minutes, not in a worker after them
     if not reference_file.exists():
         began = time.perf_counter()
         with single_threaded():

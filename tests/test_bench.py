@@ -169,3 +169,57 @@ def test_reuters_results_go_outside_the_checkout(reuters, tmp_path):
     assert args.out.is_dir() and not args.out.resolve().is_relative_to(ROOT)
     args.out.rmdir()
     assert reuters.parse_args(["--out", str(tmp_path)]).out == tmp_path
+
+
+# small-text 1.4.1 warns about its own code whenever a dataset's target labels are set
+@pytest.mark.filterwarnings("ignore:The function get_flattened_unique_labels:DeprecationWarning")
+def test_reuters_smalltext_arm_queries_around_the_same_model(reuters):
+    pytest.importorskip(
+        "small_text", reason="small-text is not installed (bench/reuters.py's docstring: how)"
+    )
+    from scipy.sparse import csr_matrix
+    from small_text.data import SklearnDataset
+    from small_text.query_strategies import CategoryVectorInconsistencyAndRanking
+
+    rng = np.random.default_rng(0)
+    n, k = 60, len(reuters.CATEGORIES)
+    # column 0 is the item's position, so the model can answer for any subset of rows
+    x = csr_matrix(np.column_stack([np.arange(n), rng.random((n, 3))]))
+    y = (rng.random((n, k)) < 0.2).astype(int)
+    probs = rng.random((n, k))
+
+    class Model:  # the one method of the fitted one-vs-rest model the arm calls
+        def predict(self, features):
+            return probs[features[:, 0].toarray().ravel().astype(int)]
+
+    # the adapter answers small-text's predict_proba with the model's rows, in order
+    dataset = SklearnDataset(x, csr_matrix((n, k), dtype=int), target_labels=np.arange(k))
+    rows = np.array([5, 2, 40])
+    proba = reuters.SmallTextClassifier(Model()).predict_proba(dataset[rows])
+    assert np.array_equal(proba, probs[rows])
+
+    corpus = reuters.Corpus(x, x, y, y, pd.DataFrame())
+    labeled = np.zeros(n, dtype=bool)
+    labeled[rng.permutation(n)[:20]] = True
+    np.random.seed(7)  # noqa: NPY002  (the global state small-text draws from)
+    picked = reuters.query_smalltext(
+        "smalltext_cvirs", Model(), labeled, corpus, n=5, random_state=3
+    )
+    # numpy's global random state is the caller's again
+    drawn = np.random.random()  # noqa: NPY002
+    np.random.seed(7)  # noqa: NPY002
+    assert drawn == np.random.random()  # noqa: NPY002
+    assert len(set(picked)) == 5 and not labeled[picked].any()
+    # the items of highest CVIRS score, from the labeled items' label sets
+    unlabeled = np.flatnonzero(~labeled)
+    scores = CategoryVectorInconsistencyAndRanking(pbar=None)._compute_scores(
+        unlabeled, csr_matrix(y[labeled]), probs[unlabeled]
+    )
+    assert set(picked) == set(unlabeled[np.argsort(-scores)[:5]])
+    again = reuters.query_smalltext(
+        "smalltext_cvirs", Model(), labeled, corpus, n=5, random_state=3
+    )
+    assert picked.tolist() == again.tolist()
+    # a campaign: the real model, small-text's picks, labels to the budget
+    curve = reuters.run_campaign(corpus, "smalltext_cvirs", 0, initial=10, batch=5, budget=20)
+    assert curve["labels"].tolist() == [10, 15, 20]
