@@ -430,6 +430,7 @@ def test_a_label_set_round_is_rated_and_its_stop_signal_compares_the_sets(set_ro
         assert 0 <= health[factor] <= 100, factor
     # round 3's model against round 2's on the stop set, label by label
     assert -1 <= health["kappa"] <= 1 and 0 <= health["changed_share"] <= 1
+    assert not health["stop_advised"]
     assert set(health["worst_classes"]) <= set(CLASSES)
     predictions = pd.read_parquet(root / "data/labels/stop_predictions.parquet")
     assert set(predictions["round_id"]) == {2, 3}
@@ -439,6 +440,18 @@ def test_a_label_set_round_is_rated_and_its_stop_signal_compares_the_sets(set_ro
     detail = json.loads((root / "reports/health_detail.json").read_text())
     assert {row["class"] for row in detail["per_class"]} == set(CLASSES)
     assert set(detail["class_balance"]["labels"]) <= set(CLASSES)  # labels, not sets
+
+
+def test_a_fired_stop_rule_is_held_back_for_label_sets():
+    from tasks.health import StopEvidence, get_stop_decision
+    from tasks.params import StopParams
+
+    stable = (0.99, 0.995, 0.999)
+    one_class = get_stop_decision(StopEvidence(kappas=stable), params=StopParams())
+    assert one_class.advised and one_class.criterion == "threshold"
+    sets = get_stop_decision(StopEvidence(kappas=stable, label_sets=True), params=StopParams())
+    assert not sets.advised and sets.criterion == "threshold" and sets.held == "label sets"
+    assert "one class per item" in sets.reason and "would advise stopping" in sets.reason
 
 
 def test_the_label_set_measures_have_their_known_values():
