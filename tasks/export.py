@@ -96,8 +96,9 @@ def export_batch(
         text (``data.text_<i>``, :func:`tasks.labelstudio.get_label_config`), not in the
         item's table.
     label_separator : str, optional
-        A multilabel project's: a suggestion is a set, pre-annotated in Label Studio as
-        one choice per label.
+        A multilabel project's: a suggestion is a set, written as its text in the CSV, as a
+        list in the JSONL records (the form a JSONL answer takes), and pre-annotated in Label
+        Studio as one choice per label.
 
     Returns
     -------
@@ -143,7 +144,9 @@ def export_batch(
         records.append(
             {
                 "item_id": row.item_id,
-                "predicted_label": suggestion,
+                "predicted_label": suggestion.split(label_separator)
+                if label_separator and suggestion is not None
+                else suggestion,
                 "confidence": confidence,
                 "data": data,
             }

@@ -430,6 +430,7 @@ def test_a_label_set_round_is_rated_and_its_stop_signal_compares_the_sets(set_ro
         assert 0 <= health[factor] <= 100, factor
     # round 3's model against round 2's on the stop set, label by label
     assert -1 <= health["kappa"] <= 1 and 0 <= health["changed_share"] <= 1
+    assert not health["stop_advised"]
     assert set(health["worst_classes"]) <= set(CLASSES)
     predictions = pd.read_parquet(root / "data/labels/stop_predictions.parquet")
     assert set(predictions["round_id"]) == {2, 3}
@@ -439,6 +440,18 @@ def test_a_label_set_round_is_rated_and_its_stop_signal_compares_the_sets(set_ro
     detail = json.loads((root / "reports/health_detail.json").read_text())
     assert {row["class"] for row in detail["per_class"]} == set(CLASSES)
     assert set(detail["class_balance"]["labels"]) <= set(CLASSES)  # labels, not sets
+
+
+def test_a_fired_stop_rule_is_held_back_for_label_sets():
+    from tasks.health import StopEvidence, get_stop_decision
+    from tasks.params import StopParams
+
+    stable = (0.99, 0.995, 0.999)
+    one_class = get_stop_decision(StopEvidence(kappas=stable), params=StopParams())
+    assert one_class.advised and one_class.criterion == "threshold"
+    sets = get_stop_decision(StopEvidence(kappas=stable, label_sets=True), params=StopParams())
+    assert not sets.advised and sets.criterion == "threshold" and sets.held == "label sets"
+    assert "one class per item" in sets.reason and "would advise stopping" in sets.reason
 
 
 def test_the_label_set_measures_have_their_known_values():
@@ -576,3 +589,49 @@ def test_a_simulation_of_label_sets_runs_rounds_to_an_absolute_map_target(tmp_pa
     assert "Label sets" in report and "MAP" in report and "target (given) 0.8000" in report
     meta = json.loads((tmp_path / "out" / "simulation.json").read_text())
     assert meta["metric"] == "map" and meta["target"] == 0.8
+
+
+def test_label_sets_go_out_in_jsonl_as_lists_and_come_back_as_lists(prefect_api, tmp_path):
+    from flows.round import al_round
+    from flows.workspace import init_workspace
+
+    rows, matrix = _stories(400, seed=7)
+    truth = {
+        item: [c for c, k in zip(CLASSES, row, strict=True) if k]
+        for item, row in zip(rows["item_id"], matrix, strict=True)
+    }
+    root = tmp_path / "ws"
+    catalog = init_workspace(
+        root,
+        pool=rows,
+        id_column="item_id",
+        classes=CLASSES,
+        overrides=("project.task=multilabel", "select.seed_size=80", "select.batch_size=40"),
+    )
+    for round_id in (1, 2):
+        al_round(str(root))
+        outbox = catalog.path("outbox", round_id)
+        records = [json.loads(line) for line in (outbox / "batch.jsonl").read_text().splitlines()]
+        if round_id == 2:  # a model now: each suggestion a list of classes
+            suggested = [r["predicted_label"] for r in records if r["predicted_label"]]
+            assert suggested and all(isinstance(s, list) for s in suggested)
+            assert all(set(s) <= set(CLASSES) and s for s in suggested)
+        # the annotator fills in each record's set, as a list in its own order
+        answers = [
+            {
+                "item_id": r["item_id"],
+                "label": truth[r["item_id"]][::-1],
+                "annotator": "jo",
+                "labeled_at": f"2026-01-0{round_id}T10:00:00Z",
+            }
+            for r in records
+        ]
+        path = catalog.path("incoming") / f"answers-{round_id}.jsonl"
+        path.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    al_round(str(root))
+    ledger = catalog.load("ledger")
+    # round 2's batch may ask again about a flagged set (a relabel): 120 answers either way
+    votes = ledger[ledger["event"].isin(["label", "relabel"])]
+    assert len(votes) == 120 and votes["round_id"].isin([2, 3]).all()
+    spelled = {item: "|".join(labels) for item, labels in truth.items()}
+    assert (votes["label"].to_numpy() == votes["item_id"].map(spelled).to_numpy()).all()
