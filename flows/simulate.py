@@ -61,6 +61,7 @@ from tasks.model import encode_labels, fit_booster, predict_proba
 from tasks.multilabel import (
     fit_one_vs_rest,
     get_label_matrix,
+    get_label_sets,
     get_multilabel_metrics,
     get_rarest_labels,
     split_label_set,
@@ -429,8 +430,9 @@ def get_reference_score(data: Dataset, params: Params, metric: str = "macro_f1")
     test = data.truth[data.truth["item_id"].isin(data.test_ids)]
     rows = data.items.set_index("item_id")
     space = get_reference_space(data, params)
-    if params.project.task == "multilabel":
-        separator = params.project.label_separator
+    label_sets = get_label_sets(params)
+    if label_sets is not None:
+        separator = label_sets.separator
         model = fit_one_vs_rest(
             space.transform(rows.loc[train["item_id"]].reset_index()),
             get_label_matrix(train["label"], data.classes, separator=separator),
@@ -514,7 +516,8 @@ def run_campaign(
     truth = pd.read_parquet(data_dir / "truth.parquet")
     known = truth.set_index("item_id")["label"]
     classes = params.project.classes
-    separator = params.project.label_separator if params.project.task == "multilabel" else None
+    label_sets = get_label_sets(params)
+    separator = label_sets.separator if label_sets is not None else None
     rows = []
     seconds = 0.0
     voted = pd.DataFrame(columns=["item_id", "annotator"])  # who answered what, for relabels

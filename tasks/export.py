@@ -420,6 +420,8 @@ def get_outbox_files(
 
 def run(ctx: StageContext) -> ExportSummary:
     batch = ctx.load("batch")
+    project = ctx.params.project
+    separator = project.label_separator if project.task == "multilabel" else None
     reports = read_round_summaries(ctx.load, stages=REPORTED)
     table, records, tasks = export_batch(
         batch,
@@ -427,9 +429,7 @@ def run(ctx: StageContext) -> ExportSummary:
         round_id=ctx.round_id,
         params=ctx.params.export,
         text_columns=reports.features.text_columns if reports.features else (),
-        label_separator=ctx.params.project.label_separator
-        if ctx.params.project.task == "multilabel"
-        else None,
+        label_separator=separator,
     )
     ctx.save("outbox", get_outbox_files(table, records, tasks))
     crash_point("during:export")
@@ -438,9 +438,7 @@ def run(ctx: StageContext) -> ExportSummary:
         table["predicted_label"],
         table["confidence"].to_numpy(),
         params=ctx.params.annotation,
-        separator=ctx.params.project.label_separator
-        if ctx.params.project.task == "multilabel"
-        else None,
+        separator=separator,
     )
     ctx.save(
         "round_report",

@@ -1307,23 +1307,12 @@ def get_health(
     stop_set = inputs.stop_set
     # one class: probabilities over the classes; label sets: each label's probability
     stop_probs = predict_proba(booster, features(stop_set["item_id"]), len(classes))
-    names = np.asarray(classes, dtype=object)
     this_round = schema.conform(
         pd.DataFrame(
             {
                 "round_id": round_id,
                 "item_id": stop_set["item_id"].to_numpy(),
-                "predicted_label": names[stop_probs.argmax(axis=1)]
-                if separator is None
-                else get_predicted_sets(
-                    stop_probs, classes, separator=separator, threshold=SET_THRESHOLD
-                ),
-                "confidence": stop_probs.max(axis=1)
-                if separator is None
-                else get_set_confidence(stop_probs, threshold=SET_THRESHOLD),
-                "entropy": get_normalized_entropy(stop_probs)
-                if separator is None
-                else get_set_entropy(stop_probs),
+                **_predicted_columns(stop_probs, classes, separator),
             }
         ),
         schema.STOP_PREDICTIONS,
@@ -1592,6 +1581,26 @@ def _save(
     )
     ctx.save("health_report", summary.to_dict())
     return summary
+
+
+def _predicted_columns(
+    probs: np.ndarray, classes: Sequence[str], separator: str | None
+) -> dict[str, np.ndarray]:
+    """A stop-set prediction's ``predicted_label``, ``confidence`` and ``entropy``: of one class
+    (``separator`` None) or of a label set."""
+    if separator is None:
+        return {
+            "predicted_label": np.asarray(classes, dtype=object)[probs.argmax(axis=1)],
+            "confidence": probs.max(axis=1),
+            "entropy": get_normalized_entropy(probs),
+        }
+    return {
+        "predicted_label": get_predicted_sets(
+            probs, classes, separator=separator, threshold=SET_THRESHOLD
+        ),
+        "confidence": get_set_confidence(probs, threshold=SET_THRESHOLD),
+        "entropy": get_set_entropy(probs),
+    }
 
 
 def _by_label(frame: pd.DataFrame, column: str, separator: str | None) -> pd.DataFrame:

@@ -21,6 +21,17 @@ from flows.workspace import init_workspace
 TOKEN_ENV = "ALLOOP_LABELSTUDIO_TOKEN"
 
 
+def _connected(server, root, **init):
+    """A workspace made by ``init_workspace(root, **init)`` and connected to ``server`` by
+    ``alloop labelstudio connect``: its catalog, project id and the project's labeling config."""
+    catalog = init_workspace(root, id_column="item_id", **init)
+    done = run_cli(["alloop", "labelstudio", "connect", "--url", server.url, "-w", str(root)], root)
+    assert done.returncode == 0, done.stderr
+    project_id = catalog.read_params().labelstudio.project_id
+    config = ET.fromstring(server.request("GET", f"/api/projects/{project_id}/")["label_config"])
+    return catalog, project_id, config
+
+
 def test_documents_are_shown_as_text_and_their_answers_train_the_model(
     prefect_api, tmp_path, monkeypatch
 ):
@@ -29,21 +40,13 @@ def test_documents_are_shown_as_text_and_their_answers_train_the_model(
     with LabelStudioServer(tmp_path / "server") as server:
         monkeypatch.setenv(TOKEN_ENV, server.token)
         root = tmp_path / "ws"
-        catalog = init_workspace(
+        catalog, project_id, config = _connected(
+            server,
             root,
             pool=docs,
-            id_column="item_id",
             classes=CLASSES,
             label_column="label",
             overrides=("select.seed_size=120", "select.batch_size=60"),
-        )
-        done = run_cli(
-            ["alloop", "labelstudio", "connect", "--url", server.url, "-w", str(root)], root
-        )
-        assert done.returncode == 0, done.stderr
-        project_id = catalog.read_params().labelstudio.project_id
-        config = ET.fromstring(
-            server.request("GET", f"/api/projects/{project_id}/")["label_config"]
         )
         assert [t.get("value") for t in config.findall("Text")] == ["$text_0"]
 
@@ -91,24 +94,12 @@ def test_label_sets_go_out_as_multi_choice_and_come_back_as_sets(
     with LabelStudioServer(tmp_path / "server") as server:
         monkeypatch.setenv(TOKEN_ENV, server.token)
         root = tmp_path / "ws"
-        catalog = init_workspace(
+        catalog, project_id, config = _connected(
+            server,
             root,
             pool=rows,
-            id_column="item_id",
             classes=TOPICS,
-            overrides=(
-                "project.task=multilabel",
-                "select.seed_size=120",
-                "select.batch_size=60",
-            ),
-        )
-        done = run_cli(
-            ["alloop", "labelstudio", "connect", "--url", server.url, "-w", str(root)], root
-        )
-        assert done.returncode == 0, done.stderr
-        project_id = catalog.read_params().labelstudio.project_id
-        config = ET.fromstring(
-            server.request("GET", f"/api/projects/{project_id}/")["label_config"]
+            overrides=("project.task=multilabel", "select.seed_size=120", "select.batch_size=60"),
         )
         assert config.find("Choices").get("choice") == "multiple"
 
