@@ -355,8 +355,6 @@ class PoolRun:
 def run_pool(
     size: int, raw: Any, classes: list[str], root: Path, args: argparse.Namespace
 ) -> PoolRun:
-    from flows.demo import annotate_outbox
-    from flows.round import al_round
     from flows.workspace import init_workspace
 
     out = PoolRun(size=size, root=root)
@@ -373,6 +371,18 @@ def run_pool(
     out.init_s = time.perf_counter() - t0
     del pool
     print(f"[{size:,}] workspace ready in {out.init_s:.1f} s: {root}", file=sys.stderr)
+    run_rounds(out, catalog, args)
+    return out
+
+
+def run_rounds(out: PoolRun, catalog: Any, args: argparse.Namespace) -> PoolRun:
+    """``args.rounds`` rounds of ``al_round`` in ``out.root``, each measured into ``out.rounds``;
+    between two rounds the exported batch is answered (``args.noise``, ``args.seed``), untimed.
+    A failing round ends the loop and is kept in ``out.error``."""
+    from flows.demo import annotate_outbox
+    from flows.round import al_round
+
+    size, root = out.size, out.root
     for r in range(1, args.rounds + 1):
         record = RoundRecord(pool=size, round_id=r)
         record.baseline_kb = _status_kb("VmRSS")
@@ -443,10 +453,12 @@ def _status_kb_file(path: str, key: str) -> int:
     return 0
 
 
-def _versions() -> str:
+PACKAGES = ("prefect", "dvc", "mlflow", "lightgbm", "cleanlab", "great-expectations", "pandas")
+
+
+def _versions(names: tuple[str, ...] = PACKAGES) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ("prefect", "dvc", "mlflow", "lightgbm", "cleanlab", "great-expectations", "pandas")
     found = []
     for name in names:
         with contextlib.suppress(PackageNotFoundError):
@@ -661,30 +673,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    temporary = args.out is None
-    out = Path(tempfile.mkdtemp(prefix="alloop-bench-")) if temporary else args.out.resolve()
-    if out == REPO or REPO in out.parents:
-        raise SystemExit(f"--out {out} is inside the repository; choose a folder outside it")
-    if not temporary and out.exists() and any(out.iterdir()):
-        raise SystemExit(f"--out {out} exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
-    roots = {size: out / f"pool-{size}" for size in args.sizes}
-    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    commit_start = _sh("git", "rev-parse", "--short", "HEAD")
+def make_out_folder(out: Path | None) -> tuple[Path, bool]:
+    """The folder for the workspaces, created, and whether it is a temporary one. Refused
+    inside the repository, or when given and not empty."""
+    temporary = out is None
+    folder = Path(tempfile.mkdtemp(prefix="alloop-bench-")) if out is None else out.resolve()
+    if folder == REPO or REPO in folder.parents:
+        raise SystemExit(f"--out {folder} is inside the repository; choose a folder outside it")
+    if not temporary and folder.exists() and any(folder.iterdir()):
+        raise SystemExit(f"--out {folder} exists and is not empty")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, temporary
 
-    # Prefect reads settings at import: configure first (Prefect's home: the first workspace)
+
+def import_pipeline(workspace: Path, one_time: dict[str, float]) -> None:
+    """Configure Prefect (its home: ``workspace``), then import alloop's flows and the
+    libraries its stages import on first use, timing both into ``one_time``."""
+    # Prefect reads settings at import: configure first
     from flows import runtime
 
-    runtime.configure(roots[args.sizes[0]])
-    one_time: dict[str, float] = {}
+    runtime.configure(workspace)
     t0 = time.perf_counter()
-    import pandas as pd
-    from prefect import flow
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
     import flows.demo  # noqa: F401  (imports flows.round, the stages, LightGBM, cleanlab)
 
     one_time["import prefect + alloop"] = time.perf_counter() - t0
@@ -693,6 +702,61 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow  # noqa: F401  (tracking imports it on first use)
 
     one_time["import great_expectations + mlflow"] = time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def prefect_session(one_time: dict[str, float]) -> Iterator[None]:
+    """Flow runs as ``alloop round`` runs them (heartbeat off), after a trivial flow run that
+    starts the temporary Prefect API (timed into ``one_time``)."""
+    from prefect import flow
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    @flow(name="bench-warmup", persist_result=False)
+    def warmup() -> int:
+        return 1
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        t0 = time.perf_counter()
+        warmup()
+        one_time["Prefect temporary API start (fresh database) + first flow run"] = (
+            time.perf_counter() - t0
+        )
+        yield
+
+
+def end_meta(commit_start: str, packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
+    """What the report says of the run at its end: date, machine, load, commit, packages."""
+    meta: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "commit": commit_start,
+        "versions": _versions(packages),
+    }
+    changed = [ln for ln in _sh("git", "status", "--porcelain").splitlines() if ln.strip()]
+    meta["dirty"] = (
+        f" (working tree: {len(changed)} uncommitted changes, others' work in progress)"
+        if changed
+        else ""
+    )
+    commit_end = _sh("git", "rev-parse", "--short", "HEAD")
+    if commit_end != commit_start:
+        meta["dirty"] += f"; HEAD moved to `{commit_end}` during the run"
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    out, temporary = make_out_folder(args.out)
+    roots = {size: out / f"pool-{size}" for size in args.sizes}
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    commit_start = _sh("git", "rev-parse", "--short", "HEAD")
+
+    one_time: dict[str, float] = {}
+    # Prefect's home: the first workspace
+    import_pipeline(roots[args.sizes[0]], one_time)
+    import pandas as pd
 
     raw = pd.read_parquet(args.dataset)
     if "label" not in raw.columns:
@@ -707,40 +771,16 @@ def main(argv: list[str] | None = None) -> int:
         "commit_start": commit_start,
     }
 
-    @flow(name="bench-warmup", persist_result=False)
-    def warmup() -> int:
-        return 1
-
     instrument()
     MON.start()
     runs: list[PoolRun] = []
     try:
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            t0 = time.perf_counter()
-            warmup()
-            one_time["Prefect temporary API start (fresh database) + first flow run"] = (
-                time.perf_counter() - t0
-            )
+        with prefect_session(one_time):
             for size in args.sizes:
                 runs.append(run_pool(size, raw, classes, roots[size], args))
     finally:
         MON.halt.set()
-        meta.update(
-            date=datetime.now(UTC).isoformat(timespec="seconds"),
-            machine=machine_info(),
-            load_end=" ".join(f"{x:.2f}" for x in os.getloadavg()),
-            commit=commit_start,
-            versions=_versions(),
-        )
-        changed = [ln for ln in _sh("git", "status", "--porcelain").splitlines() if ln.strip()]
-        meta["dirty"] = (
-            f" (working tree: {len(changed)} uncommitted changes, others' work in progress)"
-            if changed
-            else ""
-        )
-        commit_end = _sh("git", "rev-parse", "--short", "HEAD")
-        if commit_end != commit_start:
-            meta["dirty"] += f"; HEAD moved to `{commit_end}` during the run"
+        meta.update(end_meta(commit_start))
         if runs:
             text = render(runs, args, one_time, meta)
             print(text)

@@ -223,3 +223,50 @@ def test_reuters_smalltext_arm_queries_around_the_same_model(reuters):
     # a campaign: the real model, small-text's picks, labels to the budget
     curve = reuters.run_campaign(corpus, "smalltext_cvirs", 0, initial=10, batch=5, budget=20)
     assert curve["labels"].tolist() == [10, 15, 20]
+
+
+@pytest.fixture(scope="module")
+def scale():
+    return _load("scale")
+
+
+def test_scale_pool_partitions_are_generated_on_their_own(scale):
+    pool = scale.SyntheticPool(n_features=12, n_classes=3, informative=2, seed=4)
+    rows = pool.get_rows(1000, 50)
+    assert rows.columns.tolist() == ["item_id", *(f"f{j:02d}" for j in range(12)), "label"]
+    assert rows["item_id"].tolist() == list(range(1000, 1050))
+    assert (rows[pool.feature_names].dtypes == np.float32).all()
+    assert set(rows["label"]) <= set(pool.classes)
+    # a partition depends on its first row and the seed only: no other partition is needed
+    pd.testing.assert_frame_equal(rows, pool.get_rows(1000, 50))
+    assert not np.allclose(pool.get_block(0, 50)[0], rows[pool.feature_names].to_numpy())
+
+
+def test_scale_query_arms_pick_the_items_of_the_smallest_margins(scale):
+    pool = scale.SyntheticPool(n_features=6, n_classes=3, informative=3)
+    query = scale.run_query_comparison(
+        pool, rows=3000, train_rows=300, top=20, chunk_size=700, random_state=0
+    )
+    assert [arm.name.split(":")[0] for arm in query.arms] == [
+        "raw Booster.predict",
+        "alloop",
+        "modAL 0.4.2.1",
+        "scikit-activeml",
+    ]
+    for arm in query.arms:
+        if arm.skipped is None:
+            assert arm.agreement == "same 20 items", arm.name
+            assert arm.seconds > 0 and arm.extra_kb >= 0
+        else:  # modAL lives outside the project's environment
+            assert "not importable" in arm.skipped and arm.seconds is None
+
+
+def test_scale_agreement_tells_ties_from_other_differences(scale):
+    gaps = np.array([0.1, 0.2, 0.2, 0.5])
+    assert scale.describe_agreement(np.array([1, 0]), gaps, 2) == "same 2 items"
+    tie = scale.describe_agreement(np.array([0, 2]), gaps, 2)
+    assert tie == "1 of 2 differ (ties at the boundary margin)"
+    assert scale.describe_agreement(np.array([0, 3]), gaps, 2) == "1 of 2 differ (not ties)"
+    # select's rule: highest utility first, equal ones in a seeded order
+    picks = scale.get_top_utilities(np.array([0.5, 0.9, 0.5, 0.5]), 2, random_state=0)
+    assert picks[0] == 1 and picks[1] in (0, 2, 3)
