@@ -56,6 +56,7 @@ USER_ERRORS = (
     ("flows.labelstudio", "LabelStudioError"),
     ("flows.versioning", "VersioningError"),
     ("tasks.parsing", "LabelFileError"),
+    ("tasks.executor", "ExecutorError"),
     ("yaml", "YAMLError"),
     # a revision that does not exist (--at): DVC's and scmrepo's own classes
     ("dvc.scm", "RevError"),
@@ -258,6 +259,13 @@ def round_(
     force: Annotated[
         bool, typer.Option(help="Run even with no new label file and no new pool items.")
     ] = False,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Score the pool on this Dask scheduler's workers, e.g. tcp://10.0.0.5:8786 "
+            "(default: score.executor in params.yaml)."
+        ),
+    ] = None,
 ) -> None:
     """Run one round: validate, merge, flag, train, evaluate, score, select, export, record.
 
@@ -268,6 +276,7 @@ def round_(
     from flows.recovery import check_no_interrupted_rollback, get_idle_reason, repair_after_crash
     from flows.workspace import check_code, hold_workspace
     from tasks.catalog import Catalog
+    from tasks.executor import get_executor_overrides
 
     # held before Prefect starts, so a second command fails at once; and a round with nothing
     # to do answers from git and the files, in seconds, without starting Prefect at all
@@ -275,7 +284,8 @@ def round_(
         catalog = Catalog(root)
         check_code(root)
         check_no_interrupted_rollback(catalog)
-        params = catalog.read_params()  # a typo is named now, not after Prefect started
+        # a typo is named now, not after Prefect started
+        params = catalog.read_params(get_executor_overrides(dask_address))
         pulled = False
         if not force:
             # the git tag a crash may have left missing; the MLflow link, if any, is repaired
@@ -295,7 +305,11 @@ def round_(
 
         with _quiet_prefect():
             result = al_round(
-                str(root), started_at=started_at, force=force, labelstudio_pulled=pulled
+                str(root),
+                started_at=started_at,
+                force=force,
+                labelstudio_pulled=pulled,
+                dask_address=dask_address,
             )
     if result.skipped:
         console.print(result.skipped)

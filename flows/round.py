@@ -17,6 +17,7 @@ from flows.recovery import check_no_interrupted_rollback, get_idle_reason, repai
 from flows.workspace import WorkspaceError, code_drift, hold_workspace
 from tasks.catalog import Catalog, RoundInfo, round_name
 from tasks.context import StageContext, StageSpec
+from tasks.executor import get_executor_overrides
 from tasks.faults import crash_point
 from tasks.summaries import RoundSummaries, Summary
 
@@ -115,6 +116,7 @@ def al_round(
     force: bool = False,
     rerun_of: str | None = None,
     labelstudio_pulled: bool = False,
+    dask_address: str | None = None,
 ) -> RoundResult:
     """One active-learning round in ``workspace``, recorded as commit and tag ``round-NNNN``.
 
@@ -124,7 +126,9 @@ def al_round(
     ``alloop rerun``: ``workspace`` is then a worktree of that workspace, the round is committed
     without a tag and its MLflow run goes to that workspace's store. ``labelstudio_pulled``:
     the caller has just pulled Label Studio's answers (``alloop round``, to know whether the
-    night has work); the round uses that pull instead of making another.
+    night has work); the round uses that pull instead of making another. ``dask_address``: score
+    the pool on the workers of the Dask scheduler there, for this round (``score.executor`` and
+    ``score.dask_address`` of params.yaml say it for every round); the scores are the same.
     """
     logger = get_run_logger()
     catalog = Catalog(Path(workspace).resolve())
@@ -138,7 +142,7 @@ def al_round(
                 "or run the workspace's own code (`cd WORKSPACE && python -m flows.cli round`)."
             )
         check_no_interrupted_rollback(catalog)
-        params = catalog.read_params()
+        params = catalog.read_params(get_executor_overrides(dask_address))
         now = datetime.fromisoformat(started_at) if started_at else datetime.now(UTC)
         if now.tzinfo is None:
             raise WorkspaceError(f"started_at {started_at!r} needs a time zone (e.g. +00:00)")

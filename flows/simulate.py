@@ -43,12 +43,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import yaml
 
 from flows.tracking import log_batched
 from flows.workspace import TEMPLATE_ROOT, WorkspaceError, prepare_pool, read_table_file
 from tasks.annotation_time import get_batch_seconds
-from tasks.catalog import Catalog, RoundInfo, write_csv, write_text
+from tasks.catalog import Catalog, RoundInfo, write_csv, write_pool_partition, write_text
 from tasks.context import StageContext
 from tasks.evaluate import SET_THRESHOLD, get_classification_metrics
 from tasks.features import (
@@ -989,7 +990,9 @@ def simulate(
     data = load_dataset(spec)
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
-    data.items.to_parquet(data_dir / "items.parquet", index=False)
+    write_pool_partition(
+        pa.Table.from_pandas(data.items, preserve_index=False), data_dir / "items.parquet"
+    )
     truth = data.truth.assign(
         split=np.where(data.truth["item_id"].isin(data.test_ids), "test", "train")
     )

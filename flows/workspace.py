@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import yaml
 
 import flows
 import tasks
 from flows import versioning
-from tasks.catalog import Catalog, RoundInfo, write_text
+from tasks.catalog import Catalog, RoundInfo, write_pool_partition, write_text
 from tasks.params import ParamsError, dump_params, load_params
 from tasks.schema import ITEM_ID
 
@@ -377,7 +378,10 @@ def init_workspace(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ".gitkeep").touch()
     catalog.path("pool").mkdir(parents=True)
-    items.to_parquet(catalog.path("pool") / "items-0000.parquet", index=False)
+    write_pool_partition(
+        pa.Table.from_pandas(items, preserve_index=False),
+        catalog.path("pool") / "items-0000.parquet",
+    )
     tracked = ["data/pool"]
     if truth is not None:
         catalog.path("truth").parent.mkdir(parents=True)
@@ -599,7 +603,6 @@ def add_to_pool(
     and not in the pool already. Refused, with nothing written, otherwise, and while another
     command holds the workspace or a round or a rollback is unfinished.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     catalog = Catalog(root)
@@ -653,9 +656,7 @@ def add_to_pool(
             int(p.stem.rsplit("-", 1)[-1]) for p in files if p.stem.rsplit("-", 1)[-1].isdigit()
         ]
         target = catalog.path("pool") / f"items-{max(numbers, default=0) + 1:04d}.parquet"
-        partial = target.with_name(f".{target.name}.partial")
-        pq.write_table(pa.Table.from_arrays(arrays, schema=pool_schema), partial)
-        os.replace(partial, target)
+        write_pool_partition(pa.Table.from_arrays(arrays, schema=pool_schema), target)
         try:
             versioning.dvc(root, "add", "--quiet", "data/pool")
             versioning.git(root, "add", "--", "data/pool.dvc")

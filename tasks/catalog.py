@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -575,6 +575,56 @@ class Catalog:
         else:
             raise TypeError(f"artifact {name!r} of kind {artifact.kind!r} cannot be saved")
 
+    def save_chunks(
+        self, name: str, frames: Iterable[pd.DataFrame], round_id: int | None = None
+    ) -> int:
+        """Write a table artifact from ``frames``, one row group each, atomically, holding one
+        frame at a time (a table the size of the pool). Returns the rows written."""
+        artifact = get_artifact(name)
+        if artifact.kind != "table":
+            raise TypeError(f"artifact {name!r} of kind {artifact.kind!r} is not a table")
+        table_schema = artifact.table_schema
+
+        def write(tmp: str) -> None:
+            nonlocal rows
+            writer = None
+            try:
+                for frame in frames:
+                    conformed = (
+                        frame if table_schema is None else schema.conform(frame, dict(table_schema))
+                    )
+                    table = pa.Table.from_pandas(
+                        conformed,
+                        preserve_index=False,
+                        schema=None if writer is None else writer.schema,
+                    )
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+                    rows += len(table)
+                if writer is None:  # no frame: an empty table of the artifact's columns
+                    empty = schema.empty(dict(table_schema or {}))
+                    pq.write_table(pa.Table.from_pandas(empty, preserve_index=False), tmp)
+            finally:
+                if writer is not None:
+                    writer.close()
+
+        rows = 0
+        _atomic(self.path(name, round_id), write)
+        return rows
+
+    def iter_table(self, name: str, round_id: int | None = None) -> Iterator[pd.DataFrame]:
+        """A table artifact one row group at a time (as :meth:`save_chunks` wrote it)."""
+        artifact = get_artifact(name)
+        file = pq.ParquetFile(self.path(name, round_id))
+        for group in range(file.metadata.num_row_groups):
+            frame = file.read_row_group(group).to_pandas()
+            yield (
+                frame
+                if artifact.table_schema is None
+                else schema.conform(frame, dict(artifact.table_schema))
+            )
+
     def _replace_folder(self, target: Path, write: Callable[[Path], None]) -> None:
         """Write a folder beside ``target``, then swap it in by renames; see
         :meth:`recover_model` for what a crash between the renames leaves."""
@@ -730,13 +780,74 @@ class Catalog:
         rows = self.read_pool(item_ids).set_index(schema.ITEM_ID)
         return rows.loc[item_ids.to_numpy()].reset_index()
 
+    def pool_pieces(self, chunk_size: int) -> list[PoolPiece]:
+        """The pool as units of work: one per row group of each partition, in pool order (see
+        :class:`PoolPiece`). Read from the parquet footers only."""
+        pieces: list[PoolPiece] = []
+        first_chunk = 0
+        for file in self.pool_files():
+            meta = pq.ParquetFile(file).metadata
+            for group in range(meta.num_row_groups):
+                rows = meta.row_group(group).num_rows
+                if rows:
+                    piece = PoolPiece(str(file), group, rows, first_chunk, chunk_size)
+                    pieces.append(piece)
+                    first_chunk += piece.n_chunks
+        return pieces
+
     def iter_pool(self, chunk_size: int) -> Iterator[pd.DataFrame]:
-        """The pool in chunks of at most ``chunk_size`` rows: memory stays bounded."""
-        for batch in self._pool_dataset().to_batches(batch_size=chunk_size):
-            if batch.num_rows:
-                frame = batch.to_pandas()
-                frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
-                yield frame
+        """The pool in chunks of at most ``chunk_size`` rows, one row group at a time: memory
+        is bounded by the larger of a row group and a chunk, whatever the pool's size."""
+        for piece in self.pool_pieces(chunk_size):
+            yield from piece.chunks(read_pool_piece(piece))
+
+
+#: Rows per row group of the pool partitions alloop writes: a row group is what a reader
+#: holds at once and what one Dask task scores (50 float features: about 26 MB).
+POOL_ROW_GROUP = 65_536
+
+
+@dataclass(frozen=True)
+class PoolPiece:
+    """One row group of one pool partition: the unit the score stage hands an executor.
+
+    It is cut into chunks of ``chunk_size`` rows; chunk ``j`` of the piece is chunk
+    ``first_chunk + j`` of the pool, so a chunk's number (and the seed it is scored with)
+    does not depend on where or in which order pieces are scored.
+    """
+
+    path: str
+    row_group: int
+    n_rows: int
+    first_chunk: int
+    chunk_size: int
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_size)
+
+    def chunks(self, rows: pd.DataFrame) -> Iterator[pd.DataFrame]:
+        """``rows`` (the piece's, from :func:`read_pool_piece`) cut into its chunks."""
+        for start in range(0, len(rows), self.chunk_size):
+            yield rows.iloc[start : start + self.chunk_size].reset_index(drop=True)
+
+
+def read_pool_piece(piece: PoolPiece) -> pd.DataFrame:
+    """The rows of one pool piece (``item_id`` as string). A module function, not a method
+    of the catalog: a Dask worker reads its piece itself, from the path."""
+    frame = pq.ParquetFile(piece.path).read_row_group(piece.row_group).to_pandas()
+    if len(frame) != piece.n_rows:
+        raise ValueError(
+            f"pool partition {piece.path} changed while it was scored: row group "
+            f"{piece.row_group} has {len(frame)} rows, {piece.n_rows} expected"
+        )
+    frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
+    return frame
+
+
+def write_pool_partition(table: pa.Table, path: Path) -> None:
+    """Write a pool partition atomically, in row groups of :data:`POOL_ROW_GROUP` rows."""
+    _atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=POOL_ROW_GROUP))
 
 
 def _read_csv(path: Path, table_schema: Mapping[str, str] | None) -> pd.DataFrame:

@@ -6,14 +6,14 @@ Prefect. ``flows/`` wraps each stage's ``run`` in a Prefect task.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tasks.catalog import ARTIFACTS, Catalog, RoundInfo, get_artifact
+from tasks.catalog import ARTIFACTS, Catalog, PoolPiece, RoundInfo, get_artifact
 from tasks.params import Params
 
 
@@ -124,6 +124,16 @@ class StageContext:
         self._check(name, "writes")
         self.catalog.save(name, value, self._round_of(name))
 
+    def save_chunks(self, name: str, frames: Iterable[pd.DataFrame]) -> int:
+        """Write a table from frames one at a time (see :meth:`Catalog.save_chunks`)."""
+        self._check(name, "writes")
+        return self.catalog.save_chunks(name, frames, self._round_of(name))
+
+    def iter_table(self, name: str) -> Iterator[pd.DataFrame]:
+        """A table this stage wrote, one row group at a time (to rewrite it in a pass)."""
+        self._check(name, "writes")
+        return self.catalog.iter_table(name, self._round_of(name))
+
     def take_incoming(self) -> None:
         """Move the files waiting in ``incoming`` into this round's archive."""
         self._check("archive", "writes")
@@ -164,3 +174,8 @@ class StageContext:
     def iter_pool(self, chunk_size: int) -> Iterator[pd.DataFrame]:
         self._check_pool()
         return self.catalog.iter_pool(chunk_size)
+
+    def pool_pieces(self, chunk_size: int) -> list[PoolPiece]:
+        """The pool's units of work (row groups of its partitions), from the footers."""
+        self._check_pool()
+        return self.catalog.pool_pieces(chunk_size)

@@ -215,6 +215,12 @@ class ScoreParams(_Section):
         return value
 
     chunk_size: int = Field(default=50_000, ge=1)
+    # where the pool's pieces are scored: in the round's own process, or on the workers of a
+    # running Dask scheduler at dask_address (alloop round --dask-address sets both for one
+    # run). The scores are the same either way, so neither is a DVC param of the stage.
+    executor: Literal["local", "dask"] = "local"
+    dask_address: str | None = None
+    dask_timeout_seconds: float = Field(default=30.0, gt=0.0)
     # query by committee: LightGBM models on the training labels, differing by seed and by
     # the rows each tree sees (bagging_fraction of them, re-drawn every bagging_freq trees)
     committee_size: int = Field(default=5, ge=2, le=50)

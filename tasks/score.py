@@ -24,7 +24,8 @@ whole pool: memory then grows with ``n_pool * (n_classes + n_dims)`` floats.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -33,12 +34,15 @@ import pandas as pd
 
 from tasks import schema
 from tasks.annotation_time import get_item_seconds
+from tasks.catalog import PoolPiece, read_pool_piece
 from tasks.context import StageContext, StageSpec
+from tasks.executor import get_executor
 from tasks.faults import crash_point
 from tasks.features import FeatureSpace, model_space
 from tasks.model import fit_booster, predict_proba
 from tasks.multilabel import (
     LabelSets,
+    OneVsRestModel,
     get_label_sets,
     get_predicted_sets,
     get_set_confidence,
@@ -50,11 +54,17 @@ from tasks.strategies import (
     PoolView,
     StrategyInfo,
     check_strategy_task,
+    get_candidate_count,
+    get_pick_utilities,
+    get_spread_picks,
     get_strategy,
     get_strategy_info,
+    get_tie_keys,
 )
 from tasks.summaries import ScoreSummary
 from tasks.train import get_training_data, load_training_set
+
+log = logging.getLogger(__name__)
 
 STAGE = StageSpec(
     name="score",
@@ -70,9 +80,18 @@ STAGE = StageSpec(
     ),
     reads=("champion", "pool", "current", "flags"),
     writes=("scores", "score_report"),
+    # every score key but where the pieces run (executor, dask_*): the scores are the same
     params=(
         "project",
-        "score",
+        "score.strategy",
+        "score.chunk_size",
+        "score.committee_size",
+        "score.bagging_fraction",
+        "score.bagging_freq",
+        "score.diversity_factor",
+        "score.diversity_method",
+        "score.embedding",
+        "score.class_balance_power",
         "train",
         "annotation",
         "select.batch_size",
@@ -467,6 +486,200 @@ def _checked_predict(predict: bool, info: StrategyInfo) -> bool:
     return predict
 
 
+# -- the pool, piece by piece --------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ScoringJob:
+    """Everything a chunk is scored with besides its rows: what an executor ships to each
+    Dask worker once per round. ``predict``: as for :func:`get_chunk_scores`."""
+
+    booster: lgb.Booster | OneVsRestModel | None
+    classes: tuple[str, ...]
+    params: ScoreParams
+    random_state: int
+    inputs: ScoringInputs = field(default_factory=ScoringInputs)
+    exclude_ids: pd.Series | None = None
+    keep_ids: pd.Series | None = None
+    predict: bool = True
+
+    @property
+    def info(self) -> StrategyInfo:
+        return get_strategy_info(self.params.strategy)
+
+    @property
+    def spreads(self) -> bool:
+        """A batch-spreading strategy with a model: chunks give candidates, picked at the end."""
+        return self.booster is not None and self.info.spread_base is not None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The most uncertain items seen so far of a batch-spreading strategy, most uncertain
+    first (equal uncertainties by :func:`tasks.strategies.get_tie_keys`), with their
+    embedding: what the picks are chosen from, whatever the pool's size."""
+
+    item_ids: np.ndarray
+    base: np.ndarray
+    ties: np.ndarray
+    embedding: np.ndarray
+
+    @staticmethod
+    def merge(parts: Iterable[Candidates], limit: int) -> Candidates | None:
+        """The ``limit`` most uncertain of several parts' candidates."""
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return None
+        ids, base, ties, emb = (
+            np.concatenate([getattr(p, name) for p in parts])
+            for name in ("item_ids", "base", "ties", "embedding")
+        )
+        order = np.lexsort((ties, -base))[:limit]
+        return Candidates(ids[order], base[order], ties[order], emb[order])
+
+
+@dataclass(frozen=True)
+class PieceScores:
+    """What scoring one pool piece gives: its scores (a spreading strategy's utility is the
+    uncertainty until the picks are set), its chunk count, its candidates."""
+
+    scores: pd.DataFrame
+    n_chunks: int
+    candidates: Candidates | None = None
+
+
+def score_chunk(rows: pd.DataFrame, chunk: int, job: ScoringJob) -> PieceScores:
+    """Chunk number ``chunk`` of the pool. A strategy that scores items one by one runs on the
+    chunk with seed ``random_state + chunk``; a batch-spreading one gives each row its
+    uncertainty and the chunk's candidates, embedded."""
+    if not job.spreads:
+        scores = get_chunk_scores(
+            rows,
+            job.booster,
+            classes=job.classes,
+            strategy=job.params.strategy,
+            random_state=job.random_state + chunk,
+            params=job.params,
+            inputs=job.inputs,
+            exclude_ids=job.exclude_ids,
+            keep_ids=job.keep_ids,
+            predict=job.predict,
+        )
+        return PieceScores(scores, 1)
+    info = job.info
+    pred_probs, selectable_probs, _ = _predict(
+        rows,
+        job.booster,
+        classes=job.classes,
+        needs=(),
+        inputs=job.inputs,
+        exclude_ids=job.exclude_ids,
+        keep_ids=job.keep_ids,
+        predict=_checked_predict(job.predict, info),
+    )
+    base = info.spread_base(selectable_probs)
+    item_ids = rows["item_id"].to_numpy()
+    valid = np.flatnonzero(~np.isnan(base))
+    ties = get_tie_keys(item_ids[valid], job.random_state)
+    limit = get_candidate_count(job.params, _required(job.inputs.batch_size))
+    order = np.lexsort((ties, -base[valid]))[:limit]
+    top = valid[order]
+    embedding = get_embedding(
+        rows.iloc[top], _required(job.inputs.embedding_stats), job.inputs.space
+    )
+    if not np.isfinite(embedding).all():
+        raise ValueError(f"strategy {info.name!r}: the embedding has NaN or inf")
+    candidates = Candidates(item_ids[top], base[top], ties[order], embedding)
+    scores = _scores_frame(item_ids, pred_probs, base, job.classes, job.inputs.label_sets)
+    return PieceScores(scores, 1, candidates)
+
+
+def score_piece(piece: PoolPiece, job: ScoringJob) -> PieceScores:
+    """One pool piece (a row group of a partition), read from its file and scored chunk by
+    chunk: what an executor runs, here or on a Dask worker."""
+    parts = [
+        score_chunk(rows, piece.first_chunk + j, job)
+        for j, rows in enumerate(piece.chunks(read_pool_piece(piece)))
+    ]
+    return _join(parts, job)
+
+
+def _join(parts: list[PieceScores], job: ScoringJob) -> PieceScores:
+    scores = (
+        pd.concat([p.scores for p in parts], ignore_index=True)
+        if parts
+        else schema.empty(schema.SCORES)
+    )
+    limit = get_candidate_count(job.params, job.inputs.batch_size or 0) if job.spreads else 0
+    return PieceScores(
+        scores,
+        sum(p.n_chunks for p in parts),
+        Candidates.merge((p.candidates for p in parts), limit) if job.spreads else None,
+    )
+
+
+@dataclass
+class ScoreTally:
+    """Counts over the pool's scores, kept while they stream past (for the summary)."""
+
+    pool_items: int = 0
+    selectable_items: int = 0
+    predicted_items: int = 0
+    confidence_sum: float = 0.0
+    chunks: int = 0
+
+    def add(self, part: PieceScores) -> None:
+        scores = part.scores
+        self.pool_items += len(scores)
+        self.selectable_items += int(scores["utility"].notna().sum())
+        self.predicted_items += int(scores["predicted_label"].notna().sum())
+        self.confidence_sum += float(scores["confidence"].sum(skipna=True))
+        self.chunks += part.n_chunks
+
+
+class ScoreCollector:
+    """Takes the pieces' results in pool order: counts them, keeps the best candidates, and
+    passes their scores on (to be written); :meth:`get_picks` then spreads the batch."""
+
+    def __init__(self, job: ScoringJob) -> None:
+        self.job = job
+        self.tally = ScoreTally()
+        self.candidates: Candidates | None = None
+
+    def take(self, parts: Iterable[PieceScores]) -> Iterator[pd.DataFrame]:
+        limit = get_candidate_count(self.job.params, self.job.inputs.batch_size or 0)
+        for part in parts:
+            self.tally.add(part)
+            if self.job.spreads:
+                self.candidates = Candidates.merge((self.candidates, part.candidates), limit)
+            yield part.scores
+
+    def get_picks(self) -> pd.Series:
+        """Utility of each pick (index: item id), ``(b - j) / b`` for the ``j``-th of ``b``;
+        empty for a strategy that does not spread."""
+        found = self.candidates
+        if not self.job.spreads or found is None or not len(found.item_ids):
+            return pd.Series([], dtype=float)
+        picks = get_spread_picks(
+            found.embedding,
+            found.base,
+            n_picks=_required(self.job.inputs.batch_size),
+            random_state=self.job.random_state,
+            params=self.job.params,
+        )
+        return pd.Series(get_pick_utilities(len(picks)), index=found.item_ids[picks])
+
+
+def set_picks(scores: pd.DataFrame, picks: pd.Series) -> pd.DataFrame:
+    """``scores`` with each pick's utility set (see :meth:`ScoreCollector.get_picks`)."""
+    if picks.empty:
+        return scores
+    chosen = schema.is_in(scores["item_id"], pd.Series(picks.index, dtype="string"))
+    if not chosen.any():
+        return scores
+    scores = scores.copy()
+    scores.loc[chosen, "utility"] = picks.reindex(scores.loc[chosen, "item_id"]).to_numpy()
+    return scores
+
+
 def get_pool_scores(
     chunks: Iterable[pd.DataFrame],
     booster: lgb.Booster | None,
@@ -479,65 +692,30 @@ def get_pool_scores(
     keep_ids: pd.Series | None = None,
     predict: bool = True,
 ) -> tuple[pd.DataFrame, int]:
-    """Scores of the whole pool, read chunk by chunk.
-
-    A strategy that scores items one by one runs per chunk (chunk ``i`` with seed
-    ``random_state + i``); a ``whole_pool`` strategy runs once over the concatenated chunks
-    with ``random_state``. ``predict``: as for :func:`get_chunk_scores`.
+    """Scores of a pool given as chunks, in memory (the stage streams pieces instead, see
+    :func:`run`): chunk ``i`` is scored as :func:`score_chunk` scores chunk number ``i``.
 
     Returns
     -------
     (pd.DataFrame, int)
         Schema :data:`tasks.schema.SCORES` in pool order, and the number of chunks.
     """
-    info = get_strategy_info(params.strategy)
-    inputs = ScoringInputs() if inputs is None else inputs
-    if booster is None or not info.whole_pool:
-        frames = [
-            get_chunk_scores(
-                chunk,
-                booster,
-                classes=classes,
-                strategy=params.strategy,
-                random_state=random_state + i,
-                params=params,
-                inputs=inputs,
-                exclude_ids=exclude_ids,
-                keep_ids=keep_ids,
-                predict=predict,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
-        scores = pd.concat(frames, ignore_index=True) if frames else schema.empty(schema.SCORES)
-        return scores, len(frames)
-    predict = _checked_predict(predict, info)
-    ids, probs, selectable, views = [], [], [], []
-    for chunk in chunks:
-        pred_probs, selectable_probs, view = _predict(
-            chunk,
-            booster,
-            classes=classes,
-            needs=info.needs,
-            inputs=inputs,
-            exclude_ids=exclude_ids,
-            keep_ids=keep_ids,
-            predict=predict,
-        )
-        ids.append(chunk["item_id"].to_numpy())
-        probs.append(pred_probs)
-        selectable.append(selectable_probs)
-        views.append(view)
-    if not ids:
-        return schema.empty(schema.SCORES), 0
-    utilities = info.fn(
-        np.concatenate(selectable),
-        random_state=random_state,
-        view=_concat_views(views),
-        params=params,
+    job = ScoringJob(
+        booster,
+        tuple(classes),
+        params,
+        random_state,
+        ScoringInputs() if inputs is None else inputs,
+        exclude_ids,
+        keep_ids,
+        predict,
     )
-    pred_probs = np.concatenate(probs) if predict else None
-    scores = _scores_frame(np.concatenate(ids), pred_probs, utilities, classes, inputs.label_sets)
-    return scores, len(ids)
+    collector = ScoreCollector(job)
+    frames = list(
+        collector.take(score_chunk(rows, i, job) for i, rows in enumerate(chunks) if len(rows))
+    )
+    scores = pd.concat(frames, ignore_index=True) if frames else schema.empty(schema.SCORES)
+    return set_picks(scores, collector.get_picks()), collector.tally.chunks
 
 
 def _read_scoring_inputs(
@@ -574,16 +752,17 @@ def _read_scoring_inputs(
 
 
 def get_score_summary(
-    scores: pd.DataFrame, n_chunks: int, *, strategy: str, inputs: ScoringInputs, has_model: bool
+    tally: ScoreTally, *, strategy: str, inputs: ScoringInputs, has_model: bool
 ) -> ScoreSummary:
-    confidence = scores["confidence"]
     return ScoreSummary(
-        pool_items=int(len(scores)),
-        selectable_items=int(scores["utility"].notna().sum()),
+        pool_items=tally.pool_items,
+        selectable_items=tally.selectable_items,
         strategy=strategy if has_model else "random (no model yet)",
-        chunks=n_chunks,
-        predicted_items=int(scores["predicted_label"].notna().sum()),
-        mean_confidence=float(np.nanmean(confidence)) if confidence.notna().any() else None,
+        chunks=tally.chunks,
+        predicted_items=tally.predicted_items,
+        mean_confidence=(
+            tally.confidence_sum / tally.predicted_items if tally.predicted_items else None
+        ),
         committee_size=len(inputs.committee) if inputs.committee else None,
     )
 
@@ -610,22 +789,34 @@ def run(ctx: StageContext) -> ScoreSummary:
         params=ctx.params.flag,
         min_agreement=ctx.params.merge.relabel_below_agreement,
     )
-    scores, n_chunks = get_pool_scores(
-        ctx.iter_pool(ctx.params.score.chunk_size),
+    job = ScoringJob(
         booster,
-        classes=ctx.params.project.classes,
-        params=score_params,
-        random_state=ctx.random_state("score"),
-        inputs=inputs,
-        exclude_ids=issued["item_id"],
-        keep_ids=relabel_ids,
-        predict=needs_predictions(info, ctx.params.select),
+        ctx.params.project.classes,
+        score_params,
+        ctx.random_state("score"),
+        inputs,
+        issued["item_id"],
+        relabel_ids,
+        needs_predictions(info, ctx.params.select),
     )
+    collector = ScoreCollector(job)
+    executor = get_executor(
+        score_params.executor,
+        score_params.dask_address,
+        timeout_seconds=score_params.dask_timeout_seconds,
+    )
+    try:
+        pieces = ctx.pool_pieces(score_params.chunk_size)
+        log.info("scoring %d pool pieces on the %s executor", len(pieces), executor.name)
+        ctx.save_chunks("scores", collector.take(executor.map(score_piece, pieces, job)))
+    finally:
+        executor.close()
+    picks = collector.get_picks()
+    if not picks.empty:  # a second pass sets the picks' utilities, a row group at a time
+        ctx.save_chunks("scores", (set_picks(part, picks) for part in ctx.iter_table("scores")))
     crash_point("during:score")
-    ctx.save("scores", scores)
     summary = get_score_summary(
-        scores,
-        n_chunks,
+        collector.tally,
         strategy=strategy,
         inputs=inputs,
         has_model=booster is not None,

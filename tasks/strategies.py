@@ -85,6 +85,10 @@ class StrategyInfo:
     reads_probs: bool = True
     #: the kind of task whose predictions it reads: one class per item, or a label set
     task: Task = "multiclass"
+    #: a batch-spreading strategy's per-item uncertainty, in [-1, 0] (NaN: not selectable):
+    #: the candidates are the top of it and are spread in the embedding
+    #: (:func:`get_spread_picks`), so only they need the embedding (see tasks/score.py)
+    spread_base: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -98,6 +102,7 @@ def register(
     whole_pool: bool = False,
     reads_probs: bool = True,
     task: Task = "multiclass",
+    spread_base: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Callable[[Strategy], Strategy]:
     """Add a strategy to the registry under ``name``.
 
@@ -108,6 +113,10 @@ def register(
     unknown = sorted(set(needs) - set(VIEW_FIELDS))
     if unknown:
         raise ValueError(f"strategy {name!r} needs unknown view fields {unknown}")
+    if whole_pool != (spread_base is not None):
+        # the score stage never holds the pool: it ranks a whole-pool strategy's candidates
+        # chunk by chunk through its spread_base, and spreads only those
+        raise ValueError(f"strategy {name!r}: a whole-pool strategy needs a spread_base")
 
     def decorate(fn: Strategy) -> Strategy:
         if name in REGISTRY:
@@ -137,6 +146,7 @@ def register(
             whole_pool=whole_pool,
             reads_probs=reads_probs,
             task=task,
+            spread_base=spread_base,
         )
         return checked
 
@@ -316,7 +326,17 @@ def get_consensus_margin_scores(
 
 
 # -- diversity ---------------------------------------------------------------------------------
-@register("diversity", needs=("embedding", "batch_size"), whole_pool=True)
+def get_margin_base(pred_probs: np.ndarray) -> np.ndarray:
+    """Diversity's per-item uncertainty: ``-(p_top1 - p_top2)`` in [-1, 0], NaN rows NaN."""
+    return _with_nan(-_top2_gap(pred_probs), _invalid(pred_probs))
+
+
+@register(
+    "diversity",
+    needs=("embedding", "batch_size"),
+    whole_pool=True,
+    spread_base=get_margin_base,
+)
 def get_diversity_scores(
     pred_probs: np.ndarray, *, random_state: int, view: PoolView, params: ScoreParams
 ) -> np.ndarray:
@@ -324,8 +344,9 @@ def get_diversity_scores(
 
     1. Candidates: the ``params.diversity_factor * view.batch_size`` selectable items with the
        highest margin utility ``-(p_top1 - p_top2)`` (equal margins ordered by a draw seeded
-       with ``random_state``).
-    2. ``params.diversity_method``:
+       with ``random_state``; the score stage orders them by :func:`get_tie_keys` instead,
+       which does not depend on how the pool is cut into chunks).
+    2. ``params.diversity_method`` (see :func:`get_spread_picks`):
 
        - ``kmeans``: k-means (``batch_size`` clusters, one k-means++ start seeded with
          ``random_state``) of the candidates in ``view.embedding``; the candidate nearest each
@@ -347,8 +368,7 @@ def get_diversity_scores(
     Higher = label first. Needs the whole pool at once (the picks depend on each other).
     """
     return _spread_in_embedding(
-        -_top2_gap(pred_probs),
-        _invalid(pred_probs),
+        get_margin_base(pred_probs),
         random_state=random_state,
         view=view,
         params=params,
@@ -358,7 +378,6 @@ def get_diversity_scores(
 
 def _spread_in_embedding(
     base: np.ndarray,
-    invalid: np.ndarray,
     *,
     random_state: int,
     view: PoolView,
@@ -366,31 +385,72 @@ def _spread_in_embedding(
     name: str,
 ) -> np.ndarray:
     """Steps 1-3 of :func:`get_diversity_scores` for an uncertainty utility ``base`` in
-    [-1, 0] (higher: more uncertain; ``1 + base`` is the informativeness weighted k-means
-    weighs by)."""
+    [-1, 0] (higher: more uncertain; NaN: not selectable)."""
+    invalid = np.isnan(base)
     embedding = np.asarray(view.embedding, dtype=float)
     if not np.isfinite(embedding[~invalid]).all():
         raise ValueError(f"strategy {name!r}: view.embedding has NaN or inf in selectable rows")
-    margin = base
     selectable = np.flatnonzero(~invalid)
     rng = np.random.default_rng(random_state)
-    order = selectable[np.lexsort((rng.random(selectable.size), -margin[selectable]))]
-    candidates = order[: params.diversity_factor * int(view.batch_size)]
-    n_picks = min(int(view.batch_size), candidates.size)
+    order = selectable[np.lexsort((rng.random(selectable.size), -base[selectable]))]
+    candidates = order[: get_candidate_count(params, int(view.batch_size))]
+    picks = get_spread_picks(
+        embedding[candidates],
+        base[candidates],
+        n_picks=int(view.batch_size),
+        random_state=random_state,
+        params=params,
+    )
+    utilities = base.copy()
+    utilities[candidates[picks]] = get_pick_utilities(len(picks))
+    return utilities
+
+
+def get_candidate_count(params: ScoreParams, batch_size: int) -> int:
+    """How many of the most uncertain items a batch is spread among."""
+    return params.diversity_factor * batch_size
+
+
+def get_tie_keys(item_ids: np.ndarray, random_state: int) -> np.ndarray:
+    """A seeded pseudo-random key per item id (uint64), to order equal uncertainties: it
+    depends on the id and the seed only, so the order is the same however the pool is cut
+    into chunks or wherever they are scored."""
+    from pandas.util import hash_array
+
+    key = f"{random_state % 10**16:016d}"
+    return hash_array(np.asarray(item_ids, dtype=object), hash_key=key, categorize=False)
+
+
+def get_spread_picks(
+    embedding: np.ndarray,
+    base: np.ndarray,
+    *,
+    n_picks: int,
+    random_state: int,
+    params: ScoreParams,
+) -> np.ndarray:
+    """Step 2 of :func:`get_diversity_scores`: positions in the candidates (given most
+    uncertain first, with their ``embedding`` rows and uncertainty ``base``) of at most
+    ``n_picks`` picks, in pick order."""
+    n_picks = min(n_picks, len(base))
     if params.diversity_method == "farthest_first":
-        picks = _farthest_first(embedding[candidates], n_picks)
+        picks = _farthest_first(embedding, n_picks)
     else:  # k-means; weighted_kmeans weights each candidate by 1 + base (its informativeness)
-        weights = 1.0 + margin[candidates] if params.diversity_method == "weighted_kmeans" else None
+        weights = 1.0 + base if params.diversity_method == "weighted_kmeans" else None
         picks = _kmeans_picks(
-            embedding[candidates],
+            embedding,
             n_picks,
             random_state,
             weights,
             most_uncertain=params.diversity_method == "kmeans_most_uncertain",
         )
-    utilities = margin.copy()
-    utilities[candidates[picks]] = (len(picks) - np.arange(len(picks))) / max(len(picks), 1)
-    return _with_nan(utilities, invalid)
+    return np.asarray(picks, dtype=np.int64)
+
+
+def get_pick_utilities(n_picks: int) -> np.ndarray:
+    """Step 3 of :func:`get_diversity_scores`: ``(b - j) / b`` for the ``j``-th of ``b``
+    picks, in (0, 1], above every uncertainty in [-1, 0]."""
+    return (n_picks - np.arange(n_picks)) / max(n_picks, 1)
 
 
 def _kmeans_picks(
@@ -514,7 +574,19 @@ def get_max_label_uncertainty_scores(
     return _with_nan(_label_uncertainty(np.nan_to_num(pred_probs)).max(axis=1), invalid)
 
 
-@register("ml_diversity", needs=("embedding", "batch_size"), whole_pool=True, task="multilabel")
+def get_label_set_base(pred_probs: np.ndarray) -> np.ndarray:
+    """ml_diversity's per-item uncertainty: the mean label uncertainty minus 1, in [-1, 0]."""
+    invalid = _invalid(pred_probs)
+    return _with_nan(_label_uncertainty(np.nan_to_num(pred_probs)).mean(axis=1) - 1.0, invalid)
+
+
+@register(
+    "ml_diversity",
+    needs=("embedding", "batch_size"),
+    whole_pool=True,
+    task="multilabel",
+    spread_base=get_label_set_base,
+)
 def get_label_set_diversity_scores(
     pred_probs: np.ndarray, *, random_state: int, view: PoolView, params: ScoreParams
 ) -> np.ndarray:
@@ -522,8 +594,10 @@ def get_label_set_diversity_scores(
     mean label uncertainty (:func:`get_mean_label_uncertainty_scores`), spread in the
     embedding as ``params.diversity_method`` says; the picks get ``(b - j) / b``, every other
     item its mean label uncertainty minus 1, in [-1, 0]."""
-    invalid = _invalid(pred_probs)
-    base = _label_uncertainty(np.nan_to_num(pred_probs)).mean(axis=1) - 1.0
     return _spread_in_embedding(
-        base, invalid, random_state=random_state, view=view, params=params, name="ml_diversity"
+        get_label_set_base(pred_probs),
+        random_state=random_state,
+        view=view,
+        params=params,
+        name="ml_diversity",
     )

@@ -65,7 +65,7 @@ from tasks.selection import (
     select_batch,
 )
 from tasks.simulate import answer_batch
-from tasks.strategies import REGISTRY, get_strategy_info
+from tasks.strategies import REGISTRY, get_strategy, get_strategy_info
 from tasks.summaries import RoundSummaries
 from tasks.train import get_training_weights, train_model
 from tasks.validate import validate_labels
@@ -880,28 +880,29 @@ def test_pool_scores_with_every_strategy(scoring, name):
     pd.testing.assert_frame_equal(scores, again)
 
 
-def test_whole_pool_strategy_sees_every_chunk_at_once(scoring):
+def test_a_spreading_strategy_picks_one_batch_whatever_the_chunks(scoring):
     rows, classes, champion, inputs = scoring
     params = ScoreParams(strategy="diversity")
-    chunked, _ = get_pool_scores(
-        [rows.iloc[:200], rows.iloc[200:]],
-        champion,
-        classes=classes,
-        params=params,
-        random_state=1,
-        inputs=inputs,
+    kwargs = dict(classes=classes, params=params, random_state=1, inputs=inputs)
+    chunked, n_chunks = get_pool_scores([rows.iloc[:200], rows.iloc[200:]], champion, **kwargs)
+    whole, _ = get_pool_scores([rows], champion, **kwargs)
+    small, _ = get_pool_scores(
+        [rows.iloc[i : i + 7] for i in range(0, len(rows), 7)], champion, **kwargs
     )
-    whole = get_chunk_scores(
-        rows,
-        champion,
-        classes=classes,
-        strategy="diversity",
-        random_state=1,
-        params=params,
-        inputs=inputs,
-    )
+    # equal margins are ordered by a per-item key, so the cut into chunks changes nothing
+    assert n_chunks == 2
     pd.testing.assert_frame_equal(chunked, whole)
-    assert (chunked["utility"] > 0).sum() == inputs.batch_size  # one pick set, not one a chunk
+    pd.testing.assert_frame_equal(small, whole)
+    picked = chunked["utility"] > 0
+    assert picked.sum() == inputs.batch_size  # one pick set, not one a chunk
+    # the picks are among the diversity_factor * batch_size most uncertain items, and every
+    # other item keeps its margin utility
+    margin = get_strategy("margin")(
+        predict_proba(champion, rows.drop(columns="item_id"), len(classes)), random_state=0
+    )
+    cutoff = np.sort(margin)[::-1][params.diversity_factor * inputs.batch_size - 1]
+    assert (margin[picked.to_numpy()] >= cutoff).all()
+    np.testing.assert_allclose(chunked.loc[~picked, "utility"], margin[~picked.to_numpy()])
 
 
 def test_a_strategy_that_reads_no_probabilities_scores_without_predicting(scoring):
