@@ -33,7 +33,7 @@ worker processes is started first (its start reported apart, not in any round) a
 workspaces get ``score.executor=dask`` and ``score.dask_address=<its scheduler>``. Each worker's
 peak RSS (``VmHWM``, reset before each pool's rounds) is reported per pool. One run measures one
 N: the issue's comparisons (local against Dask, two workers against one) take one run each.
-While alloop's params have no ``score.executor``, such a run stops at once, naming the keys.
+
 
 **The margin query.** One LightGBM model (``tasks.model.fit_booster`` with alloop's default
 ``TrainParams``, on ``--query-train-rows`` labeled rows of the same synthetic data) is fitted
