@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
@@ -756,14 +757,31 @@ class Catalog:
         return pd.Series(ids.to_pandas(), name=schema.ITEM_ID).astype("string")
 
     def read_pool(self, item_ids: pd.Series | None = None) -> pd.DataFrame:
-        """Pool rows (``item_id`` plus features), optionally only those in ``item_ids``."""
-        dataset = self._pool_dataset()
-        flt = None
-        if item_ids is not None:
-            id_type = dataset.schema.field(schema.ITEM_ID).type
-            wanted = pa.array(item_ids.astype(str).tolist(), type=id_type)
-            flt = ds.field(schema.ITEM_ID).isin(wanted)
-        frame = dataset.to_table(filter=flt).to_pandas()
+        """Pool rows (``item_id`` plus features), optionally only those in ``item_ids``.
+
+        With ``item_ids``, one row group at a time: its ids are read first, and its other
+        columns only when it holds a wanted item, so memory is a row group and the rows found
+        (Arrow's filtered scan held 550-1,360 MB of a 10-million-item pool to return 3,000
+        rows, whatever its read-ahead)."""
+        if item_ids is None:
+            frame = self._pool_dataset().to_table().to_pandas()
+            frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
+            return frame
+        files = self.pool_files()
+        if not files:
+            raise FileNotFoundError(f"no pool files (*.parquet) in {self.path('pool')}")
+        id_type = pq.read_schema(files[0]).field(schema.ITEM_ID).type
+        wanted = pa.array(item_ids.astype(str).tolist(), type=id_type)
+        found = []
+        for file in files:
+            parquet = pq.ParquetFile(file)
+            for group in range(parquet.metadata.num_row_groups):
+                ids = parquet.read_row_group(group, columns=[schema.ITEM_ID]).column(0)
+                mask = pc.is_in(ids, value_set=wanted)
+                if pc.any(mask).as_py():
+                    found.append(parquet.read_row_group(group).filter(mask))
+        table = pa.concat_tables(found) if found else pq.read_schema(files[0]).empty_table()
+        frame = table.to_pandas()
         frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
         return frame
 
