@@ -747,6 +747,13 @@ def simulate(
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the results.")] = Path("simulation"),
     jobs: Annotated[int, typer.Option(help="Campaigns run in parallel (processes).")] = 1,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the campaigns on this Dask scheduler's workers, one task each (they "
+            "must see --out at the same path), instead of --jobs processes."
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-S", help="Override a param: section.key=value")
     ] = None,
@@ -777,6 +784,7 @@ def simulate(
         annotators=annotators,
         overrides=tuple(set_ or ()),
         jobs=jobs,
+        dask_address=dask_address,
         task=task,
         metric=metric,
         target=target,

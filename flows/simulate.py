@@ -52,6 +52,7 @@ from tasks.annotation_time import get_batch_seconds
 from tasks.catalog import Catalog, RoundInfo, write_csv, write_pool_partition, write_text
 from tasks.context import StageContext
 from tasks.evaluate import SET_THRESHOLD, get_classification_metrics
+from tasks.executor import DaskExecutor
 from tasks.features import (
     DETECT_ROWS,
     FeatureSpace,
@@ -167,6 +168,8 @@ class SimulationSpec:
     test_fraction: float = 0.25
     overrides: tuple[str, ...] = ()
     jobs: int = 1
+    #: a Dask scheduler whose workers run the campaigns (then ``jobs`` is not used)
+    dask_address: str | None = None
     #: ``multiclass``: one class per item; ``multilabel``: a set of labels per item
     task: str = "multiclass"
     #: the test score the curves follow (:data:`TASK_METRICS`); None: the task's first
@@ -649,6 +652,7 @@ def run_campaigns(
     processes: int,
     on_done: Callable[[CampaignJob, Any], None],
     run_job: Callable[[CampaignJob], Any] | None = None,
+    dask_address: str | None = None,
 ) -> None:
     """Run every job, one thread per numerical library, and call ``on_done`` as each ends.
 
@@ -657,9 +661,19 @@ def run_campaigns(
 
     ``processes == 1`` runs them in this process, one after another; more starts as many
     worker processes (spawned: a forked child of a process that ran OpenMP code can hang).
-    ``on_done`` runs in this process, in the order the jobs finish.
+    With ``dask_address`` each job is a task on that Dask scheduler's workers instead (which
+    must see the jobs' data folder at the same path, and run one thread each). ``on_done``
+    runs in this process, in the order the jobs finish.
     """
     run_job = run_job or _campaign_job
+    if dask_address:
+        executor = DaskExecutor(dask_address)
+        try:
+            for job, result in executor.map_unordered(run_job, jobs):
+                on_done(job, result)
+        finally:
+            executor.close()
+        return
     if processes == 1:
         with single_threaded():
             for job in jobs:
@@ -1020,12 +1034,14 @@ def simulate(
         for strategy in spec.strategies
     ]
     log.info(
-        "%s: full-data %s %.4f; %d campaigns on %d process(es)",
+        "%s: full-data %s %.4f; %d campaigns on %s",
         spec.dataset.name,
         METRIC_NAMES[metric],
         reference,
         len(jobs),
-        spec.jobs,
+        f"the Dask cluster at {spec.dask_address}"
+        if spec.dask_address
+        else f"{spec.jobs} process(es)",
     )
     results: list[CampaignResult] = []
     started = time.perf_counter()
@@ -1052,7 +1068,7 @@ def simulate(
         if on_campaign is not None:
             on_campaign(job[2], job[3], curve)
 
-    run_campaigns(jobs, processes=spec.jobs, on_done=done)
+    run_campaigns(jobs, processes=spec.jobs, on_done=done, dask_address=spec.dask_address)
     curves = (
         pd.concat([curve for curve, _ in results], ignore_index=True)
         .sort_values(["strategy", "seed", "labels"])

@@ -144,6 +144,23 @@ class DaskExecutor:
                 future.cancel()
             shared_future.release()
 
+    def map_unordered(
+        self, fn: Callable[[Item], Result], items: Iterable[Item]
+    ) -> Iterator[tuple[Item, Result]]:
+        """``(item, fn(item))`` for each item on the cluster, as each task ends (whole
+        simulation campaigns: few, long, independent)."""
+        from distributed import as_completed
+
+        futures = {self.client.submit(fn, item, pure=False): item for item in items}
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                future.release()
+                yield futures[future], result
+        finally:
+            for future in futures:
+                future.cancel()
+
     @staticmethod
     def _next(pending: deque[Any]) -> Any:
         future = pending.popleft()

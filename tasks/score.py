@@ -16,10 +16,13 @@ campaign of a simulation, whose test set is fixed) the scores carry no predictio
 predicts the few items of its batch for their pre-annotations: predicting a pool of 15,000
 letter items that nobody read was 40% of a random campaign's time.
 
-Most strategies score each chunk on its own, so memory stays bounded by the chunk size. A
-strategy registered with ``whole_pool=True`` (diversity) ranks items against each other, so
-the chunks' probabilities and view arrays are concatenated and it is computed once over the
-whole pool: memory then grows with ``n_pool * (n_classes + n_dims)`` floats.
+The pool is read one piece at a time (a row group of a partition, :class:`PoolPiece`) and
+scored in chunks of ``score.chunk_size`` rows, here or on a Dask cluster
+(``score.executor``, :mod:`tasks.executor`); ``scores.parquet`` is written a piece at a time,
+so memory is bounded by the piece and the chunk whatever the pool's size. A strategy that
+ranks items against each other (``whole_pool=True``: diversity) keeps only its candidates
+across chunks (:class:`Candidates`) and spreads the batch among them at the end; a second pass
+over the file sets the picks' utilities.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -172,3 +173,20 @@ def test_a_dask_executor_needs_a_reachable_scheduler():
         get_executor("dask", None)
     with pytest.raises(ExecutorError, match="cannot reach the Dask scheduler"):
         get_executor("dask", "tcp://127.0.0.1:9", timeout_seconds=2)
+
+
+def test_simulation_campaigns_run_on_the_cluster_as_here(cluster, tmp_path):
+    from flows.simulate import SimulationSpec, simulate
+
+    spec = SimulationSpec(
+        dataset=DATASETS / "satimage.parquet",
+        strategies=("margin", "random"),
+        seeds=1,
+        initial=100,
+        batch=50,
+        budget=200,
+        overrides=("train.num_boost_round=20",),
+    )
+    here = simulate(spec, tmp_path / "here")
+    there = simulate(replace(spec, dask_address=cluster.scheduler_address), tmp_path / "there")
+    pd.testing.assert_frame_equal(here.curves, there.curves, check_exact=True)
