@@ -153,7 +153,7 @@ class DaskExecutor:
 
         futures = {self.client.submit(fn, item, pure=False): item for item in items}
         try:
-            for future in as_completed(futures):
+            for future in as_completed(list(futures), loop=self.client.loop):
                 result = future.result()
                 future.release()
                 yield futures[future], result
