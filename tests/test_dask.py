@@ -190,3 +190,16 @@ def test_simulation_campaigns_run_on_the_cluster_as_here(cluster, tmp_path):
     here = simulate(spec, tmp_path / "here")
     there = simulate(replace(spec, dask_address=cluster.scheduler_address), tmp_path / "there")
     pd.testing.assert_frame_equal(here.curves, there.curves, check_exact=True)
+
+
+def test_a_round_given_a_dask_address_scores_on_the_cluster_for_that_round(rounds, cluster):
+    """``alloop round --dask-address`` (al_round's ``dask_address``): the round scores on the
+    cluster, params.yaml is left as it was, and the executor is no DVC param of the stage."""
+    catalog = rounds
+    params = catalog.params_file.read_text()
+    result = al_round(str(catalog.root), force=True, dask_address=cluster.scheduler_address)
+    assert result.skipped is None and result.round_id == 4
+    assert result.summaries.score.pool_items == 6435
+    assert catalog.params_file.read_text() == params
+    lock = (catalog.root / "dvc.lock").read_text()
+    assert "score.strategy" in lock and "executor" not in lock and "dask_address" not in lock
