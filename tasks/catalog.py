@@ -813,12 +813,6 @@ class Catalog:
                     first_chunk += piece.n_chunks
         return pieces
 
-    def iter_pool(self, chunk_size: int) -> Iterator[pd.DataFrame]:
-        """The pool in chunks of at most ``chunk_size`` rows, one row group at a time: memory
-        is bounded by the larger of a row group and a chunk, whatever the pool's size."""
-        for piece in self.pool_pieces(chunk_size):
-            yield from piece.chunks(read_pool_piece(piece))
-
 
 #: Rows per row group of the pool partitions alloop writes: a row group is what a reader
 #: holds at once and what one Dask task scores (50 float features: about 26 MB).

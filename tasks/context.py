@@ -171,10 +171,6 @@ class StageContext:
             return self.catalog.read_pool_rows(item_ids)
         return self.catalog.read_pool(item_ids)
 
-    def iter_pool(self, chunk_size: int) -> Iterator[pd.DataFrame]:
-        self._check_pool()
-        return self.catalog.iter_pool(chunk_size)
-
     def pool_pieces(self, chunk_size: int) -> list[PoolPiece]:
         """The pool's units of work (row groups of its partitions), from the footers."""
         self._check_pool()

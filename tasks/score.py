@@ -302,24 +302,6 @@ def _required(value: object) -> object:
     return value
 
 
-def _concat_views(views: list[PoolView]) -> PoolView:
-    """One view of several chunks: row-aligned arrays concatenated, per-pool fields kept."""
-    first = views[0]
-
-    def stacked(name: str, axis: int) -> np.ndarray | None:
-        if getattr(first, name) is None:
-            return None
-        return np.concatenate([getattr(view, name) for view in views], axis=axis)
-
-    return PoolView(
-        committee_probs=stacked("committee_probs", axis=1),
-        embedding=stacked("embedding", axis=0),
-        seconds=stacked("seconds", axis=0),
-        class_counts=first.class_counts,
-        batch_size=first.batch_size,
-    )
-
-
 # -- scoring ------------------------------------------------------------------------------------
 def needs_predictions(info: StrategyInfo, select: SelectParams) -> bool:
     """Whether the pool must be predicted: the strategy reads the probabilities, or select
