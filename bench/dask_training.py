@@ -7,6 +7,8 @@ of a Dask cluster, each holding part of the rows. For each training-set size (de
 Gaussian classes) this script times, one after the other in one run:
 
 * ``fit_booster`` with alloop's default ``TrainParams`` (50 rounds, 15 leaves, one thread);
+* ``fit_booster`` again with ``train.num_threads`` as many as the workers (the same cores in one
+  process);
 * ``DaskLGBMClassifier`` with the same settings (one thread per worker), on a
   ``distributed.LocalCluster`` of ``--workers`` single-threaded worker processes started once
   before the timings (its start is not counted), the rows as a dask array in one chunk per
@@ -25,16 +27,18 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 
 import numpy as np
 
 
 def make_rows(n: int, n_features: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # the same classes for every size and the test rows (``seed`` draws the rows only)
+    centres = np.random.default_rng(0).normal(0.0, 1.0, (n_classes, n_features))
+    centres[:, 5:] = 0.0  # the classes differ in five dimensions
     rng = np.random.default_rng(seed)
     y = rng.integers(0, n_classes, n)
-    centres = rng.normal(0.0, 1.0, (n_classes, n_features)).astype(np.float32)
-    centres[:, 5:] = 0.0  # the classes differ in five dimensions
-    x = rng.normal(0.0, 1.0, (n, n_features)).astype(np.float32) + centres[y]
+    x = (rng.normal(0.0, 1.0, (n, n_features)) + centres[y]).astype(np.float32)
     return x, y
 
 
@@ -46,6 +50,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=5)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # lightgbm.dask says it sets the threads itself; Dask, that the rows went in the graph
+    # (their transfer is outside the timings)
+    warnings.filterwarnings("ignore", category=UserWarning)
 
     import dask.array as da
     import distributed
@@ -75,6 +82,15 @@ def main() -> None:
             )
             local_s = time.perf_counter() - t0
             local_acc = float((booster.predict(test_x).argmax(axis=1) == test_y).mean())
+            t0 = time.perf_counter()
+            fit_booster(
+                pd.DataFrame(x),
+                y,
+                params=params.model_copy(update={"num_threads": args.workers}),
+                n_classes=args.classes,
+                random_state=0,
+            )
+            threads_s = time.perf_counter() - t0
             chunk = -(-n // args.workers)
             dx = da.from_array(x, chunks=(chunk, args.features)).persist()
             dy = da.from_array(y, chunks=chunk).persist()
@@ -94,21 +110,26 @@ def main() -> None:
             model.fit(dx, dy)
             dask_s = time.perf_counter() - t0
             dask_acc = float((model.to_local().predict(test_x) == test_y).mean())
-            rows.append((n, local_s, dask_s, local_acc, dask_acc))
-            print(f"{n:,} rows: one process {local_s:.2f} s, Dask {dask_s:.2f} s", flush=True)
+            rows.append((n, local_s, threads_s, dask_s, local_acc, dask_acc))
+            print(
+                f"{n:,} rows: one process {local_s:.2f} s ({threads_s:.2f} s with "
+                f"{args.workers} threads), Dask {dask_s:.2f} s",
+                flush=True,
+            )
             del dx, dy
     finally:
         client.close()
         cluster.close()
     print()
     print(
-        f"| labels | alloop fit, 1 thread (s) | lightgbm.dask, {args.workers} workers (s) | "
-        "Dask / one process | test accuracy (one process, Dask) |"
+        f"| labels | alloop fit, 1 thread (s) | alloop fit, {args.workers} threads (s) | "
+        f"lightgbm.dask, {args.workers} workers (s) | Dask / one process, 1 thread | "
+        "test accuracy (one process, Dask) |"
     )
-    print("|---:|---:|---:|---:|---|")
-    for n, local_s, dask_s, local_acc, dask_acc in rows:
+    print("|---:|---:|---:|---:|---:|---|")
+    for n, local_s, threads_s, dask_s, local_acc, dask_acc in rows:
         print(
-            f"| {n:,} | {local_s:.2f} | {dask_s:.2f} | {dask_s / local_s:.2f} | "
+            f"| {n:,} | {local_s:.2f} | {threads_s:.2f} | {dask_s:.2f} | {dask_s / local_s:.2f} | "
             f"{local_acc:.3f}, {dask_acc:.3f} |"
         )
 

@@ -437,7 +437,8 @@ def machine_info() -> dict[str, str]:
                 break
     mem_gib = _status_kb_file("/proc/meminfo", "MemTotal") / 2**20
     return {
-        "nproc": _sh("nproc") or str(len(os.sched_getaffinity(0))),
+        # the cores this process may use (``nproc`` would answer OMP_NUM_THREADS, set to 1 here)
+        "nproc": str(len(os.sched_getaffinity(0))),
         "cpu": cpu,
         "mem": f"{mem_gib:.1f} GiB",
         "kernel": platform.release(),
@@ -561,8 +562,8 @@ def pool_table(run: PoolRun) -> list[str]:
     lines.append(
         f"Process RSS before round {last.round_id} (baseline): {_mib(last.baseline_kb)} MiB. "
         f"CPU during round {last.round_id} besides this process: git/DVC subprocesses "
-        f"{last.cpu_finished_children:.2f} s, Prefect API server process "
-        f"{last.cpu_live_children:.2f} s."
+        f"{last.cpu_finished_children:.2f} s, running child processes (Prefect's API server; "
+        f"a local Dask cluster's workers) {last.cpu_live_children:.2f} s."
     )
     return lines
 

@@ -323,6 +323,40 @@ def _worker_peak_kb(reset: bool) -> int:
     return peak
 
 
+@dataclass
+class DaskTaskTime:
+    """Where the scoring tasks' time went on the workers, from the scheduler's task stream:
+    seconds per action (compute, transfer, deserialize, ...) over every ``score_piece`` task
+    of the rounds, and compute seconds per worker."""
+
+    tasks: int = 0
+    action_s: dict[str, float] = field(default_factory=dict)
+    compute_s: dict[str, float] = field(default_factory=dict)
+
+
+def start_task_stream(client: Any) -> float:
+    """Make the scheduler record its task stream (it does from the first request on);
+    returns the time from which to read it."""
+    client.get_task_stream(count=1)
+    return time.time()
+
+
+def dask_task_time(client: Any, since: float) -> DaskTaskTime:
+    """The :class:`DaskTaskTime` of the scoring tasks recorded since ``since``."""
+    spent = DaskTaskTime()
+    for task in client.get_task_stream(start=since):
+        if not str(task["key"]).startswith("score_piece"):
+            continue
+        spent.tasks += 1
+        for step in task["startstops"]:
+            seconds = step["stop"] - step["start"]
+            spent.action_s[step["action"]] = spent.action_s.get(step["action"], 0.0) + seconds
+            if step["action"] == "compute":
+                worker = task["worker"]
+                spent.compute_s[worker] = spent.compute_s.get(worker, 0.0) + seconds
+    return spent
+
+
 # -- the margin query ---------------------------------------------------------------------------
 class FittedBooster(ClassifierMixin, BaseEstimator):
     """scikit-learn's face of an already fitted LightGBM booster, for modAL and
@@ -540,6 +574,7 @@ class ScaleRun:
     build: PoolBuild
     pool: PoolRun
     worker_peak_kb: dict[str, int] = field(default_factory=dict)
+    dask_time: DaskTaskTime | None = None
     #: the last round's score stage again, alone in a fresh process: wall s and peak RSS (KiB)
     score_alone: tuple[float, int] | None = None
 
@@ -611,9 +646,11 @@ def run_size(
     run = ScaleRun(build=build, pool=PoolRun(size=size, root=root, init_s=build.init_s))
     if client is not None:
         client.run(_worker_peak_kb, True)
+        since = start_task_stream(client)
     round_bench.run_rounds(run.pool, catalog, args)
     if client is not None:
         run.worker_peak_kb = client.run(_worker_peak_kb, False)
+        run.dask_time = dask_task_time(client, since)
     if run.pool.rounds and not run.pool.error:
         run.score_alone = run_score_alone(root)
         print(
@@ -842,6 +879,21 @@ def render(
             lines += [
                 f"Dask workers' peak RSS, {run.pool.size:,} items: "
                 + ", ".join(f"{addr} {_mib(kb)} MiB" for addr, kb in run.worker_peak_kb.items()),
+                "",
+            ]
+        if run.dask_time is not None and run.dask_time.tasks:
+            spent = run.dask_time
+            score_s = sum(r.times["score"] for r in run.pool.rounds)
+            busy = sum(spent.compute_s.values()) / (len(spent.compute_s) * score_s)
+            lines += [
+                f"Where the scoring time went, {run.pool.size:,} items, all rounds: the score "
+                f"stage took {score_s:.2f} s; its {spent.tasks} `score_piece` tasks spent "
+                + ", ".join(f"{action} {sec:.2f} s" for action, sec in spent.action_s.items())
+                + " on the workers (compute per worker: "
+                + ", ".join(f"{addr} {sec:.2f} s" for addr, sec in spent.compute_s.items())
+                + f"), so each worker computed {busy:.0%} of the stage's wall time; the rest "
+                "is the round's process (reading the results, writing scores.parquet, the "
+                "picks' second pass) and waiting.",
                 "",
             ]
     for run in runs:
