@@ -130,8 +130,9 @@ class StageContext:
         return self.catalog.save_chunks(name, frames, self._round_of(name))
 
     def iter_table(self, name: str) -> Iterator[pd.DataFrame]:
-        """A table this stage wrote, one row group at a time (to rewrite it in a pass)."""
-        self._check(name, "writes")
+        """This round's table ``name``, one row group at a time (to read or rewrite a table
+        of the pool's size in a pass)."""
+        self._check(name, "reads")
         return self.catalog.iter_table(name, self._round_of(name))
 
     def take_incoming(self) -> None:

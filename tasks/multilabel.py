@@ -418,16 +418,25 @@ def get_label_set_majority(
     )
 
 
-def get_rarest_labels(label_texts: pd.Series, *, separator: str) -> pd.Series:
-    """Each set's rarest label, rarity counted over the sets given (ties: the label that
-    comes first in the set); a text without a separator is its own label.
+def get_rarest_labels(
+    label_texts: pd.Series, *, separator: str, weights: Sequence[int] | None = None
+) -> pd.Series:
+    """Each set's rarest label, rarity counted over the sets given, each set ``weights``
+    times if given (the items predicted that set; ties: the label that comes first in the
+    set); a text without a separator is its own label.
 
     Returns
     -------
     pd.Series of str, aligned with ``label_texts``
     """
     pieces = [split_label_set(t, separator=separator) or [str(t)] for t in label_texts]
-    counts = pd.Series([p for set_ in pieces for p in set_]).value_counts()
+    weights = [1] * len(pieces) if weights is None else list(weights)
+    counts = pd.Series(
+        [w for set_, w in zip(pieces, weights, strict=True) for _ in set_],
+        index=[p for set_ in pieces for p in set_],
+        dtype="int64",
+    )
+    counts = counts.groupby(level=0).sum()
     return pd.Series(
         [min(set_, key=lambda label: counts[label]) for set_ in pieces],
         index=label_texts.index,

@@ -12,8 +12,15 @@ A batch has four parts, drawn in this order from items never issued before:
   :mod:`tasks.health`): items the model finds most likely of a class it misses (uniformly
   random items when the plan names no class), and items the balance classifier finds least
   like the labeled set. Both are drawn from a random sample of the selectable items
-  (:func:`get_slice_candidates`), so their cost does not grow with the pool.
+  (:meth:`ScoresView.get_slice_candidates`), so their cost does not grow with the pool.
 - ``active``: the highest utilities (``seed`` before there is a model: uniform random).
+
+The scores are read in one pass, a row group at a time (:func:`gather_scores`), keeping only
+what a batch can take: per predicted class the first items of the test slice's draw, the first
+of the QC and slice draws, the highest utilities, and the rows of items issued or labeled
+before (the relabel candidates). Every random draw orders the items by a seeded hash of their
+id (:func:`get_item_keys`) instead of by their position, so the batch is the same however the
+scores are cut into row groups, and memory is set by the batch, not by the pool.
 
 Each batch item carries the champion's prediction, the annotators' pre-annotation. Score
 predicts the whole pool only when something reads it (see :func:`tasks.score.needs_predictions`);
@@ -22,7 +29,8 @@ when it did not, select predicts the batch's items itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
@@ -48,6 +56,7 @@ from tasks.multilabel import (
     load_model,
 )
 from tasks.params import FlagParams, SelectParams
+from tasks.strategies import get_tie_keys
 from tasks.summaries import HealthSummary, SelectSummary
 
 STAGE = StageSpec(
@@ -117,38 +126,195 @@ def get_batch_sizes(
     return {**sizes, "active": left}
 
 
+# -- the pool's scores, in one pass ----------------------------------------------------------
+#: The draws select makes, each ordering the items by a key of its own (:func:`get_item_keys`):
+#: the test slice (per stratum), the QC slice, the planned slices' candidates, and the order of
+#: equal utilities.
+ITEM_KEYS = ("test_key", "qc_key", "slice_key", "tie_key")
+
+#: The stratum of an item without a prediction (a round without a model, or one that did not
+#: predict the pool).
+NO_PREDICTION = "<none>"
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a uint64 mixed into an independent-looking one."""
+    x = x.copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def get_item_keys(item_ids: np.ndarray, random_state: int) -> dict[str, np.ndarray]:
+    """For each draw of :data:`ITEM_KEYS`, a seeded pseudo-random uint64 per item id: the
+    item's place in that draw (smallest first). It depends on the id and the seed only."""
+    base = get_tie_keys(item_ids, random_state)
+    with np.errstate(over="ignore"):
+        return {
+            name: _splitmix64(base + np.uint64(i + 1) * _GOLDEN) for i, name in enumerate(ITEM_KEYS)
+        }
+
+
+@dataclass(frozen=True)
+class ScoresView:
+    """What select needs of the pool's scores (:func:`gather_scores`).
+
+    Attributes
+    ----------
+    rows : pd.DataFrame
+        Kept rows of the selectable items (never issued, with a utility): schema
+        :data:`tasks.schema.SCORES` plus :data:`ITEM_KEYS`; no item twice.
+    known : pd.DataFrame
+        Score rows (schema :data:`tasks.schema.SCORES`) of the ``keep_ids`` found in the pool:
+        the items a relabel may send back.
+    strata : pd.Series of int
+        Selectable items per predicted label text (:data:`NO_PREDICTION` for none), by text.
+    n_unissued : int
+        Pool items never issued.
+    """
+
+    rows: pd.DataFrame
+    known: pd.DataFrame
+    strata: pd.Series
+    n_unissued: int
+
+    @property
+    def n_selectable(self) -> int:
+        return int(self.strata.sum())
+
+    def get_top(self, n: int) -> pd.DataFrame:
+        """The ``n`` kept rows of highest utility (equal utilities by ``tie_key``)."""
+        return _top(self.rows, n)
+
+    def get_slice_candidates(self, n: int) -> pd.Series:
+        """A uniform random sample of at most ``n`` selectable item ids, in random order: the
+        candidates of the planned slices."""
+        return self.rows.nsmallest(n, "slice_key")["item_id"].reset_index(drop=True)
+
+
+def _top(rows: pd.DataFrame, n: int) -> pd.DataFrame:
+    order = np.lexsort((rows["tie_key"].to_numpy(), -rows["utility"].to_numpy()))
+    return rows.iloc[order[:n]]
+
+
+def get_keep_count(params: SelectParams, *, has_model: bool) -> int:
+    """How many items of each draw :func:`gather_scores` must keep: the batch's size (no
+    slice takes more, and the items other slices took come out of it)."""
+    return params.batch_size if has_model else params.seed_size
+
+
+def _keep(rows: pd.DataFrame, n: int, n_slice: int) -> pd.DataFrame:
+    """The rows any draw could take: the first ``n`` of each stratum's test draw, of the QC
+    draw and of the utilities, the first ``n_slice`` of the slices' draw."""
+    strata = rows["predicted_label"].fillna(NO_PREDICTION)
+    by_stratum = np.lexsort((rows["test_key"].to_numpy(), strata.to_numpy(dtype=object)))
+    first = rows.iloc[by_stratum].groupby(strata.iloc[by_stratum].to_numpy(), sort=False).head(n)
+    kept = pd.concat(
+        [
+            first,
+            rows.nsmallest(n, "qc_key"),
+            rows.nsmallest(n_slice, "slice_key"),
+            _top(rows, n),
+        ]
+    )
+    return kept.drop_duplicates("item_id").reset_index(drop=True)
+
+
+def gather_scores(
+    chunks: Iterable[pd.DataFrame],
+    issued_ids: pd.Series,
+    *,
+    keep: int,
+    keep_slice: int = 0,
+    keep_ids: pd.Series | None = None,
+    random_state: int,
+) -> ScoresView:
+    """Read the pool's scores (schema :data:`tasks.schema.SCORES`, in chunks) once, keeping
+    what a batch of ``keep`` items (and ``keep_slice`` slice candidates) can take.
+
+    Parameters
+    ----------
+    issued_ids : pd.Series of str
+        Items issued before: not selectable.
+    keep_ids : pd.Series of str, optional
+        Items whose score rows are kept as they are (default: the issued ones).
+    """
+    issued_ids = issued_ids.astype("string")
+    keep_ids = issued_ids if keep_ids is None else keep_ids.astype("string")
+    rows = pd.DataFrame()
+    known = []
+    strata = pd.Series(dtype="int64")
+    n_unissued = 0
+    for chunk in chunks:
+        issued = schema.is_in(chunk["item_id"], issued_ids)
+        n_unissued += int((~issued).sum())
+        known.append(chunk[schema.is_in(chunk["item_id"], keep_ids)])
+        fresh = chunk[~issued & chunk["utility"].notna().to_numpy()]
+        if fresh.empty:
+            continue
+        fresh = fresh.assign(**get_item_keys(fresh["item_id"].to_numpy(), random_state))
+        counts = fresh["predicted_label"].fillna(NO_PREDICTION).value_counts()
+        strata = strata.add(counts.astype("int64"), fill_value=0).astype("int64")
+        rows = _keep(pd.concat([rows, fresh]) if len(rows) else fresh, keep, keep_slice)
+    if rows.empty:
+        rows = schema.empty(schema.SCORES).assign(
+            **{name: np.empty(0, dtype=np.uint64) for name in ITEM_KEYS}
+        )
+    known_rows = (
+        pd.concat(known, ignore_index=True) if known else schema.empty(schema.SCORES)
+    ).drop_duplicates("item_id")
+    strata.index = strata.index.astype(str)
+    return ScoresView(
+        rows, schema.conform(known_rows, schema.SCORES), strata.sort_index(), n_unissued
+    )
+
+
 def _stratified_sample(
-    candidates: pd.DataFrame,
+    view: ScoresView,
+    rows: pd.DataFrame,
     n: int,
     rng: np.random.Generator,
-    label_sets: LabelSets | None = None,
+    label_sets: LabelSets | None,
 ) -> pd.Index:
-    """``n`` rows of ``candidates`` with each predicted class in proportion to its size; with
-    ``label_sets``, each item counted under the rarest label of its predicted set (so that
-    the test items cover rare labels, not only the common sets)."""
-    if n >= len(candidates):
-        return candidates.index
-    strata = candidates["predicted_label"].fillna("<none>").astype(str)
-    if label_sets is not None:
-        strata = get_rarest_labels(strata, separator=label_sets.separator)
-    sizes = strata.value_counts().sort_index()
+    """``n`` of the selectable items (of ``rows``, the view's kept ones) with each predicted
+    class in proportion to its size among all selectable items, each class's the first of
+    the test draw; with ``label_sets``, each item counted under the rarest label of its
+    predicted set (so that the test items cover rare labels, not only the common sets)."""
+    if n >= view.n_selectable:
+        return rows.index
+    texts = view.strata
+    stratum_of = (
+        pd.Series(texts.index, index=texts.index, dtype="string")
+        if label_sets is None
+        else pd.Series(
+            get_rarest_labels(
+                pd.Series(texts.index), separator=label_sets.separator, weights=texts.to_numpy()
+            ).to_numpy(),
+            index=texts.index,
+        )
+    )
+    sizes = texts.groupby(stratum_of.to_numpy()).sum().sort_index()
     exact = sizes / sizes.sum() * n
     quota = np.floor(exact).astype(int)
     # largest remainders get the leftover places; ties by a seeded draw
     leftover = n - int(quota.sum())
     order = np.lexsort((rng.random(len(exact)), -(exact - quota).to_numpy()))
     quota.iloc[order[:leftover]] += 1
+    row_strata = rows["predicted_label"].fillna(NO_PREDICTION).astype(str).map(stratum_of)
     picked = [
-        candidates.index[strata.to_numpy() == label][
-            rng.permutation(int(size))[: int(quota[label])]
-        ]
-        for label, size in sizes.items()
+        rows[(row_strata == label).to_numpy()].nsmallest(int(quota[label]), "test_key").index
+        for label in sizes.index
     ]
     return pd.Index(np.concatenate(picked)) if picked else pd.Index([])
 
 
 def select_batch(
-    scores: pd.DataFrame,
+    scores: pd.DataFrame | ScoresView,
     issued: pd.DataFrame,
     relabel_candidates: pd.Series,
     *,
@@ -163,8 +329,9 @@ def select_batch(
 
     Parameters
     ----------
-    scores : pd.DataFrame, shape (n_pool, 4)
-        Schema :data:`tasks.schema.SCORES`; ``utility`` higher = label first, NaN = never.
+    scores : pd.DataFrame or ScoresView
+        Schema :data:`tasks.schema.SCORES` (``utility`` higher = label first, NaN = never), or
+        what :func:`gather_scores` kept of it with ``random_state``: the same batch.
     issued : pd.DataFrame
         Every item issued so far (schema :data:`tasks.schema.ISSUED`); none is issued again
         except through ``relabel_candidates``.
@@ -173,9 +340,10 @@ def select_batch(
     plan : mapping of str to float, optional
         Share of the batch for each slice of :data:`PLAN_SLICES` (the health stage's plan).
     ranked : mapping of str to pd.Series of str, optional
-        For each planned slice, candidate items best first (:func:`get_slice_candidates`);
-        items the test or QC slice took, or not selectable, are skipped. A slice short of
-        candidates leaves its places to the active slice.
+        For each planned slice, candidate items best first
+        (:meth:`ScoresView.get_slice_candidates`); items the test or QC slice took, or not
+        selectable, are skipped. A slice short of candidates leaves its places to the active
+        slice.
     label_sets : LabelSets, optional
         A multilabel project's: the test slice is stratified by each item's rarest predicted
         label.
@@ -185,30 +353,41 @@ def select_batch(
     pd.DataFrame
         Schema :data:`tasks.schema.BATCH`; no item twice.
     """
+    view = (
+        scores
+        if isinstance(scores, ScoresView)
+        else gather_scores(
+            [scores],
+            issued["item_id"],
+            keep=get_keep_count(params, has_model=has_model),
+            keep_slice=len(scores),  # in memory already: keep what ``ranked`` may name
+            keep_ids=pd.concat([issued["item_id"], relabel_candidates.astype("string")]),
+            random_state=random_state,
+        )
+    )
     rng = np.random.default_rng(random_state)
-    relabel_candidates = relabel_candidates[schema.is_in(relabel_candidates, scores["item_id"])]
+    relabel_candidates = relabel_candidates[schema.is_in(relabel_candidates, view.known["item_id"])]
     relabel_candidates = relabel_candidates.drop_duplicates()
     sizes = get_batch_sizes(
         params, has_model=has_model, n_relabel_candidates=int(relabel_candidates.size), plan=plan
     )
-    fresh = scores[~schema.is_in(scores["item_id"], issued["item_id"])]
-    fresh = fresh[fresh["utility"].notna()]
+    fresh = view.rows
     parts = []
 
-    test_idx = _stratified_sample(fresh, sizes["test"], rng, label_sets)
+    test_idx = _stratified_sample(view, fresh, sizes["test"], rng, label_sets)
     parts.append(fresh.loc[test_idx].assign(split="test", reason="test"))
     fresh = fresh.drop(index=test_idx)
 
     relabel_ids = relabel_candidates.head(sizes["relabel"])
-    relabel = scores.set_index("item_id").loc[relabel_ids.to_numpy()].reset_index()
+    relabel = view.known.set_index("item_id").loc[relabel_ids.to_numpy()].reset_index()
     # an item goes back with the split it was first issued with: a test item stays one
     first_split = issued.drop_duplicates("item_id").set_index("item_id")["split"]
     relabel_split = relabel["item_id"].map(first_split).fillna("train")
     parts.append(relabel.assign(split=relabel_split.to_numpy(), reason="relabel"))
 
-    qc_idx = fresh.index[rng.permutation(len(fresh))[: sizes["qc"]]]
-    parts.append(fresh.loc[qc_idx].assign(split="train", reason="qc"))
-    fresh = fresh.drop(index=qc_idx)
+    qc = fresh.nsmallest(sizes["qc"], "qc_key")
+    parts.append(qc.assign(split="train", reason="qc"))
+    fresh = fresh.drop(index=qc.index)
 
     for name in PLAN_SLICES:
         wanted = (ranked or {}).get(name, pd.Series([], dtype="string"))
@@ -219,21 +398,12 @@ def select_batch(
         fresh = fresh[~schema.is_in(fresh["item_id"], picked["item_id"])]
         sizes["active"] += sizes[name] - len(picked)
 
-    # highest utility first; equal utilities are ordered by a seeded draw, not by position
-    order = np.lexsort((rng.random(len(fresh)), -fresh["utility"].to_numpy()))
-    active = fresh.iloc[order[: sizes["active"]]]
+    # highest utility first; equal utilities in the order of a seeded draw, not by position
+    active = _top(fresh, sizes["active"])
     parts.append(active.assign(split="train", reason="active" if has_model else "seed"))
 
     batch = pd.concat(parts, ignore_index=True)
     return schema.conform(batch, schema.BATCH)
-
-
-def get_slice_candidates(selectable: pd.Series, *, n: int, random_state: int) -> pd.Series:
-    """A uniform random sample of at most ``n`` of the ``selectable`` item ids, in random
-    order: the candidates of the planned slices."""
-    rng = np.random.default_rng(random_state)
-    order = rng.permutation(len(selectable))[:n]
-    return selectable.iloc[order].reset_index(drop=True)
 
 
 def rank_for_explore(
@@ -315,23 +485,10 @@ def get_plan(health: HealthSummary | None) -> dict[str, float]:
 
 
 def get_ranked_slices(
-    ctx: StageContext,
-    scores: pd.DataFrame,
-    issued: pd.DataFrame,
-    health: HealthSummary,
-    plan: Mapping[str, float],
+    ctx: StageContext, view: ScoresView, health: HealthSummary, plan: Mapping[str, float]
 ) -> dict[str, pd.Series]:
     """The candidates of each planned slice, best first (reads the pool rows of a sample)."""
-    selectable = scores.loc[
-        ~schema.is_in(scores["item_id"], issued["item_id"]) & scores["utility"].notna(),
-        "item_id",
-    ]
-    sample = get_slice_candidates(
-        selectable,
-        n=ctx.params.select.slice_candidates,
-        random_state=ctx.random_state("select-slices"),
-    )
-    rows = ctx.pool_rows(sample)
+    rows = ctx.pool_rows(view.get_slice_candidates(ctx.params.select.slice_candidates))
     ranked: dict[str, pd.Series] = {}
     candidate = ctx.load("candidate")
     if plan.get("explore"):
@@ -453,7 +610,7 @@ def get_queue_candidates(
 
 def get_activelab_candidates(
     ctx: StageContext,
-    scores: pd.DataFrame,
+    view: ScoresView,
     issued: pd.DataFrame,
     current: pd.DataFrame,
     label_probs: pd.DataFrame,
@@ -470,8 +627,7 @@ def get_activelab_candidates(
     params = ctx.params
     total = params.select.batch_size
     sizes = get_batch_sizes(params.select, has_model=True, n_relabel_candidates=0, plan=plan)
-    fresh = scores[~schema.is_in(scores["item_id"], issued["item_id"]) & scores["utility"].notna()]
-    top = fresh.nlargest(sizes["active"], "utility", keep="first")["item_id"]
+    top = view.get_top(sizes["active"])["item_id"]
     candidate_probs = (
         predict_proba(
             load_model(champion.text),
@@ -501,12 +657,11 @@ def get_activelab_candidates(
     return pd.concat([relabel, split_votes], ignore_index=True).drop_duplicates()
 
 
-def get_select_summary(
-    batch: pd.DataFrame, issued: pd.DataFrame, scores: pd.DataFrame
-) -> SelectSummary:
-    """The batch's parts, and how many pool items were never issued once it is out."""
+def get_select_summary(batch: pd.DataFrame, issued: pd.DataFrame, n_unissued: int) -> SelectSummary:
+    """The batch's parts, and how many pool items were never issued once it is out
+    (``n_unissued``: before it; the batch's new items all come from the pool)."""
     counts = batch["reason"].value_counts()
-    issued_ids = pd.concat([issued["item_id"], batch["item_id"]], ignore_index=True)
+    new_ids = batch.loc[~schema.is_in(batch["item_id"], issued["item_id"]), "item_id"]
     return SelectSummary(
         batch_size=int(len(batch)),
         **{
@@ -514,16 +669,25 @@ def get_select_summary(
             for reason in ("seed", "active", "qc", "test", "relabel", *PLAN_SLICES)
         },
         issued_total=int(len(issued) + len(batch)),
-        unlabeled_left=int((~schema.is_in(scores["item_id"], issued_ids)).sum()),
+        unlabeled_left=n_unissued - int(new_ids.nunique()),
     )
 
 
 def run(ctx: StageContext) -> SelectSummary:
-    scores = ctx.load("scores")
     issued = ctx.load_before("issued")
     champion = ctx.load("champion")
     has_model = champion.text is not None
     current = ctx.load("current")
+    # what a batch can take of the pool's scores, read a row group at a time; the rows of the
+    # issued and labeled items are kept for the relabels
+    view = gather_scores(
+        ctx.iter_table("scores"),
+        issued["item_id"],
+        keep=get_keep_count(ctx.params.select, has_model=has_model),
+        keep_slice=ctx.params.select.slice_candidates,
+        keep_ids=pd.concat([issued["item_id"], current["item_id"]]),
+        random_state=ctx.random_state("select"),
+    )
     report = ctx.load("health_report")
     health = HealthSummary.from_dict(report) if report else None
     plan = get_plan(health) if has_model else {}
@@ -532,17 +696,17 @@ def run(ctx: StageContext) -> SelectSummary:
     # flag's out-of-fold probabilities: ActiveLab (of one class per item)
     if has_model and not label_probs.empty and label_sets is None:
         candidates = get_activelab_candidates(
-            ctx, scores, issued, current, label_probs, champion, plan
+            ctx, view, issued, current, label_probs, champion, plan
         )
     else:
         candidates = get_queue_candidates(ctx, current, issued)
     ranked = (
-        get_ranked_slices(ctx, scores, issued, health, plan)
+        get_ranked_slices(ctx, view, health, plan)
         if health is not None and any(plan.values())
         else {}
     )
     batch = select_batch(
-        scores,
+        view,
         issued,
         candidates,
         has_model=has_model,
@@ -565,6 +729,6 @@ def run(ctx: StageContext) -> SelectSummary:
     ctx.save("issued", pd.concat([issued, batch.assign(round_id=ctx.round_id)]))
     crash_point("during:select")
     ctx.save("batch", batch)
-    summary = get_select_summary(batch, issued, scores)
+    summary = get_select_summary(batch, issued, view.n_unissued)
     ctx.save("select_report", summary.to_dict())
     return summary

@@ -175,9 +175,9 @@ def test_the_new_champion_keeps_the_one_it_replaced():
 
 # -- select and export ---------------------------------------------------------------------
 def test_the_select_summary_counts_the_items_never_issued():
-    scores = pd.DataFrame({"item_id": ["a", "b", "c", "d"]}).astype("string")
+    # a pool of a, b, c, d with a issued: 3 never issued before the batch
     batch = pd.DataFrame({"item_id": ["c"], "reason": ["active"]})
-    summary = get_select_summary(batch, _issued([("a", 1, "train")]), scores)
+    summary = get_select_summary(batch, _issued([("a", 1, "train")]), 3)
     assert (summary.unlabeled_left, summary.n_active, summary.issued_total) == (2, 1, 2)
     assert summary.parts == {"active": 1}
 

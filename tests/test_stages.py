@@ -60,7 +60,9 @@ from tasks.score import (
 )
 from tasks.selection import (
     add_predictions,
+    gather_scores,
     get_batch_sizes,
+    get_keep_count,
     get_relabel_candidates,
     select_batch,
 )
@@ -994,6 +996,36 @@ def test_batch_has_its_parts_no_duplicates_and_skips_issued_items():
     assert active["utility"].min() >= rest["utility"].max()  # the top utilities were taken
     again = select_batch(scores, issued, relabel, has_model=True, params=params, random_state=0)
     pd.testing.assert_frame_equal(batch, again)
+
+
+def test_the_batch_is_the_same_however_the_scores_are_cut():
+    scores = _scores(2000, seed=3)
+    scores.loc[::7, "utility"] = 0.5  # many equal utilities: ordered by a seeded key
+    scores.loc[::11, "utility"] = np.nan  # not selectable
+    issued = _issued([(f"i{k}", "train") for k in range(0, 400, 3)])
+    relabel = pd.Series(["i3", "i9"], dtype="string")
+    params = SelectParams(batch_size=150, test_fraction=0.2, qc_fraction=0.1)
+    whole = select_batch(scores, issued, relabel, has_model=True, params=params, random_state=4)
+    assert whole["reason"].value_counts().to_dict() == {
+        "active": 103,
+        "test": 30,
+        "qc": 15,
+        "relabel": 2,
+    }
+    for size in (7, 64, 2000):
+        view = gather_scores(
+            (scores.iloc[i : i + size] for i in range(0, len(scores), size)),
+            issued["item_id"],
+            keep=get_keep_count(params, has_model=True),
+            keep_ids=pd.concat([issued["item_id"], relabel]),
+            random_state=4,
+        )
+        assert len(view.rows) <= 3 * 150 + 2 * 150  # per class, QC and top: not the pool
+        assert view.n_unissued == 2000 - len(issued)
+        batch = select_batch(view, issued, relabel, has_model=True, params=params, random_state=4)
+        pd.testing.assert_frame_equal(batch, whole)
+    other = select_batch(scores, issued, relabel, has_model=True, params=params, random_state=5)
+    assert set(other["item_id"]) != set(whole["item_id"])  # the seed draws the slices
 
 
 def test_test_slice_is_stratified_by_predicted_class():
