@@ -211,9 +211,9 @@ def get_keep_count(params: SelectParams, *, has_model: bool) -> int:
 def _keep(rows: pd.DataFrame, n: int, n_slice: int) -> pd.DataFrame:
     """The rows any draw could take: the first ``n`` of each stratum's test draw, of the QC
     draw and of the utilities, the first ``n_slice`` of the slices' draw."""
-    strata = rows["predicted_label"].fillna(NO_PREDICTION)
-    by_stratum = np.lexsort((rows["test_key"].to_numpy(), strata.to_numpy(dtype=object)))
-    first = rows.iloc[by_stratum].groupby(strata.iloc[by_stratum].to_numpy(), sort=False).head(n)
+    strata = pd.factorize(rows["predicted_label"].fillna(NO_PREDICTION))[0]
+    by_stratum = np.lexsort((rows["test_key"].to_numpy(), strata))
+    first = rows.iloc[by_stratum].groupby(strata[by_stratum], sort=False).head(n)
     kept = pd.concat(
         [
             first,
