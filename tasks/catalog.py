@@ -767,23 +767,44 @@ class Catalog:
             frame = self._pool_dataset().to_table().to_pandas()
             frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
             return frame
+        found = [
+            parquet.read_row_group(group).filter(mask)
+            for parquet, group, mask in self._find_pool_ids(item_ids)
+        ]
+        files = self.pool_files()
+        table = pa.concat_tables(found) if found else pq.read_schema(files[0]).empty_table()
+        frame = table.to_pandas()
+        frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
+        return frame
+
+    def read_pool_ids_among(self, item_ids: pd.Series) -> pd.Series:
+        """Those of ``item_ids`` that are pool items (each once, in pool order), reading the
+        pool's ids a row group at a time: a check of a few ids against a pool of millions
+        holds a row group's ids, not the pool's."""
+        found = [
+            parquet.read_row_group(group, columns=[schema.ITEM_ID]).column(0).filter(mask)
+            for parquet, group, mask in self._find_pool_ids(item_ids)
+        ]
+        ids = pa.chunked_array(found).to_pandas() if found else []
+        return pd.Series(ids, name=schema.ITEM_ID, dtype="string")
+
+    def _find_pool_ids(
+        self, item_ids: pd.Series
+    ) -> Iterator[tuple[pq.ParquetFile, int, pa.BooleanArray]]:
+        """Each row group of the pool holding any of ``item_ids``: its file, its number, and
+        which of its rows are wanted (the ids are read first, one row group at a time)."""
         files = self.pool_files()
         if not files:
             raise FileNotFoundError(f"no pool files (*.parquet) in {self.path('pool')}")
         id_type = pq.read_schema(files[0]).field(schema.ITEM_ID).type
-        wanted = pa.array(item_ids.astype(str).tolist(), type=id_type)
-        found = []
+        wanted = pa.array(item_ids.dropna().astype(str).tolist(), type=id_type)
         for file in files:
             parquet = pq.ParquetFile(file)
             for group in range(parquet.metadata.num_row_groups):
                 ids = parquet.read_row_group(group, columns=[schema.ITEM_ID]).column(0)
                 mask = pc.is_in(ids, value_set=wanted)
                 if pc.any(mask).as_py():
-                    found.append(parquet.read_row_group(group).filter(mask))
-        table = pa.concat_tables(found) if found else pq.read_schema(files[0]).empty_table()
-        frame = table.to_pandas()
-        frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
-        return frame
+                    yield parquet, group, mask
 
     def read_pool_head(self, n: int) -> pd.DataFrame:
         """The first ``n`` pool rows (an example of the pool's columns and types), read

@@ -151,6 +151,11 @@ class StageContext:
         self._check_pool()
         return self.catalog.read_pool_ids()
 
+    def pool_ids_among(self, item_ids: pd.Series) -> pd.Series:
+        """Those of ``item_ids`` that are pool items, read a row group at a time."""
+        self._check_pool()
+        return self.catalog.read_pool_ids_among(item_ids)
+
     def pool_partitions(self) -> dict[str, int]:
         """Each pool partition (one per arrival) and its rows."""
         self._check_pool()

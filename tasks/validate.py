@@ -335,7 +335,8 @@ def validate_labels(
         order received, plus ``source_file`` and ``source_sha256``. ``source_key``,
         ``annotator_id`` and ``skipped`` may be left out (none: no key, not a skip).
     pool_ids, issued_ids : pd.Series of str
-        Items in the pool; items issued to annotators in earlier rounds.
+        Items in the pool (at least those among the rows': the stage passes only those);
+        items issued to annotators in earlier rounds.
     as_of : pd.Timestamp
         The round's clock (UTC): a label time after it, beyond the allowed skew, is refused.
     suite : dict, optional
@@ -616,9 +617,11 @@ def run(ctx: StageContext) -> ValidateSummary:
         archive_name=round_name(ctx.round_id),
     )
     as_of = pd.Timestamp(ctx.round.started_at)
+    # the pool's ids among those sent (validate_labels strips them), not the pool's millions
+    sent = intake.rows.get("item_id", pd.Series([], dtype="string"))
     result = validate_labels(
         intake.rows,
-        pool_ids=ctx.pool_ids(),
+        pool_ids=ctx.pool_ids_among(sent.astype("string").str.strip()),
         issued_ids=get_open_batches(
             ctx.load_before("issued"),
             round_id=ctx.round_id,

@@ -150,3 +150,22 @@ def test_load_before_gives_the_rows_of_earlier_rounds(tmp_path):
 def test_a_context_of_no_stage_loads_nothing(tmp_path):
     with pytest.raises(UndeclaredArtifact, match="no stage"):
         _ctx(tmp_path).load("current")
+
+
+def test_pool_ids_among_given_ones_are_found_a_row_group_at_a_time(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pool = tmp_path / "data" / "pool"
+    pool.mkdir(parents=True)
+    for part, first in enumerate((0, 50)):  # two partitions of five row groups of 10 ids
+        ids = [f"i{k}" for k in range(first, first + 50)]
+        table = pa.table({"item_id": ids, "x": list(range(50))})
+        pq.write_table(table, pool / f"items-{part:04d}.parquet", row_group_size=10)
+    wanted = pd.Series(["i77", "nope", "i3", None, "i3", "i49"], dtype="string")
+    found = Catalog(tmp_path).read_pool_ids_among(wanted)
+    assert found.tolist() == ["i3", "i49", "i77"]  # each once, in pool order
+    assert found.dtype == "string"
+    assert Catalog(tmp_path).read_pool_ids_among(pd.Series([], dtype="string")).empty
+    rows = _ctx(tmp_path, StageSpec("v", "tasks.v", reads=("pool",), writes=(), params=()))
+    assert rows.pool_ids_among(pd.Series(["i9", "x"])).tolist() == ["i9"]
