@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -776,6 +777,34 @@ class Catalog:
         frame = table.to_pandas()
         frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
         return frame
+
+    def read_pool_ids_at(self, positions: np.ndarray) -> pd.Series:
+        """The ids at ``positions`` (ascending, 0-based, in pool order), reading only the row
+        groups that hold one, a row group at a time.
+
+        Raises
+        ------
+        IndexError
+            If a position is outside the pool or the positions are not ascending.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions[0] < 0 or (np.diff(positions) < 0).any()):
+            raise IndexError("pool positions must be ascending and not negative")
+        found = []
+        start = 0
+        for file in self.pool_files():
+            parquet = pq.ParquetFile(file)
+            for group in range(parquet.metadata.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                lo, hi = np.searchsorted(positions, [start, start + rows])
+                if hi > lo:
+                    ids = parquet.read_row_group(group, columns=[schema.ITEM_ID]).column(0)
+                    found.append(ids.take(pa.array(positions[lo:hi] - start)))
+                start += rows
+        if positions.size and positions[-1] >= start:
+            raise IndexError(f"pool position {int(positions[-1])} is past the pool's {start} items")
+        ids = pa.chunked_array(found).to_pandas() if found else []
+        return pd.Series(ids, name=schema.ITEM_ID, dtype="string")
 
     def read_pool_ids_among(self, item_ids: pd.Series) -> pd.Series:
         """Those of ``item_ids`` that are pool items (each once, in pool order), reading the

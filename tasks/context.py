@@ -151,6 +151,11 @@ class StageContext:
         self._check_pool()
         return self.catalog.read_pool_ids()
 
+    def pool_ids_at(self, positions: np.ndarray) -> pd.Series:
+        """The pool's ids at ``positions`` (ascending, in pool order)."""
+        self._check_pool()
+        return self.catalog.read_pool_ids_at(positions)
+
     def pool_ids_among(self, item_ids: pd.Series) -> pd.Series:
         """Those of ``item_ids`` that are pool items, read a row group at a time."""
         self._check_pool()

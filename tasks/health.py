@@ -112,21 +112,19 @@ MODELS_LISTING = "models.json"
 
 
 # -- the stop signal --------------------------------------------------------------------------
-def draw_stop_set(
-    pool_ids: pd.Series, *, size: int, round_id: int, random_state: int
-) -> pd.DataFrame:
-    """``size`` pool items drawn uniformly at random (all of them, if the pool has fewer).
-
-    Returns
-    -------
-    pd.DataFrame
-        Schema :data:`tasks.schema.STOP_SET`, in pool order.
-    """
+def get_sample_positions(n_pool: int, *, size: int, random_state: int) -> np.ndarray:
+    """Positions in pool order (ascending) of ``size`` of ``n_pool`` items drawn uniformly at
+    random (all of them, if the pool has fewer): the stop set and the balance sample, read
+    from the pool by position so that no stage holds every pool id."""
     rng = np.random.default_rng(random_state)
-    ids = pool_ids.to_numpy()
-    picked = np.sort(rng.permutation(ids.size)[: min(size, ids.size)])
+    return np.sort(rng.permutation(n_pool)[: min(size, n_pool)])
+
+
+def get_stop_set(item_ids: pd.Series, *, round_id: int) -> pd.DataFrame:
+    """The stop set of ``item_ids`` (drawn by :func:`get_sample_positions`), schema
+    :data:`tasks.schema.STOP_SET`."""
     return schema.conform(
-        pd.DataFrame({"item_id": ids[picked], "round_id": round_id}), schema.STOP_SET
+        pd.DataFrame({"item_id": item_ids.to_numpy(), "round_id": round_id}), schema.STOP_SET
     )
 
 
@@ -1199,14 +1197,12 @@ def run(ctx: StageContext) -> HealthSummary:
     n_train = int((current["split"] == "train").sum())
     rated = params.health.enabled and candidate.text is not None
     balanced = rated and n_train >= params.health.min_labels
-    pool_ids = ctx.pool_ids() if stop_set.empty or balanced else None
+    n_pool = sum(ctx.pool_partitions().values()) if stop_set.empty or balanced else 0
     if stop_set.empty:
-        stop_set = draw_stop_set(
-            pool_ids,
-            size=params.stop.set_size,
-            round_id=round_id,
-            random_state=ctx.random_state("health-stop-set"),
+        picked = get_sample_positions(
+            n_pool, size=params.stop.set_size, random_state=ctx.random_state("health-stop-set")
         )
+        stop_set = get_stop_set(ctx.pool_ids_at(picked), round_id=round_id)
     ctx.save("stop_set", stop_set)
     booster = load_model(candidate.text) if candidate.text is not None else None
     space = model_space(candidate)
@@ -1228,10 +1224,12 @@ def run(ctx: StageContext) -> HealthSummary:
         return _save(ctx, summary, stop_predictions, {}, detail, history, train_items=n_train)
 
     balance_sample = (
-        get_balance_sample(
-            pool_ids,
-            size=params.health.balance_pool_sample,
-            random_state=ctx.random_state("health-balance"),
+        ctx.pool_ids_at(
+            get_sample_positions(
+                n_pool,
+                size=params.health.balance_pool_sample,
+                random_state=ctx.random_state("health-balance"),
+            )
         )
         if balanced
         else pd.Series([], dtype="string", name="item_id")
@@ -1267,13 +1265,6 @@ def run(ctx: StageContext) -> HealthSummary:
         history,
         train_items=n_train,
     )
-
-
-def get_balance_sample(pool_ids: pd.Series, *, size: int, random_state: int) -> pd.Series:
-    """At most ``size`` pool item ids drawn uniformly at random, in pool order."""
-    rng = np.random.default_rng(random_state)
-    take = min(size, len(pool_ids))
-    return pool_ids.iloc[np.sort(rng.permutation(len(pool_ids))[:take])].reset_index(drop=True)
 
 
 def get_health(

@@ -152,7 +152,7 @@ def test_a_context_of_no_stage_loads_nothing(tmp_path):
         _ctx(tmp_path).load("current")
 
 
-def test_pool_ids_among_given_ones_are_found_a_row_group_at_a_time(tmp_path):
+def test_pool_ids_are_found_by_id_or_position_a_row_group_at_a_time(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -169,3 +169,12 @@ def test_pool_ids_among_given_ones_are_found_a_row_group_at_a_time(tmp_path):
     assert Catalog(tmp_path).read_pool_ids_among(pd.Series([], dtype="string")).empty
     rows = _ctx(tmp_path, StageSpec("v", "tasks.v", reads=("pool",), writes=(), params=()))
     assert rows.pool_ids_among(pd.Series(["i9", "x"])).tolist() == ["i9"]
+    # by position, across row groups and partitions, as read_pool_ids orders them
+    everything = Catalog(tmp_path).read_pool_ids()
+    at = [0, 9, 10, 49, 50, 99]
+    assert rows.pool_ids_at(at).tolist() == everything.iloc[at].tolist()
+    assert rows.pool_ids_at([]).empty
+    with pytest.raises(IndexError, match="past the pool's 100 items"):
+        rows.pool_ids_at([5, 100])
+    with pytest.raises(IndexError, match="ascending"):
+        rows.pool_ids_at([7, 3])

@@ -12,7 +12,6 @@ from sklearn.metrics import cohen_kappa_score
 from tasks import schema
 from tasks.health import (
     StopEvidence,
-    draw_stop_set,
     fit_balance_model,
     get_balance_auc,
     get_balance_rating,
@@ -25,7 +24,9 @@ from tasks.health import (
     get_normalized_entropy,
     get_per_class,
     get_plan,
+    get_sample_positions,
     get_stop_decision,
+    get_stop_set,
     get_stop_signal,
     get_worst_labels,
 )
@@ -59,14 +60,15 @@ def test_kappa_refuses_arrays_of_different_shapes():
 
 def test_stop_set_is_drawn_once_at_random_and_takes_all_of_a_small_pool():
     pool = pd.Series([f"i{k}" for k in range(5000)], dtype="string")
-    drawn = draw_stop_set(pool, size=2000, round_id=3, random_state=7)
+    picked = get_sample_positions(len(pool), size=2000, random_state=7)
+    drawn = get_stop_set(pool.iloc[picked], round_id=3)
     assert len(drawn) == 2000 and drawn["item_id"].is_unique
     assert set(drawn["item_id"]) <= set(pool) and set(drawn["round_id"]) == {3}
-    pd.testing.assert_frame_equal(drawn, draw_stop_set(pool, size=2000, round_id=3, random_state=7))
+    np.testing.assert_array_equal(picked, get_sample_positions(5000, size=2000, random_state=7))
+    assert (np.diff(picked) > 0).all()  # in pool order, as the pool is read
     # spread over the pool, not its head
-    positions = drawn["item_id"].str.slice(1).astype(int)
-    assert positions.min() < 100 and positions.max() > 4900
-    assert len(draw_stop_set(pool.head(300), size=2000, round_id=1, random_state=0)) == 300
+    assert picked.min() < 100 and picked.max() > 4900
+    assert len(get_sample_positions(300, size=2000, random_state=0)) == 300
 
 
 def _predictions(labels):
@@ -605,7 +607,7 @@ def test_explore_ranks_a_class_the_model_never_saw_by_nearness_to_its_random_ite
 def _health_inputs(round_id: int, history: pd.DataFrame, stop_predictions: pd.DataFrame):
     """A pool of three separable classes, 150 random and 50 active training labels, 90 test
     items, and the model trained on them: what the health stage loads, in memory."""
-    from tasks.health import HealthInputs, get_balance_sample
+    from tasks.health import HealthInputs
 
     rng = np.random.default_rng(4)
     n = 3000
@@ -650,7 +652,7 @@ def _health_inputs(round_id: int, history: pd.DataFrame, stop_predictions: pd.Da
     booster = fit_booster(
         pool.loc[:199, ["x", "y"]], codes[:200], params=TRAIN, n_classes=3, random_state=0
     )
-    stop_set = draw_stop_set(ids, size=500, round_id=1, random_state=1)
+    stop_set = get_stop_set(ids.iloc[get_sample_positions(n, size=500, random_state=1)], round_id=1)
     return HealthInputs(
         current=current,
         issued=issued,
@@ -661,7 +663,7 @@ def _health_inputs(round_id: int, history: pd.DataFrame, stop_predictions: pd.Da
         booster=booster,
         test_cache=None,
         rows=pool.set_index("item_id"),
-        balance_sample=get_balance_sample(ids, size=1000, random_state=2),
+        balance_sample=ids.iloc[get_sample_positions(n, size=1000, random_state=2)],
     ), (train_ids, test_ids)
 
 
