@@ -222,7 +222,9 @@ def get_status(catalog: Catalog) -> Status:
     )
     batch: dict[str, Any] = {}
     issued = catalog.load("issued")
-    pool_ids = catalog.read_pool_ids()
+    # counted from the footers and the issued ids found in the pool, not from every pool id
+    pool_items = sum(catalog.pool_partition_sizes().values())
+    issued_in_pool = catalog.read_pool_ids_among(issued["item_id"].drop_duplicates())
     if info.round_id:
         outbox = catalog.path("outbox", info.round_id)
         mine = issued[issued["round_id"] == info.round_id]
@@ -243,8 +245,8 @@ def get_status(catalog: Catalog) -> Status:
         batch_out=batch,
         incoming_files=catalog.list_incoming(),
         rejects=rejects,
-        pool_items=int(len(pool_ids)),
-        unlabeled_left=int((~pool_ids.isin(set(issued["item_id"]))).sum()),
+        pool_items=int(pool_items),
+        unlabeled_left=int(pool_items - len(issued_in_pool)),
         workspace_version=get_workspace_version(root),
         running_version=get_alloop_version(),
         stop=_read_stop_params(catalog),

@@ -24,7 +24,7 @@ import tasks
 from flows import versioning
 from tasks.catalog import Catalog, RoundInfo, write_pool_partition, write_text
 from tasks.params import ParamsError, dump_params, load_params
-from tasks.schema import ITEM_ID
+from tasks.schema import ITEM_ID, is_in
 
 #: The project checkout (an editable install) is the workspace template.
 TEMPLATE_ROOT = Path(flows.__file__).resolve().parent.parent
@@ -645,8 +645,11 @@ def add_to_pool(
                     f"column {field.name!r} of {source} does not convert to the pool's type "
                     f"{field.type} (it holds {values.dtype}): {first}"
                 ) from exc
-        existing = set(catalog.read_pool_ids())
-        clash = items.loc[items[ITEM_ID].isin(existing), ITEM_ID].tolist()
+        # the pool's ids among the new ones, read a row group at a time (not a set of millions);
+        # its size from the footers
+        n_before = sum(catalog.pool_partition_sizes().values())
+        new_ids = items[ITEM_ID].astype("string")
+        clash = items.loc[is_in(new_ids, catalog.read_pool_ids_among(new_ids)), ITEM_ID].tolist()
         if clash:
             raise WorkspaceError(
                 f"{len(clash)} item ids of {source} are already in the pool "
@@ -666,7 +669,7 @@ def add_to_pool(
                 "--quiet",
                 "-m",
                 f"pool add: {len(items)} items from {source}\n\n"
-                f"{target.relative_to(root)}; the pool has {len(existing) + len(items)} items\n",
+                f"{target.relative_to(root)}; the pool has {n_before + len(items)} items\n",
                 "--",
                 "data/pool.dvc",
             )
@@ -676,5 +679,5 @@ def add_to_pool(
             raise
         versioning.dvc(root, "push", "--quiet")
         return PoolAddResult(
-            len(items), target, versioning.head_commit(root), len(existing) + len(items)
+            len(items), target, versioning.head_commit(root), n_before + len(items)
         )
