@@ -827,6 +827,8 @@ class Catalog:
             raise FileNotFoundError(f"no pool files (*.parquet) in {self.path('pool')}")
         id_type = pq.read_schema(files[0]).field(schema.ITEM_ID).type
         wanted = pa.array(item_ids.dropna().astype(str).tolist(), type=id_type)
+        if not len(wanted):  # nothing to find: no row group is read
+            return
         for file in files:
             parquet = pq.ParquetFile(file)
             for group in range(parquet.metadata.num_row_groups):
