@@ -745,15 +745,9 @@ class Catalog:
         """Each pool partition's file name and rows, from the parquet footers (no data read)."""
         return {f.name: pq.ParquetFile(f).metadata.num_rows for f in self.pool_files()}
 
-    def read_pool_partition_ids(self, names: list[str]) -> pd.Series:
-        """The item ids of the partitions ``names`` (file names in ``data/pool``)."""
-        files = [str(self.path("pool") / name) for name in names]
-        if not files:
-            return pd.Series([], dtype="string", name=schema.ITEM_ID)
-        ids = ds.dataset(files, format="parquet").to_table(columns=[schema.ITEM_ID]).column(0)
-        return pd.Series(ids.to_pandas(), name=schema.ITEM_ID).astype("string")
-
     def read_pool_ids(self) -> pd.Series:
+        """Every pool id, in pool order: for tests and small tools; a stage reads ids by
+        position (:meth:`read_pool_ids_at`) or looks given ids up (:meth:`read_pool_ids_among`)."""
         ids = self._pool_dataset().to_table(columns=[schema.ITEM_ID]).column(0)
         return pd.Series(ids.to_pandas(), name=schema.ITEM_ID).astype("string")
 
@@ -778,21 +772,34 @@ class Catalog:
         frame[schema.ITEM_ID] = frame[schema.ITEM_ID].astype("string")
         return frame
 
-    def read_pool_ids_at(self, positions: np.ndarray) -> pd.Series:
+    def read_pool_ids_at(
+        self, positions: np.ndarray, *, partitions: Iterable[str] | None = None
+    ) -> pd.Series:
         """The ids at ``positions`` (ascending, 0-based, in pool order), reading only the row
-        groups that hold one, a row group at a time.
+        groups that hold one, a row group at a time. With ``partitions`` (file names in
+        ``data/pool``), the positions count the rows of those partitions only, in pool order.
 
         Raises
         ------
         IndexError
-            If a position is outside the pool or the positions are not ascending.
+            If a position is outside the pool (or the partitions) or the positions are not
+            ascending.
+        KeyError
+            If a named partition is not in the pool.
         """
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size and (positions[0] < 0 or (np.diff(positions) < 0).any()):
             raise IndexError("pool positions must be ascending and not negative")
+        files = self.pool_files()
+        if partitions is not None:
+            names = set(partitions)
+            missing = sorted(names - {f.name for f in files})
+            if missing:
+                raise KeyError(f"no pool partition {missing} in {self.path('pool')}")
+            files = [f for f in files if f.name in names]
         found = []
         start = 0
-        for file in self.pool_files():
+        for file in files:
             parquet = pq.ParquetFile(file)
             for group in range(parquet.metadata.num_row_groups):
                 rows = parquet.metadata.row_group(group).num_rows
@@ -802,7 +809,8 @@ class Catalog:
                     found.append(ids.take(pa.array(positions[lo:hi] - start)))
                 start += rows
         if positions.size and positions[-1] >= start:
-            raise IndexError(f"pool position {int(positions[-1])} is past the pool's {start} items")
+            where = "the pool's" if partitions is None else "those partitions'"
+            raise IndexError(f"pool position {int(positions[-1])} is past {where} {start} items")
         ids = pa.chunked_array(found).to_pandas() if found else []
         return pd.Series(ids, name=schema.ITEM_ID, dtype="string")
 
@@ -864,6 +872,17 @@ class Catalog:
                     pieces.append(piece)
                     first_chunk += piece.n_chunks
         return pieces
+
+
+def get_sample_positions(
+    n_pool: int, *, size: int, random_state: int | np.random.Generator
+) -> np.ndarray:
+    """Positions in pool order (ascending) of ``size`` of ``n_pool`` items drawn uniformly at
+    random (all of them, if the pool has fewer), for :meth:`Catalog.read_pool_ids_at`: a
+    stage samples the pool by position, so that it never holds every pool id. A generator
+    given as ``random_state`` is drawn from (several samples from one seed)."""
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.permutation(n_pool)[: min(size, n_pool)])
 
 
 #: Rows per row group of the pool partitions alloop writes: a row group is what a reader

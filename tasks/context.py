@@ -147,14 +147,14 @@ class StageContext:
     def _check_pool(self) -> None:
         self._check("pool", "reads")
 
-    def pool_ids(self) -> pd.Series:
+    def pool_ids_at(
+        self, positions: np.ndarray, *, partitions: Iterable[str] | None = None
+    ) -> pd.Series:
+        """The pool's ids at ``positions`` (ascending, in pool order; counted over
+        ``partitions`` only, if given). A stage never reads every pool id: it samples by
+        position (:func:`tasks.catalog.get_sample_positions`) or looks ids up."""
         self._check_pool()
-        return self.catalog.read_pool_ids()
-
-    def pool_ids_at(self, positions: np.ndarray) -> pd.Series:
-        """The pool's ids at ``positions`` (ascending, in pool order)."""
-        self._check_pool()
-        return self.catalog.read_pool_ids_at(positions)
+        return self.catalog.read_pool_ids_at(positions, partitions=partitions)
 
     def pool_ids_among(self, item_ids: pd.Series) -> pd.Series:
         """Those of ``item_ids`` that are pool items, read a row group at a time."""
@@ -165,10 +165,6 @@ class StageContext:
         """Each pool partition (one per arrival) and its rows."""
         self._check_pool()
         return self.catalog.pool_partition_sizes()
-
-    def pool_partition_ids(self, names: list[str]) -> pd.Series:
-        self._check_pool()
-        return self.catalog.read_pool_partition_ids(names)
 
     def pool_head(self, n: int) -> pd.DataFrame:
         """The first ``n`` pool rows: the pool's columns and types, without a scan."""

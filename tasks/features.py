@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from tasks.catalog import get_sample_positions
 from tasks.context import StageContext, StageSpec
 from tasks.params import TextParams
 from tasks.schema import ITEM_ID
@@ -415,10 +416,12 @@ def run(ctx: StageContext) -> FeaturesSummary:
     elif before.has_text and before.fingerprint == fingerprint:
         space = before
     else:
-        ids = ctx.pool_ids()
-        rng = np.random.default_rng(ctx.random_state("features"))
-        picked = np.sort(rng.permutation(len(ids))[: params.text.fit_rows])
-        rows = ctx.pool_rows(ids.iloc[picked], ordered=False)
+        picked = get_sample_positions(
+            sum(ctx.pool_partitions().values()),
+            size=params.text.fit_rows,
+            random_state=ctx.random_state("features"),
+        )
+        rows = ctx.pool_rows(ctx.pool_ids_at(picked), ordered=False)
         space = fit_feature_space(
             rows,
             text_columns=text_columns,

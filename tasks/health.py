@@ -47,6 +47,7 @@ from scipy.stats import binom
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from tasks import schema
+from tasks.catalog import get_sample_positions
 from tasks.context import StageContext, StageSpec
 from tasks.drift import DriftResult, find_drift
 from tasks.evaluate import SET_THRESHOLD, get_cached_probs
@@ -112,16 +113,8 @@ MODELS_LISTING = "models.json"
 
 
 # -- the stop signal --------------------------------------------------------------------------
-def get_sample_positions(n_pool: int, *, size: int, random_state: int) -> np.ndarray:
-    """Positions in pool order (ascending) of ``size`` of ``n_pool`` items drawn uniformly at
-    random (all of them, if the pool has fewer): the stop set and the balance sample, read
-    from the pool by position so that no stage holds every pool id."""
-    rng = np.random.default_rng(random_state)
-    return np.sort(rng.permutation(n_pool)[: min(size, n_pool)])
-
-
 def get_stop_set(item_ids: pd.Series, *, round_id: int) -> pd.DataFrame:
-    """The stop set of ``item_ids`` (drawn by :func:`get_sample_positions`), schema
+    """The stop set of ``item_ids`` (drawn by :func:`tasks.catalog.get_sample_positions`), schema
     :data:`tasks.schema.STOP_SET`."""
     return schema.conform(
         pd.DataFrame({"item_id": item_ids.to_numpy(), "round_id": round_id}), schema.STOP_SET
@@ -1063,9 +1056,10 @@ def check_arrivals(
         rng = np.random.default_rng(ctx.random_state("health-drift"))
         samples = []
         for names in (old, new):
-            ids = ctx.pool_partition_ids(names)
-            take = np.sort(rng.permutation(len(ids))[: params.drift_reference_sample])
-            samples.append(ctx.pool_rows(ids.iloc[take], ordered=False))
+            size = sum(sizes[name] for name in names)
+            take = get_sample_positions(size, size=params.drift_reference_sample, random_state=rng)
+            ids = ctx.pool_ids_at(take, partitions=names)
+            samples.append(ctx.pool_rows(ids, ordered=False))
         reference, arriving = (space.drift_frame(rows) for rows in samples)
         n_classes = len(ctx.params.project.classes)
         probs = (

@@ -134,7 +134,7 @@ def test_a_stage_may_touch_only_what_its_spec_declares(tmp_path):
     with pytest.raises(UndeclaredArtifact, match="earlier rounds 'issued'"):
         ctx.load_before("issued")
     with pytest.raises(UndeclaredArtifact, match="reads 'pool'"):
-        ctx.pool_ids()
+        ctx.pool_ids_at([0])
 
 
 def test_load_before_gives_the_rows_of_earlier_rounds(tmp_path):
@@ -178,3 +178,10 @@ def test_pool_ids_are_found_by_id_or_position_a_row_group_at_a_time(tmp_path):
         rows.pool_ids_at([5, 100])
     with pytest.raises(IndexError, match="ascending"):
         rows.pool_ids_at([7, 3])
+    # counted over some partitions only (drift's old and new items)
+    second = ["items-0001.parquet"]
+    assert rows.pool_ids_at([0, 10, 49], partitions=second).tolist() == ["i50", "i60", "i99"]
+    with pytest.raises(IndexError, match="past those partitions' 50 items"):
+        rows.pool_ids_at([50], partitions=second)
+    with pytest.raises(KeyError, match="items-0009.parquet"):
+        rows.pool_ids_at([0], partitions=["items-0009.parquet"])

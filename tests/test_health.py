@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from tasks import schema
+from tasks.catalog import get_sample_positions
 from tasks.health import (
     StopEvidence,
     fit_balance_model,
@@ -24,7 +25,6 @@ from tasks.health import (
     get_normalized_entropy,
     get_per_class,
     get_plan,
-    get_sample_positions,
     get_stop_decision,
     get_stop_set,
     get_stop_signal,
