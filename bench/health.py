@@ -696,29 +696,32 @@ def get_goal1(r: dict, args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
 
 
 def get_variant_rows(results: list[dict], args: argparse.Namespace) -> pd.DataFrame:
-    """The variant arm (the plan with ``--variant-set``) against random and noplan."""
+    """The variant arm (the plan with ``--variant-set``) against each of random, noplan and
+    plan that ran (paired by seed; NaN for an arm that did not run)."""
     rows = []
     for r in results:
         c = r["curves"]
         if not (c["strategy"] == "variant").any():
             continue
-        c = c[c["strategy"].isin(["variant", "noplan", "random"]) & (c["labels"] <= args.budget)]
+        arms = ["variant", "noplan", "random", "plan"]
+        c = c[c["strategy"].isin(arms) & (c["labels"] <= args.budget)]
         campaigns = get_campaign_table(c, target=r["target"], start=args.initial, stop=args.budget)
-        by_seed = campaigns.pivot(index="seed", columns="strategy", values="aulc").dropna()
-        to_random = get_paired_test((by_seed["variant"] - by_seed["random"]).to_numpy())
-        to_noplan = get_paired_test((by_seed["variant"] - by_seed["noplan"]).to_numpy())
-        lead = float((by_seed["noplan"] - by_seed["random"]).mean())
-        rows.append(
-            {
-                "dataset": r["dataset"],
-                "aulc": float(by_seed["variant"].mean()),
-                "minus_random": to_random[0],
-                "p_random": to_random[1],
-                "minus_noplan": to_noplan[0],
-                "p_noplan": to_noplan[1],
-                "lead_kept": to_random[0] / lead if lead > 0 else math.nan,
-            }
+        by_seed = campaigns.pivot(index="seed", columns="strategy", values="aulc")
+        row = {"dataset": r["dataset"], "aulc": float(by_seed["variant"].mean())}
+        for other in arms[1:]:
+            if other in by_seed:
+                pair = by_seed[["variant", other]].dropna()
+                diff = (pair["variant"] - pair[other]).to_numpy()
+                row[f"minus_{other}"], row[f"p_{other}"] = get_paired_test(diff)
+            else:
+                row[f"minus_{other}"] = row[f"p_{other}"] = math.nan
+        lead = (
+            float((by_seed["noplan"] - by_seed["random"]).mean())
+            if {"noplan", "random"} <= set(by_seed)
+            else math.nan
         )
+        row["lead_kept"] = row["minus_random"] / lead if lead > 0 else math.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -1201,13 +1204,21 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
             "",
         ]
         lines += _table(
-            ["set", "AULC variant", "variant - random (p)", "variant - noplan (p)", "lead kept"],
+            [
+                "set",
+                "AULC variant",
+                "variant - random (p)",
+                "variant - noplan (p)",
+                "variant - plan (p)",
+                "lead kept",
+            ],
             [
                 [
                     v.dataset,
                     _f(v.aulc),
                     f"{_f(v.minus_random, signed=True)} ({_f(v.p_random, 3)})",
                     f"{_f(v.minus_noplan, signed=True)} ({_f(v.p_noplan, 3)})",
+                    f"{_f(v.minus_plan, signed=True)} ({_f(v.p_plan, 3)})",
                     _f(v.lead_kept, 2),
                 ]
                 for v in variant.itertuples()

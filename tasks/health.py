@@ -855,6 +855,13 @@ def get_missed_classes(
       classes leaves classes unlabeled by chance, which a round of active labels then finds:
       neither is a class the strategy cannot see.
 
+    With ``params.missed_unlabeled``, a class of the first kind that has no training label at
+    all (``label_share`` 0) once the strategy has chosen labels is missed without the test:
+    the model cannot predict a class it has never seen, and the strategy has had a round to
+    find it. The test needs 0 of about 230-280 active labels for a class of 2.5% (Bonferroni
+    over 3-7 classes), two to three rounds of 100 later (bench/README.md, "A rare class
+    uncertainty sampling does not find").
+
     Parameters
     ----------
     random_counts, active_counts : pd.Series of int
@@ -875,6 +882,12 @@ def get_missed_classes(
             continue
         random_share = int(random_counts.get(name, 0)) / total_random
         found = int(active_counts.get(name, 0))
+        if params.missed_unlabeled and row.label_share == 0:
+            missed[name] = (
+                f"class {name!r}: no training label of it after {n_active} actively chosen "
+                f"labels, where the random items hold {int(random_counts.get(name, 0))}"
+            )
+            continue
         p_value = float(binom.cdf(found, n_active, random_share))
         if p_value >= params.missed_alpha / len(tested):
             continue

@@ -361,6 +361,9 @@ class HealthParams(_Section):
     # classes are unlabeled by chance: both cost most of the lead over random
     # (bench/README.md, "Health")
     missed_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    # ... except a class with no training label at all once the strategy has chosen labels:
+    # missed at once (the test waits for 0 of about 250 active labels: 2-3 rounds of 100)
+    missed_unlabeled: bool = True
     # the explore slice ranks a class by the model's probability of it once the model has this
     # many training labels of it; below, by nearness to the class's labeled (random) items
     explore_model_min_labels: int = Field(default=5, ge=1)
