@@ -855,12 +855,12 @@ def get_missed_classes(
       classes leaves classes unlabeled by chance, which a round of active labels then finds:
       neither is a class the strategy cannot see.
 
-    With ``params.missed_unlabeled``, a class of the first kind that has no training label at
-    all (``label_share`` 0) once the strategy has chosen labels is missed without the test:
-    the model cannot predict a class it has never seen, and the strategy has had a round to
-    find it. The test needs 0 of about 230-280 active labels for a class of 2.5% (Bonferroni
-    over 3-7 classes), two to three rounds of 100 later (bench/README.md, "A rare class
-    uncertainty sampling does not find").
+    With ``params.missed_unlabeled``, a class the random items hold enough of (the first
+    condition) and the training labels hold none of (``label_share`` 0), once the strategy has
+    chosen labels, is missed without the test: the model cannot predict a class it has never
+    seen, and the strategy has had a round to find it. The test needs 0 of about 230-280
+    active labels for a class of 2.5% (Bonferroni over 3-7 classes), two to three rounds of
+    100 later (bench/README.md, "A class with no training label is explored at once").
 
     Parameters
     ----------
