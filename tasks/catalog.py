@@ -369,8 +369,16 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         "data/interim/scores.parquet",
         "table",
         "out",
-        "prediction and utility of every pool item",
+        "prediction and utility of every pool item (a spreading strategy's: uncertainty)",
         table_schema=schema.SCORES,
+    ),
+    Artifact(
+        "picks",
+        "data/interim/picks.parquet",
+        "table",
+        "out",
+        "a spreading strategy's batch among its candidates, and the utility each pick takes",
+        table_schema=schema.PICKS,
     ),
     Artifact("score_report", "reports/score.json", "json", "metric", "score's summary"),
     # -- select ---------------------------------------------------------------------------

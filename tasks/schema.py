@@ -115,6 +115,13 @@ SCORES = {
     "utility": "float64",  # higher = label first, NaN = not selectable
 }
 
+#: A batch-spreading strategy's picks (diversity): the utility each pick takes in place of its
+#: uncertainty in :data:`SCORES`, ``(b - j) / b`` for the ``j``-th of ``b``.
+PICKS = {
+    "item_id": "string",
+    "utility": "float64",
+}
+
 #: The batch chosen this round.
 BATCH = {
     "item_id": "string",

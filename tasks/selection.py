@@ -74,6 +74,7 @@ STAGE = StageSpec(
         "champion",
         "pool",
         "scores",
+        "picks",
         "current",
         "flags",
         "candidate",
@@ -127,6 +128,21 @@ def get_batch_sizes(
 
 
 # -- the pool's scores, in one pass ----------------------------------------------------------
+def set_picks(scores: pd.DataFrame, picks: pd.DataFrame) -> pd.DataFrame:
+    """``scores`` (or a row group of them) with each pick's utility laid over its
+    uncertainty (``picks``: schema :data:`tasks.schema.PICKS`, see
+    :meth:`tasks.score.ScoreCollector.get_picks`)."""
+    if picks.empty:
+        return scores
+    chosen = schema.is_in(scores["item_id"], picks["item_id"])
+    if not chosen.any():
+        return scores
+    utilities = pd.Series(picks["utility"].to_numpy(), index=picks["item_id"].to_numpy())
+    scores = scores.copy()
+    scores.loc[chosen, "utility"] = utilities.reindex(scores.loc[chosen, "item_id"]).to_numpy()
+    return scores
+
+
 #: The draws select makes, each ordering the items by a key of its own (:func:`get_item_keys`):
 #: the test slice (per stratum), the QC slice, the planned slices' candidates, and the order of
 #: equal utilities.
@@ -680,8 +696,9 @@ def run(ctx: StageContext) -> SelectSummary:
     current = ctx.load("current")
     # what a batch can take of the pool's scores, read a row group at a time; the rows of the
     # issued and labeled items are kept for the relabels
+    picks = ctx.load("picks")
     view = gather_scores(
-        ctx.iter_table("scores"),
+        (set_picks(part, picks) for part in ctx.iter_table("scores")),
         issued["item_id"],
         keep=get_keep_count(ctx.params.select, has_model=has_model),
         keep_slice=ctx.params.select.slice_candidates,

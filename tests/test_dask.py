@@ -84,6 +84,7 @@ def rounds(prefect_api, tmp_path_factory):
 def _kept(catalog: Catalog) -> dict[str, pd.DataFrame]:
     return {
         "scores": pd.read_parquet(catalog.path("scores")),
+        "picks": pd.read_parquet(catalog.path("picks")),
         "batch": pd.read_parquet(catalog.path("batch")),
     }
 
@@ -111,6 +112,7 @@ def _assert_same(local: dict[str, pd.DataFrame], dask: dict[str, pd.DataFrame]) 
         local["scores"]["utility"].to_numpy(), dask["scores"]["utility"].to_numpy(), equal_nan=True
     )
     pd.testing.assert_frame_equal(local["scores"], dask["scores"], check_exact=True)
+    pd.testing.assert_frame_equal(local["picks"], dask["picks"], check_exact=True)
     pd.testing.assert_frame_equal(local["batch"], dask["batch"], check_exact=True)
 
 
@@ -118,7 +120,11 @@ def test_a_round_of_many_partitions_scores_the_same_on_dask(rounds, cluster):
     catalog = rounds
     assert len(catalog.pool_files()) == 5
     local = _kept(catalog)
-    assert (local["scores"]["utility"] > 0).sum() == 60  # diversity picked one batch
+    # diversity picked one batch; the scores keep every item's uncertainty, in [-1, 0]
+    assert len(local["picks"]) == 60 and (local["picks"]["utility"] > 0).all()
+    assert not (local["scores"]["utility"] > 0).any()
+    active = local["batch"].loc[local["batch"]["reason"] == "active", "item_id"]
+    assert active.isin(local["picks"]["item_id"]).all()
     _assert_same(local, _score_and_select_on(catalog, cluster.scheduler_address))
 
 
