@@ -909,8 +909,8 @@ def render(
                 + " on the workers (compute per worker: "
                 + ", ".join(f"{addr} {sec:.2f} s" for addr, sec in spent.compute_s.items())
                 + f"), so each worker computed {busy:.0%} of the stage's wall time; the rest "
-                "is the round's process (reading the results, writing scores.parquet, the "
-                "picks' second pass) and waiting.",
+                "is the round's process (reading the results, writing scores.parquet and the "
+                "picks) and waiting.",
                 "",
             ]
     for run in runs:
