@@ -7,6 +7,7 @@ import os
 import stat
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from tasks import schema
@@ -45,6 +46,32 @@ def test_tables_round_trip_and_an_absent_table_is_empty(tmp_path, name):
     assert catalog.load(name).empty
     catalog.save(name, schema.empty(table_schema))
     assert catalog.path(name).exists()
+
+
+def test_a_table_written_in_chunks_reads_back_and_keeps_no_dictionary_of_the_ids(tmp_path):
+    catalog = Catalog(tmp_path)
+    chunks = [
+        pd.DataFrame(
+            {
+                "item_id": [f"i{k}" for k in range(start, start + 3)],
+                "predicted_label": ["a", "b", "a"],
+                "confidence": [0.9, 0.6, 0.7],
+                "utility": [-0.1, float("nan"), -0.5],
+            }
+        )
+        for start in (0, 3)
+    ]
+    assert catalog.save_chunks("scores", chunks, round_id=1) == 6
+    back = list(catalog.iter_table("scores", round_id=1))
+    pd.testing.assert_frame_equal(
+        pd.concat(back, ignore_index=True),
+        schema.conform(pd.concat(chunks, ignore_index=True), schema.SCORES),
+    )
+    meta = pq.ParquetFile(catalog.path("scores", 1)).metadata
+    assert meta.num_row_groups == 2
+    ids, labels = meta.row_group(0).column(0), meta.row_group(0).column(1)
+    assert not ids.is_stats_set and not ids.has_dictionary_page
+    assert labels.is_stats_set and labels.has_dictionary_page
 
 
 def test_json_text_csv_and_folders_round_trip(tmp_path):
