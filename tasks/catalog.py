@@ -215,8 +215,8 @@ ARTIFACTS: dict[str, Artifact] = _declare(
         "models/features",
         "folder",
         "persist",
-        "the feature space fitted on the pool (text columns' vocabularies); empty for a tabular "
-        "pool",
+        "the feature space fitted on the pool (text columns' vocabularies); for a tabular pool "
+        "a space.json that says so",
         read_later_by=("features",),
     ),
     Artifact("features_report", "reports/features.json", "json", "metric", "features' summary"),

@@ -45,6 +45,8 @@ STAGE = StageSpec(
 )
 
 SPACE_FILE = "space.json"
+#: the tabular space's ``space.json`` in the ``feature_space`` folder: nothing is fitted
+TABULAR_SPACE_JSON = b'{"kind": "tabular"}\n'
 COMPONENTS_FILE = "svd.npy"
 #: a string column is text when the median value has at least this many words
 TEXT_MIN_MEDIAN_WORDS = 4
@@ -214,7 +216,8 @@ class FeatureSpace:
 
     # -- files ------------------------------------------------------------------------------
     def to_files(self) -> dict[str, bytes]:
-        """The space as files of a model folder; the same space gives the same bytes."""
+        """The space as files of a model folder; the same space gives the same bytes. A model
+        trained in the tabular space carries none."""
         if not self.has_text:
             return {}
         space = {
@@ -238,12 +241,21 @@ class FeatureSpace:
             files[COMPONENTS_FILE] = buffer.getvalue()
         return files
 
+    def to_stage_files(self) -> dict[str, bytes]:
+        """The ``feature_space`` artifact's files: :meth:`to_files`, or for the tabular space a
+        ``space.json`` that says so. An empty folder made DVC warn on every round's commit
+        ("'models/features' is empty"), and an auditor reads here what the space was."""
+        return self.to_files() or {SPACE_FILE: TABULAR_SPACE_JSON}
+
     @classmethod
     def from_files(cls, files: Mapping[str, bytes]) -> FeatureSpace:
-        """The space :meth:`to_files` wrote; no files: the tabular space."""
+        """The space :meth:`to_files` or :meth:`to_stage_files` wrote; no files (a tabular
+        model, or a workspace from before the tabular ``space.json``): the tabular space."""
         if SPACE_FILE not in files:
             return cls()
         space = json.loads(files[SPACE_FILE].decode("utf-8"))
+        if space.get("kind") == "tabular":
+            return cls()
         components = (
             np.load(io.BytesIO(files[COMPONENTS_FILE]), allow_pickle=False)
             if COMPONENTS_FILE in files
@@ -430,7 +442,7 @@ def run(ctx: StageContext) -> FeaturesSummary:
             random_state=ctx.random_state("features-svd"),
         )
         refit, fitted_rows = True, len(rows)
-    ctx.save("feature_space", space.to_files())
+    ctx.save("feature_space", space.to_stage_files())
     summary = FeaturesSummary(
         text_columns=list(space.text_columns),
         detected=params.project.text_columns is None and bool(text_columns),

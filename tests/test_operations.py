@@ -213,6 +213,10 @@ def test_a_round_with_nothing_new_is_skipped_and_says_so(five_rounds, tmp_path):
     forced = run_cli(["alloop", "round", "--force", "-w", str(ws)], ws)
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "round-0006" in _git(ws, "tag")
+    # a tabular pool's feature space is written down, not left an empty folder that DVC
+    # warned of twice per commit, every round ("WARNING: 'models/features' is empty.")
+    assert "is empty" not in forced.stdout + forced.stderr
+    assert json.loads((ws / "models/features/space.json").read_text()) == {"kind": "tabular"}
 
 
 # -- determinism -------------------------------------------------------------------------------

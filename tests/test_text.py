@@ -136,6 +136,12 @@ def test_a_tabular_space_is_the_feature_frame_of_today():
     rows = _pool()
     tabular = FeatureSpace()
     assert tabular.to_files() == {} and FeatureSpace.from_files({}).same_as(tabular)
+    # the stage's folder says what the space is (an empty one made DVC warn every round), and
+    # reads back as the tabular space; a workspace from before it (an empty folder) still does
+    files = tabular.to_stage_files()
+    assert json.loads(files["space.json"]) == {"kind": "tabular"}
+    again = FeatureSpace.from_files(files)
+    assert again.same_as(tabular) and not again.has_text
     pd.testing.assert_frame_equal(tabular.transform(rows), get_feature_frame(rows))
 
 
