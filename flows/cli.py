@@ -12,6 +12,7 @@ import logging
 import shutil
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -493,6 +494,11 @@ def resume(workspace: WorkspaceOpt = Path(".")) -> None:
         )
 
 
+def _counts(counts: Mapping[str, int]) -> str:
+    """Counts by name as people read them: ``seed 160, test 40``."""
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
+
+
 @app.command()
 def status(workspace: WorkspaceOpt = Path(".")) -> None:
     """The current round, labels by class and split, the last metrics, the batch that is out."""
@@ -555,7 +561,8 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
     if v is not None:
         console.print(
             f"last intake: {v.rows_read} rows = {v.rows_accepted} accepted "
-            f"+ {v.rows_quarantined} quarantined {v.quarantined_by_reason or ''}"
+            f"+ {v.rows_quarantined} quarantined"
+            + (f" ({_counts(v.quarantined_by_reason)})" if v.quarantined_by_reason else "")
             + (f" + {v.rows_already_consumed} already consumed" if v.rows_already_consumed else "")
         )
     if not st.rejects.empty:
@@ -574,8 +581,8 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
     if st.batch_out:
         b = st.batch_out
         console.print(
-            f"batch out: {b['items']} items in {b['folder']}/ ({b['answered']} answered) "
-            f"{b['by_reason']}"
+            f"batch out: {b['items']} items in {b['folder']}/ ({b['answered']} answered): "
+            f"{_counts(b['by_reason'])}"
         )
     batches = get_batch_rounds(catalog.load("issued"), catalog.load("ledger"), last=5)
     if len(batches) > 1:

@@ -282,8 +282,8 @@ def get_round_report(
         lines += [
             "",
             "## Label issues",
-            f"- flagged: {f.flagged} of {f.checked} checked (handling: {f.handling}) "
-            f"{f.skipped_because}".rstrip(),
+            f"- flagged: {f.flagged} of {f.checked} checked (handling: {f.handling})"
+            + (f"; not checked: {f.skipped_because}" if f.skipped_because else ""),
         ]
         if f.confirmed_kept:
             lines.append(

@@ -6,6 +6,7 @@ first line."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -188,6 +189,9 @@ def test_status_leads_with_the_rating_and_the_stop_advice(workspace):
     assert done.returncode == 0, done.stderr
     first = done.stdout.splitlines()[0]
     assert first.startswith("model rating ") and "; stop: " in first, first
+    # the batch's slices read as words, not as a Python dict
+    batch = next(line for line in done.stdout.splitlines() if line.startswith("batch out: "))
+    assert re.search(r"answered\): [a-z_]+ \d+(, [a-z_]+ \d+)*$", batch), batch
 
 
 def test_the_svgs_of_a_real_page_carry_titles(workspace):
