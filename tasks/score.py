@@ -795,7 +795,13 @@ def run(ctx: StageContext) -> ScoreSummary:
     )
     try:
         pieces = ctx.pool_pieces(score_params.chunk_size)
-        log.info("scoring %d pool pieces on the %s executor", len(pieces), executor.name)
+        if executor.name == "dask":  # where the work went is news only when it left here
+            log.info(
+                "scoring %d pool piece%s on the Dask cluster at %s",
+                len(pieces),
+                "" if len(pieces) == 1 else "s",
+                score_params.dask_address,
+            )
         ctx.save_chunks("scores", collector.take(executor.map(score_piece, pieces, job)))
     finally:
         executor.close()
