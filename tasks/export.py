@@ -271,7 +271,8 @@ def get_round_report(
             f"- ledger: {f.ledger_events} events (+{f.ledger_events_added}: "
             f"{m.events_label} labels, {m.events_relabel} relabels, {m.events_skip} skips, "
             f"{m.events_rejected} rejected, {m.events_resolved} flags resolved, "
-            f"{m.events_consensus} consensus changes)",
+            f"{m.events_consensus} consensus labels set or changed, "
+            f"{f.flagged + f.confirmed_kept} flags)",
         ]
     if m is not None:
         lines += [

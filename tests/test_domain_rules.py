@@ -4,6 +4,9 @@ second opinion confirmed, what a second opinion is shown, what the round reports
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +21,7 @@ from tasks.params import ExportParams, FlagParams
 from tasks.selection import get_select_summary
 from tasks.summaries import (
     EvaluateSummary,
+    FlagSummary,
     MergeSummary,
     RoundSummaries,
     SelectSummary,
@@ -220,6 +224,26 @@ def test_the_report_says_when_the_pool_is_exhausted():
     assert "exhausted" not in get_round_report(3, _summaries(), [])
     report = get_round_report(3, _summaries(unlabeled_left=0), [])
     assert "the pool is exhausted" in report and "alloop pool add" in report
+
+
+def test_the_report_counts_every_ledger_event_of_the_round_and_says_why_flags_were_not_checked():
+    # merge: 9 labels, 1 rejected, 2 resolved, 4 consensus, 1 skip; flag: 3 flagged, 1 kept
+    merge = MergeSummary(9, 0, 1, 2, 4, "majority", "", 9, 7, 2, 0, 1, events_skip=1)
+    flag = FlagSummary(7, 3, "exclude", "", 50, 21, confirmed_kept=1)
+    report = get_round_report(3, replace(_summaries(), merge=merge, flag=flag), [])
+    line = next(line for line in report.splitlines() if line.startswith("- ledger: "))
+    added, parts = re.fullmatch(r"- ledger: 50 events \(\+(\d+): (.*)\)", line).groups()
+    assert sum(int(part.split()[0]) for part in parts.split(", ")) == int(added) == 21, line
+    assert "4 consensus labels set or changed, 4 flags" in line
+
+    why = "12 training labels, fewer than flag.min_labels=50"
+    skipped = FlagSummary(0, 0, "exclude", why, 9, 9)
+    report = get_round_report(3, replace(_summaries(), flag=skipped), [])
+    assert (
+        "- flagged: 0 of 0 checked (handling: exclude); not checked: 12 training labels, "
+        "fewer than flag.min_labels=50" in report
+    )
+    assert "(handling: exclude)\n" in get_round_report(3, replace(_summaries(), flag=flag), [])
 
 
 def test_the_history_row_carries_the_trend():
