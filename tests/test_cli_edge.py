@@ -230,3 +230,22 @@ def test_a_healthy_local_server_of_the_workspace_is_reused(tmp_path, monkeypatch
         # put back after the test, and every later test would talk to a server that is gone
         os.environ.pop("PREFECT_API_URL", None)
     assert runtime.find_local_server(tmp_path) is None  # not answering: a temporary API instead
+
+
+def test_a_table_shows_numbers_as_people_read_them():
+    """`alloop audit` and `alloop history` print tables: a label quality of
+    0.0002719370011567098 and a round id stored as 3.0 (its column holds NaN) were shown as
+    such, and wrapped over four lines of an 80-column terminal."""
+    from flows.cli import get_cell_text
+
+    shown = [
+        get_cell_text(v)
+        for v in (0.0002719370011567098, 0.9666666666666667, 3.0, float("nan"), pd.NA, None)
+    ]
+    assert shown == ["0.0002719", "0.9667", "3", "", "", ""]
+    assert [get_cell_text(v) for v in (123456.7, 7, True, "sim-annotator-1")] == [
+        "123457",
+        "7",
+        "True",
+        "sim-annotator-1",
+    ]
