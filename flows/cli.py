@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -521,7 +522,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         *get_drift_lines(st.summaries.health),
     ]:
         console.print(line, markup=False, soft_wrap=True, highlight=False)
-    console.print(f"[bold]workspace[/] {root}")
+    console.print(f"[bold]workspace[/] {escape(str(root))}")
     upgrade = (
         f" (differs: `alloop upgrade -w {root}` moves it to the running one)"
         if st.workspace_version.code_hash != st.running_version.rsplit("+", 1)[-1]
@@ -544,7 +545,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         for split in st.labels.columns:
             table.add_column(str(split), justify="right")
         for label, row in st.labels.iterrows():
-            table.add_row(str(label), *(str(int(v)) for v in row))
+            table.add_row(escape(str(label)), *(str(int(v)) for v in row))
         console.print(table)
     e, v, f = st.summaries.evaluate, st.summaries.validate, st.summaries.flag
     if e is not None and e.candidate:
@@ -570,7 +571,9 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         console.print(f"rejected rows of the last round ({len(st.rejects)}; first {len(shown)}):")
         for row in shown.itertuples(index=False):
             where = f"{row.source_file}:{row.source_row}"
-            console.print(f"  {where}  [{row.reason_code}] {row.reason}", soft_wrap=True)
+            console.print(
+                f"  {where}  [{row.reason_code}] {row.reason}", soft_wrap=True, markup=False
+            )
     if f is not None:
         kept = (
             f" ({f.confirmed_kept} confirmed labels doubted again, kept)"
@@ -595,7 +598,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
     for line in get_labelstudio_lines(catalog):
         console.print(line, markup=False, soft_wrap=True, highlight=False)
     if st.incoming_files:
-        console.print(f"waiting in data/incoming: {', '.join(st.incoming_files)}")
+        console.print(f"waiting in data/incoming: {', '.join(st.incoming_files)}", markup=False)
     if st.unlabeled_left == 0:
         console.print(
             f"pool: [bold]exhausted[/]: all {st.pool_items} items have been issued; "
@@ -875,7 +878,7 @@ def _emit(frames: dict[str, Any], fmt: str, *, out: Path | None = None) -> None:
             numeric = pd.api.types.is_numeric_dtype(frame[column].dtype)
             table.add_column(str(column), overflow="fold", justify="right" if numeric else "left")
         for row in frame.itertuples(index=False):
-            table.add_row(*(get_cell_text(v) for v in row))
+            table.add_row(*(escape(get_cell_text(v)) for v in row))
         console.print(table)
 
 

@@ -353,7 +353,7 @@ def get_resolution_events(
             "outcome": np.where(was.isna(), "first", "changed"),
             "detail": [
                 (f"{w!r} -> {lab!r}" if isinstance(w, str) else f"-> {lab!r}")
-                + f" ({n} votes, agreement {a:.2f})"
+                + f" ({n} vote{'' if n == 1 else 's'}, agreement {a:.2f})"
                 for w, lab, n, a in zip(
                     was, changed["label"], changed["n_votes"], changed["agreement"], strict=True
                 )

@@ -164,6 +164,14 @@ def recorded_round_ws(tmp_path, pool_csv):
     return ws
 
 
+def test_status_prints_file_names_as_they_are_not_as_rich_markup(recorded_round_ws):
+    # rich read "[urgent]" as a style tag and dropped it (so were the rejected rows' [codes])
+    (recorded_round_ws / "data" / "incoming" / "[urgent] labels.csv").write_text("item_id\n")
+    done = run_cli(["alloop", "status", "-w", str(recorded_round_ws)], recorded_round_ws)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "waiting in data/incoming: [urgent] labels.csv" in done.stdout, done.stdout
+
+
 def test_an_idle_round_answers_once_without_starting_prefect(recorded_round_ws):
     ws = recorded_round_ws
     done = run_cli(["alloop", "round", "-w", str(ws)], ws.parent)
