@@ -229,7 +229,10 @@ def init(
         overrides=tuple(set_ or ()),
         drop_columns=tuple(drop_column or ()),
     )
-    console.print(f"workspace ready at [bold]{catalog.root}[/]; next: alloop round -w {path}")
+    console.print(
+        f"workspace ready at [bold]{escape(str(catalog.root))}[/]; "
+        f"next: alloop round -w {escape(str(path))}"
+    )
 
 
 @app.command()
@@ -811,7 +814,7 @@ def simulate(
 
     result = run_simulation(spec, out, on_campaign=report)
     console.print((out / "simulation.md").read_text(), markup=False, soft_wrap=True)
-    console.print(f"results in {out}/: " + ", ".join(p.name for p in result.files))
+    console.print(f"results in {out}/: " + ", ".join(p.name for p in result.files), markup=False)
 
 
 @app.command()
@@ -828,11 +831,11 @@ def pipeline(
     wanted = render_dvc_stages()
     if write:
         target.write_text(dump_dvc_yaml())
-        console.print(f"wrote {target}")
+        console.print(f"wrote {target}", markup=False)
         return
     if yaml.safe_load(target.read_text()) != wanted:
         raise _fail(f"{target} differs from the stage specs; run `alloop pipeline --write`")
-    console.print(f"{target} matches the stage specs")
+    console.print(f"{target} matches the stage specs", markup=False)
 
 
 FormatOpt = Annotated[str, typer.Option("--format", help="table, csv or json")]
@@ -1136,7 +1139,7 @@ def suite(
             raise _fail(f"{target} exists; pass --force to replace it (your own checks go)")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(dump_suite(get_default_suite()))
-        console.print(f"wrote {target}")
+        console.print(f"wrote {target}", markup=False)
         return
     if not target.exists():
         raise _fail(f"{target} is missing; `alloop suite --write` writes the built-in one")
