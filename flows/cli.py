@@ -12,7 +12,6 @@ import logging
 import shutil
 import sys
 import traceback
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -498,11 +497,6 @@ def resume(workspace: WorkspaceOpt = Path(".")) -> None:
         )
 
 
-def _counts(counts: Mapping[str, int]) -> str:
-    """Counts by name as people read them: ``seed 160, test 40``."""
-    return ", ".join(f"{name} {n}" for name, n in counts.items())
-
-
 @app.command()
 def status(workspace: WorkspaceOpt = Path(".")) -> None:
     """The current round, labels by class and split, the last metrics, the batch that is out."""
@@ -515,6 +509,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         get_status,
     )
     from tasks.catalog import Catalog
+    from tasks.summaries import format_counts
 
     catalog = Catalog(root)
     st = get_status(catalog)
@@ -566,7 +561,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         console.print(
             f"last intake: {v.rows_read} rows = {v.rows_accepted} accepted "
             f"+ {v.rows_quarantined} quarantined"
-            + (f" ({_counts(v.quarantined_by_reason)})" if v.quarantined_by_reason else "")
+            + (f" ({format_counts(v.quarantined_by_reason)})" if v.quarantined_by_reason else "")
             + (f" + {v.rows_already_consumed} already consumed" if v.rows_already_consumed else "")
         )
     if not st.rejects.empty:
@@ -588,7 +583,7 @@ def status(workspace: WorkspaceOpt = Path(".")) -> None:
         b = st.batch_out
         console.print(
             f"batch out: {b['items']} items in {b['folder']}/ ({b['answered']} answered): "
-            f"{_counts(b['by_reason'])}"
+            f"{format_counts(b['by_reason'])}"
         )
     batches = get_batch_rounds(catalog.load("issued"), catalog.load("ledger"), last=5)
     if len(batches) > 1:

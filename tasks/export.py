@@ -25,7 +25,13 @@ from tasks.faults import crash_point
 from tasks.labelstudio import ITEM_FIELD, get_shown_columns, get_text_field
 from tasks.params import ExportParams, StopParams
 from tasks.report_page import RoundPageData, render_round_page
-from tasks.summaries import SUMMARIES, ExportSummary, RoundSummaries, read_round_summaries
+from tasks.summaries import (
+    SUMMARIES,
+    ExportSummary,
+    RoundSummaries,
+    format_counts,
+    read_round_summaries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +318,7 @@ def get_round_report(
         ]
     lines += ["", "## Next batch"]
     if s is not None:
-        lines.append(
-            f"- {s.batch_size} items: " + ", ".join(f"{k} {n}" for k, n in s.parts.items())
-        )
+        lines.append(f"- {s.batch_size} items: {format_counts(s.parts)}")
     lines.append(
         f"- files: data/outbox/{round_name(round_id)}/ (batch.csv, batch.jsonl, tasks.json)"
     )

@@ -356,6 +356,12 @@ class RoundSummaries:
         return {stage: summary.to_dict() for stage, summary in self.items()}
 
 
+def format_counts(counts: Mapping[str, int]) -> str:
+    """Counts by name as people read them: ``{"seed": 160, "test": 40}`` is
+    ``seed 160, test 40``."""
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
+
+
 def read_round_summaries(
     load: Callable[[str], Any], *, stages: tuple[str, ...] = tuple(SUMMARIES)
 ) -> RoundSummaries:
