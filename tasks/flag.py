@@ -1,8 +1,9 @@
 """Stage 3, flag: find likely mislabels among the training labels with cleanlab.
 
 Out-of-fold predicted probabilities come from the same LightGBM model that train fits (without
-its class weights), so an item is judged by a model that never saw its label; they are saved as
-``label_probs`` for select's ActiveLab. How many labels are flagged is cleanlab's own estimate
+its class weights), averaged in a tabular space with a random forest's on the same folds, so an
+item is judged by models that never saw its label; they are saved as ``label_probs`` for
+select's ActiveLab. How many labels are flagged is cleanlab's own estimate
 of the number of label issues, bounded by ``flag.max_fraction`` on small label sets. Test
 labels are never auto-cleaned: they are the yardstick, and a yardstick corrected by the model
 being measured is worthless.
@@ -28,7 +29,11 @@ from tasks.context import StageContext, StageSpec
 from tasks.faults import crash_point
 from tasks.features import FeatureSpace, load_space, take_rows
 from tasks.ledger import get_active_events
-from tasks.model import encode_labels, get_out_of_fold_pred_probs
+from tasks.model import (
+    encode_labels,
+    get_forest_out_of_fold_pred_probs,
+    get_out_of_fold_pred_probs,
+)
 from tasks.multilabel import (
     LabelSets,
     fit_one_vs_rest,
@@ -112,7 +117,11 @@ def get_label_probs(
     Each row is predicted by a model fitted on the other folds, without class weights: cleanlab
     (and ActiveLab after it) reads the probabilities as P(label | x), which class weights would
     tilt to the rare classes (flag F1 at 10% wrong labels 0.72 -> 0.78 on average over six
-    sets, 0.48 -> 0.59 on adult; bench/README, "Crowd, flags and ActiveLab").
+    sets, 0.48 -> 0.59 on adult; bench/README, "Crowd, flags and ActiveLab"). In a tabular
+    space they are the mean of LightGBM's and a random forest's of ``flag.forest_trees``
+    trees on the same folds: boosting leans toward the wrong labels it is fitted on, and
+    cleanlab's count overshoots with it (:func:`tasks.model.get_forest_out_of_fold_pred_probs`).
+    A text space keeps LightGBM's alone (the forest was measured on tabular sets only).
 
     Parameters
     ----------
@@ -148,8 +157,9 @@ def get_label_probs(
             "a class has a single training label: no out-of-fold estimate possible",
         )
     space = space or FeatureSpace()
+    features = space.transform(labeled_rows.reset_index(drop=True))
     pred_probs = get_out_of_fold_pred_probs(
-        space.transform(labeled_rows.reset_index(drop=True)),
+        features,
         compact,
         n_classes=present.size,
         n_folds=n_folds,
@@ -157,6 +167,17 @@ def get_label_probs(
         random_state=random_state,
         categorical=space.categorical,
     )
+    if params.forest_trees and not space.has_text:
+        forest_probs = get_forest_out_of_fold_pred_probs(
+            features,
+            compact,
+            n_classes=present.size,
+            n_folds=n_folds,
+            n_trees=params.forest_trees,
+            n_jobs=train_params.num_threads,
+            random_state=random_state,
+        )
+        pred_probs = (pred_probs + forest_probs) / 2
     probs = np.zeros((len(labels), len(classes)))
     probs[:, present] = pred_probs
     frame = pd.DataFrame(probs, columns=list(classes))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import StratifiedKFold
 
 from tasks.features import Features, count_rows, take_rows
@@ -182,6 +183,12 @@ def encode_labels(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
     return labels.astype(str).map(index).to_numpy(dtype=int)
 
 
+def get_folds(labels: np.ndarray, n_folds: int, random_state: int) -> list[tuple]:
+    """Stratified folds, shuffled by ``random_state``: ``(fit_rows, held_rows)`` pairs."""
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=random_state % 2**32)
+    return list(folds.split(np.zeros(labels.size), labels))
+
+
 def get_out_of_fold_pred_probs(
     features: Features,
     labels: np.ndarray,
@@ -203,9 +210,8 @@ def get_out_of_fold_pred_probs(
     -------
     np.ndarray of float, shape (n, n_classes)
     """
-    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=random_state % 2**32)
     pred_probs = np.zeros((labels.size, n_classes), dtype=float)
-    for fold, (fit_idx, held_idx) in enumerate(folds.split(np.zeros(labels.size), labels)):
+    for fold, (fit_idx, held_idx) in enumerate(get_folds(labels, n_folds, random_state)):
         booster = fit_booster(
             take_rows(features, fit_idx),
             labels[fit_idx],
@@ -215,4 +221,59 @@ def get_out_of_fold_pred_probs(
             categorical=categorical,
         )
         pred_probs[held_idx] = predict_proba(booster, take_rows(features, held_idx), n_classes)
+    return pred_probs
+
+
+def get_forest_matrix(features: pd.DataFrame) -> np.ndarray:
+    """A tabular feature frame as scikit-learn's forests take it: numbers and booleans as
+    floats, a categorical column as its category codes, a missing value as NaN.
+
+    The codes are comparable between rows of one frame only (enough for out-of-fold
+    probabilities, where every fold comes from the same frame).
+
+    Returns
+    -------
+    np.ndarray of float, shape (n, d)
+    """
+    columns = []
+    for name in features.columns:
+        column = features[name]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            codes = column.cat.codes.to_numpy()
+            columns.append(np.where(codes < 0, np.nan, codes).astype(float))
+        else:
+            columns.append(pd.to_numeric(column, errors="coerce").astype(float).to_numpy())
+    if not columns:
+        return np.zeros((len(features), 0))
+    return np.column_stack(columns)
+
+
+def get_forest_out_of_fold_pred_probs(
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    *,
+    n_classes: int,
+    n_folds: int,
+    n_trees: int,
+    n_jobs: int,
+    random_state: int,
+) -> np.ndarray:
+    """:func:`get_out_of_fold_pred_probs` from a random forest of ``n_trees`` trees instead of
+    LightGBM, on the same folds for the same ``random_state``.
+
+    Bagged trees grown to purity fit a wrong label as one leaf among hundreds of trees, where
+    boosting turns later trees toward it; their out-of-fold probabilities rank and count wrong
+    labels better than LightGBM's alone (bench/README, "Flags: a forest beside LightGBM").
+
+    Returns
+    -------
+    np.ndarray of float, shape (n, n_classes)
+    """
+    matrix = get_forest_matrix(features)
+    pred_probs = np.zeros((labels.size, n_classes), dtype=float)
+    for fold, (fit_idx, held_idx) in enumerate(get_folds(labels, n_folds, random_state)):
+        forest = RandomForestClassifier(
+            n_estimators=n_trees, n_jobs=n_jobs, random_state=(random_state + fold) % 2**32
+        ).fit(matrix[fit_idx], labels[fit_idx])
+        pred_probs[np.ix_(held_idx, forest.classes_)] = forest.predict_proba(matrix[held_idx])
     return pred_probs
