@@ -3,6 +3,8 @@
     .venv/bin/python bench/crowd.py flags [--datasets letter,magic,pendigits,satimage,adult]
         [--labels 2000] [--noise 0.1] [--seeds 5] [--sizes 100,200,300,500,1000,2000]
         [--size-noises 0,0.1,0.2] [--size-seeds 3]
+    .venv/bin/python bench/crowd.py flag-cost [--datasets sleep,letter]
+        [--cost-labels 2000,10000,50000]
     .venv/bin/python bench/crowd.py consensus [--seeds 5]
     .venv/bin/python bench/crowd.py activelab [--datasets pendigits,satimage] [--seeds 10]
         [--answers 800] [--noise 0.2] [--jobs 1]
@@ -14,11 +16,15 @@ All LightGBM fits use one thread.
 ``flags``: ``--labels`` items drawn at random from each set (a fixed sample of 3,000 other
 items is the test set), ``--noise`` of their labels replaced by another class drawn
 uniformly; precision, recall and F1 of the flags of the rule before issue 17 (class-weighted
-out-of-fold probabilities, ``prune_by_noise_rate``, at most 5% of the labels) and of flag's
-pure functions today (``get_label_probs``, ``find_mislabels_from_probs`` with the default
-params), and the best F1 any count could reach on today's ranking. Then, over ``--sizes`` x
-``--size-noises``, the test macro-F1 of a model trained without the flagged labels, minus
+out-of-fold probabilities, ``prune_by_noise_rate``, at most 5% of the labels), of cleanlab's
+count on LightGBM's probabilities alone (``flag.forest_trees: 0``) and of flag's pure functions
+today (``get_label_probs``, ``find_mislabels_from_probs`` with the default params), and the
+best F1 any count could reach on today's ranking. Then, over ``--sizes`` x ``--size-noises``,
+the test macro-F1 of a model trained without the flagged labels, minus
 that of one trained on all of them, for several bounds.
+
+``flag-cost``: seconds of the out-of-fold probabilities with LightGBM alone and with the
+forest beside it, at ``--cost-labels`` labels.
 
 ``consensus``: merge's ``resolve_labels`` on real and simulated crowds (``merge.consensus``
 ``majority``, ``crowdlab`` = CROWDLAB as it comes, ``auto`` = the product's default), the
@@ -271,6 +277,47 @@ def run_flags(args: argparse.Namespace) -> str:
             cells = [f"{row[r]:+.1f} ({share.loc[(n, noise), r]:.0%})" for r in rules]
             lines.append(f"| {n} | {noise:.0%} | " + " | ".join(cells) + " |")
         lines.append("| mean | | " + " | ".join(f"{delta[r].mean():+.1f}" for r in rules) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_flag_cost(args: argparse.Namespace) -> str:
+    """Seconds of ``get_label_probs`` (every fold's fits and predictions) with LightGBM alone
+    and with the forest beside it, at ``--cost-labels`` labels of each set."""
+    from tasks.flag import get_label_probs
+
+    rows = []
+    for name in args.datasets.split(","):
+        raw = pd.read_parquet(args.data_dir / f"{name}.parquet")
+        for n in map(int, args.cost_labels.split(",")):
+            if n > len(raw) - TEST_ITEMS:
+                continue
+            sample = _noisy_sample(raw, n, args.noise, 0)
+            labels = pd.Series(np.take(sample["names"], sample["given"]), dtype="string")
+            for trees in (0, FlagParams().forest_trees):
+                started = time.perf_counter()
+                _, why = get_label_probs(
+                    sample["rows"],
+                    labels,
+                    classes=sample["names"],
+                    params=FlagParams(forest_trees=trees),
+                    train_params=TRAIN,
+                    random_state=0,
+                )
+                seconds = time.perf_counter() - started
+                rows.append({"set": name, "labels": n, "trees": trees, "seconds": seconds})
+                log.info("flag cost %s %d labels, %d trees: %.2f s%s", name, n, trees, seconds, why)
+    cost = pd.DataFrame(rows)
+    cost.to_csv(args.out / "flag_cost.csv", index=False)
+    wide = cost.pivot_table(index=["set", "labels"], columns="trees", values="seconds")
+    lines = [
+        "### Out-of-fold probabilities: seconds, LightGBM alone and with the forest",
+        "",
+        "| set | labels | LightGBM alone | with the forest | the forest's share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for (name, n), row in wide.iterrows():
+        alone, both = row.iloc[0], row.iloc[-1]
+        lines.append(f"| {name} | {n:,} | {alone:.2f} | {both:.2f} | {(both - alone) / both:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -544,7 +591,7 @@ def run_activelab(args: argparse.Namespace) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("flags", "consensus", "activelab"))
+    parser.add_argument("part", choices=("flags", "flag-cost", "consensus", "activelab"))
     parser.add_argument("--datasets", default=None)
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--seeds", type=int, default=None)
@@ -553,6 +600,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="100,200,300,500,1000,2000")
     parser.add_argument("--size-noises", default="0,0.1,0.2")
     parser.add_argument("--size-seeds", type=int, default=3)
+    parser.add_argument("--cost-labels", default="2000,10000,50000")
     parser.add_argument("--answers", type=int, default=800)
     parser.add_argument("--initial", type=int, default=100)
     parser.add_argument("--batch", type=int, default=50)
@@ -561,6 +609,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     defaults = {
         "flags": ("letter,magic,pendigits,satimage,adult", 5, 0.1),
+        "flag-cost": ("sleep,letter", 1, 0.1),
         "consensus": ("", 5, 0.0),
         "activelab": ("pendigits,satimage", 10, 0.2),
     }[args.part]
@@ -577,7 +626,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     started = time.perf_counter()
-    run = {"flags": run_flags, "consensus": run_consensus, "activelab": run_activelab}[args.part]
+    run = {
+        "flags": run_flags,
+        "flag-cost": run_flag_cost,
+        "consensus": run_consensus,
+        "activelab": run_activelab,
+    }[args.part]
     text = run(args)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True

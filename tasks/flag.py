@@ -118,9 +118,10 @@ def get_label_probs(
     (and ActiveLab after it) reads the probabilities as P(label | x), which class weights would
     tilt to the rare classes (flag F1 at 10% wrong labels 0.72 -> 0.78 on average over six
     sets, 0.48 -> 0.59 on adult; bench/README, "Crowd, flags and ActiveLab"). In a tabular
-    space they are the mean of LightGBM's and a random forest's of ``flag.forest_trees``
-    trees on the same folds: boosting leans toward the wrong labels it is fitted on, and
-    cleanlab's count overshoots with it (:func:`tasks.model.get_forest_out_of_fold_pred_probs`).
+    space, below ``flag.forest_below_labels`` labels, they are the mean of LightGBM's and a
+    random forest's of ``flag.forest_trees`` trees on the same folds: while the out-of-fold
+    model is weak, cleanlab's count on LightGBM's alone overshoots, and the forest's less
+    confident probabilities bring it down (:func:`tasks.model.get_forest_out_of_fold_pred_probs`).
     A text space keeps LightGBM's alone (the forest was measured on tabular sets only).
 
     Parameters
@@ -167,7 +168,7 @@ def get_label_probs(
         random_state=random_state,
         categorical=space.categorical,
     )
-    if params.forest_trees and not space.has_text:
+    if params.forest_trees and len(labels) < params.forest_below_labels and not space.has_text:
         forest_probs = get_forest_out_of_fold_pred_probs(
             features,
             compact,

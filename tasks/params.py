@@ -137,12 +137,15 @@ class FlagParams(_Section):
         "confident_learning",
         "predicted_neq_given",
     ] = "low_self_confidence"
-    # a random forest of this many trees beside LightGBM in a tabular space (0: LightGBM
-    # alone): the out-of-fold probabilities are the mean of both. At 2,000 labels with 10%
-    # wrong (bench/README, "Flags: a forest beside LightGBM") flag F1 rose on letter and
-    # satimage from 0.78 to 0.85 with precision over 0.80 where cleanlab's count overshot,
-    # 0.72 -> 0.75 on average over seven sets, for about a second of fits
+    # below forest_below_labels training labels, in a tabular space, the out-of-fold
+    # probabilities are the mean of LightGBM's and a random forest's of forest_trees trees
+    # (0: LightGBM alone). The forest lowers cleanlab's count, which overshoots while the
+    # out-of-fold model is weak: at 2,000 labels with 10% wrong, flag F1 0.78 -> 0.84 on
+    # letter and satimage, 0.722 -> 0.746 on average over seven sets; at 4,000 and 7,000
+    # labels 0.754 -> 0.749 and 0.768 -> 0.760 over six, where LightGBM's count no longer
+    # overshoots (bench/README, "Flags: a forest beside LightGBM"), at 2-9x LightGBM's cost
     forest_trees: int = Field(default=100, ge=0)
+    forest_below_labels: int = Field(default=3_000, ge=0)
     # flagged items go back to annotators once; an item that already has this many votes
     # is not re-queued again
     max_votes_for_relabel: int = Field(default=1, ge=1)

@@ -660,12 +660,12 @@ def test_label_probs_are_the_mean_of_lightgbm_and_a_forest_on_the_same_folds(sat
     np.testing.assert_allclose(forest.sum(axis=1), 1.0)
     assert 0.5 < (forest.argmax(axis=1) == codes).mean() < 1.0  # out of fold
 
-    def probs(trees: int) -> np.ndarray:
+    def probs(trees: int, below: int = 3000) -> np.ndarray:
         frame, why = get_label_probs(
             rows,
             labels,
             classes=classes,
-            params=FlagParams(forest_trees=trees),
+            params=FlagParams(forest_trees=trees, forest_below_labels=below),
             train_params=train,
             random_state=3,
         )
@@ -674,6 +674,8 @@ def test_label_probs_are_the_mean_of_lightgbm_and_a_forest_on_the_same_folds(sat
 
     np.testing.assert_allclose(probs(0), lightgbm)
     np.testing.assert_allclose(probs(20), (lightgbm + forest) / 2)
+    # from flag.forest_below_labels labels on, LightGBM's alone
+    np.testing.assert_allclose(probs(20, below=len(labels)), lightgbm)
 
 
 def test_the_forest_cuts_the_flags_cleanlabs_count_adds_for_lightgbms_errors():
