@@ -42,7 +42,7 @@ from tasks.multilabel import (
     get_predicted_sets,
 )
 from tasks.params import FlagParams, TrainParams
-from tasks.summaries import FlagSummary
+from tasks.summaries import FlagSummary, format_counts
 
 STAGE = StageSpec(
     name="flag",
@@ -139,31 +139,36 @@ def get_label_probs(
         ``item_id`` and one float column per class of ``classes``, in that order, one row per
         training item in the order given, rows summing to 1 (0 for a class no training label
         has); and a sentence saying why nothing was computed, with an empty frame of those
-        columns, when that is the case (empty otherwise).
+        columns, when that is the case (empty otherwise). The labels of a class with fewer
+        than ``flag.cv_folds`` training labels are not checked: their rows are NaN, and the
+        models are fitted without them (a class needs a label in every fold to be learned
+        out of fold; one rare class no longer stops the check of all the others).
     """
     columns = {"item_id": "string", **dict.fromkeys(classes, "float64")}
     skipped = _why_not_checked(labeled_rows, labels, params)
     if skipped:
         return schema.empty(columns), skipped
     codes = encode_labels(labels.reset_index(drop=True), classes)
-    present = np.unique(codes)
+    counts = np.bincount(codes, minlength=len(classes))
+    # the model learns the classes with a label in every fold, coded 0..k-1
+    present = np.flatnonzero(counts >= params.cv_folds)
     if present.size < 2:
-        return schema.empty(columns), "the training labels hold a single class"
-    # the model learns the classes seen, coded 0..k-1
-    compact = np.searchsorted(present, codes)
-    n_folds = int(min(params.cv_folds, np.bincount(compact).min()))
-    if n_folds < 2:
+        held = "a single class has" if present.size else "no class has"
         return (
             schema.empty(columns),
-            "a class has a single training label: no out-of-fold estimate possible",
+            f"{held} flag.cv_folds={params.cv_folds} training labels or more",
         )
+    checked = np.isin(codes, present)
+    compact = np.searchsorted(present, codes[checked])
     space = space or FeatureSpace()
-    features = space.transform(labeled_rows.reset_index(drop=True))
+    features = take_rows(
+        space.transform(labeled_rows.reset_index(drop=True)), np.flatnonzero(checked)
+    )
     pred_probs = get_out_of_fold_pred_probs(
         features,
         compact,
         n_classes=present.size,
-        n_folds=n_folds,
+        n_folds=params.cv_folds,
         train_params=train_params.model_copy(update={"class_weight": "none"}),
         random_state=random_state,
         categorical=space.categorical,
@@ -173,17 +178,39 @@ def get_label_probs(
             features,
             compact,
             n_classes=present.size,
-            n_folds=n_folds,
+            n_folds=params.cv_folds,
             n_trees=params.forest_trees,
             n_jobs=train_params.num_threads,
             random_state=random_state,
         )
         pred_probs = (pred_probs + forest_probs) / 2
-    probs = np.zeros((len(labels), len(classes)))
-    probs[:, present] = pred_probs
+    probs = np.full((len(labels), len(classes)), np.nan)
+    probs[checked] = 0.0
+    probs[np.ix_(np.flatnonzero(checked), present)] = pred_probs
     frame = pd.DataFrame(probs, columns=list(classes))
     frame.insert(0, "item_id", labeled_rows["item_id"].astype("string").to_numpy())
     return schema.conform(frame, columns), ""
+
+
+def get_unchecked_reason(
+    label_probs: pd.DataFrame, labels: pd.Series, *, classes: tuple[str, ...], params: FlagParams
+) -> str:
+    """Which training labels :func:`get_label_probs` left unchecked, as a sentence ("" when
+    none): the labels of each class with fewer than ``flag.cv_folds`` of them."""
+    if label_probs.empty:
+        return ""
+    unchecked = label_probs[list(classes)].isna().any(axis=1).to_numpy()
+    if not unchecked.any():
+        return ""
+    counts = labels[unchecked].value_counts().sort_index()
+    n = int(unchecked.sum())
+    which = "a class" if len(counts) == 1 else "classes"
+    return (
+        f"{n} label{'s' if n != 1 else ''} of {which} with fewer than "
+        f"flag.cv_folds={params.cv_folds} training labels ("
+        + format_counts({repr(str(name)): int(k) for name, k in counts.items()})
+        + ")"
+    )
 
 
 def find_mislabels_from_probs(
@@ -222,6 +249,10 @@ def find_mislabels_from_probs(
     """
     if len(label_probs) != len(labels):
         raise ValueError(f"label_probs has {len(label_probs)} rows but labels has {len(labels)}")
+    # rows of NaN: labels not checked (a class with too few labels, :func:`get_label_probs`)
+    checked = label_probs[list(classes)].notna().all(axis=1).to_numpy()
+    label_probs = label_probs[checked]
+    labels = labels[checked]
     if label_probs.empty:
         return schema.empty(FOUND_COLUMNS)
     codes = encode_labels(labels.reset_index(drop=True), classes)
@@ -525,11 +556,18 @@ def run(ctx: StageContext) -> FlagSummary:
     ctx.save("flags", pd.concat([ctx.load_before("flags"), records], ignore_index=True))
     crash_point("during:flag")
     ctx.save("ledger", ledger)
+    unchecked = (
+        ""
+        if skipped or label_sets is not None
+        else get_unchecked_reason(
+            label_probs, train_labels["label"], classes=classes, params=ctx.params.flag
+        )
+    )
     summary = FlagSummary(
-        checked=0 if skipped else int(len(train_labels)),
+        checked=0 if skipped else int(label_probs[list(classes)].notna().all(axis=1).sum()),
         flagged=int(len(records)),
         handling=ctx.params.flag.handling,
-        skipped_because=skipped,
+        skipped_because=skipped or unchecked,
         ledger_events=int(len(ledger)),
         ledger_events_added=int((ledger["round_id"] == ctx.round_id).sum()),
         confirmed_kept=int(len(kept)),

@@ -117,6 +117,7 @@ class FlagSummary(Summary):
     checked: int
     flagged: int
     handling: str
+    #: why labels were not checked: all of them (``checked`` 0), or some (a rare class's)
     skipped_because: str
     ledger_events: int
     ledger_events_added: int

@@ -20,6 +20,7 @@ from tasks.flag import (
     find_mislabels_from_probs,
     get_flag_records,
     get_label_probs,
+    get_unchecked_reason,
 )
 from tasks.merge import (
     get_current_labels,
@@ -631,6 +632,62 @@ def test_label_probs_are_out_of_fold_one_column_per_class(satimage):
     )
     assert empty.empty and empty.columns.tolist() == ["item_id", *classes]
     assert "fewer than flag.min_labels" in why
+
+
+def test_a_class_with_too_few_labels_is_left_unchecked_and_the_others_are_checked(satimage):
+    rows, labels, classes = satimage
+    rare = classes[0]
+    # keep 1 label of the first class and 3 of the second: before, one class with a single
+    # label stopped the check of every label
+    keep = np.ones(len(labels), dtype=bool)
+    keep[np.flatnonzero(labels == rare)[1:]] = False
+    keep[np.flatnonzero(labels == classes[1])[3:]] = False
+    rows, labels = rows[keep].reset_index(drop=True), labels[keep].reset_index(drop=True)
+    noisy = labels.copy()
+    common = np.flatnonzero(~labels.isin([rare, classes[1]]).to_numpy())
+    wrong = np.random.default_rng(0).choice(common, size=20, replace=False)
+    for i in wrong:  # 20 wrong labels among the common classes
+        noisy.iloc[i] = next(c for c in classes[2:] if c != labels.iloc[i])
+    params = FlagParams(max_fraction=1.0)
+    probs, why = get_label_probs(
+        rows,
+        noisy,
+        classes=classes,
+        params=params,
+        train_params=TrainParams(num_threads=1),
+        random_state=0,
+    )
+    assert why == ""
+    unchecked = probs[list(classes)].isna().all(axis=1).to_numpy()
+    assert unchecked.tolist() == noisy.isin([rare, classes[1]]).tolist()  # 1 and 3 labels
+    np.testing.assert_allclose(probs.loc[~unchecked, list(classes)].sum(axis=1), 1.0)
+    assert (probs.loc[~unchecked, rare] == 0).all()
+    found = find_mislabels_from_probs(probs, noisy, classes=classes, params=params)
+    assert not set(rows["item_id"][unchecked]) & set(found["item_id"])
+    hits = set(rows["item_id"].iloc[wrong]) & set(found["item_id"])
+    assert len(hits) >= 10 and len(hits) / len(found) >= 0.5
+    assert get_unchecked_reason(probs, noisy, classes=classes, params=params) == (
+        "4 labels of classes with fewer than flag.cv_folds=5 training labels "
+        f"('{rare}' 1, '{classes[1]}' 3)"
+    )
+    # fewer than two classes with enough labels: nothing is checked, and why
+    few = np.concatenate(
+        [
+            np.flatnonzero((noisy == classes[2]).to_numpy())[:20],
+            np.flatnonzero((noisy == classes[1]).to_numpy()),  # 3
+            np.flatnonzero((noisy == rare).to_numpy()),  # 1
+        ]
+    )
+    empty, why = get_label_probs(
+        rows.iloc[few],
+        noisy.iloc[few],
+        classes=classes,
+        params=FlagParams(min_labels=10),
+        train_params=TrainParams(num_threads=1),
+        random_state=0,
+    )
+    assert why == "a single class has flag.cv_folds=5 training labels or more"
+    assert empty.empty
 
 
 def test_forest_matrix_keeps_numbers_category_codes_and_missing_values():
