@@ -113,6 +113,8 @@ def _old_flags(rows: pd.DataFrame, given: np.ndarray, max_fraction: float = 0.05
     present = np.unique(given)
     compact = np.searchsorted(present, given)
     folds = int(min(5, np.bincount(compact).min()))
+    if folds < 2:  # a class with a single label: the rule checked nothing
+        return np.zeros(given.size, dtype=bool)
     probs = get_out_of_fold_pred_probs(
         get_feature_frame(rows),
         compact,
