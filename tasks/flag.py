@@ -1,12 +1,12 @@
 """Stage 3, flag: find likely mislabels among the training labels with cleanlab.
 
 Out-of-fold predicted probabilities come from the same LightGBM model that train fits (without
-its class weights), averaged in a tabular space with a random forest's on the same folds, so an
-item is judged by models that never saw its label; they are saved as ``label_probs`` for
-select's ActiveLab. How many labels are flagged is cleanlab's own estimate
-of the number of label issues, bounded by ``flag.max_fraction`` on small label sets. Test
-labels are never auto-cleaned: they are the yardstick, and a yardstick corrected by the model
-being measured is worthless.
+its class weights), averaged with a random forest's on the same folds while the labels are few
+(tabular spaces), so an item is judged by models that never saw its label; they are saved as
+``label_probs`` for select's ActiveLab. A class with fewer labels than folds is left unchecked.
+How many labels are flagged is cleanlab's own estimate of the number of label issues, bounded
+by ``flag.max_fraction`` on small label sets. Test labels are never auto-cleaned: they are
+the yardstick, and a yardstick corrected by the model being measured is worthless.
 """
 
 from __future__ import annotations
