@@ -166,10 +166,20 @@ def _use_crowdlab(votes: pd.DataFrame, train_ids: set[str], params: MergeParams)
     multi = int((per_item >= 2).sum())
     if multi < params.crowdlab_min_items:
         return f"{multi} training items have several votes, fewer than merge.crowdlab_min_items"
-    counts = train_votes.drop_duplicates("item_id")["label"].value_counts()
-    if counts.size < 2 or counts.min() < params.cv_folds:
-        return "too few training items per class for out-of-fold probabilities"
+    if len(_get_learnable_classes(train_votes, params)) < 2:
+        return (
+            f"fewer than two classes have merge.cv_folds={params.cv_folds} training items: "
+            "no out-of-fold probabilities"
+        )
     return ""
+
+
+def _get_learnable_classes(train_votes: pd.DataFrame, params: MergeParams) -> set[str]:
+    """The classes whose training items (by majority vote) are enough for every fold of the
+    out-of-fold model: CROWDLAB weighs the items of the others, too few to learn, by their
+    votes' majority alone."""
+    counts = get_majority_labels(train_votes)["label"].value_counts()
+    return set(counts.index[counts >= params.cv_folds])
 
 
 def _model_is_better(votes: pd.DataFrame, predicted: pd.Series, classes: tuple[str, ...]) -> bool:
@@ -231,6 +241,10 @@ def resolve_labels(
     method = "majority"
     if not why:
         train_votes = votes[votes["item_id"].isin(train_ids)]
+        # the items of a class with fewer training items than folds keep their majority
+        learnable = _get_learnable_classes(train_votes, params)
+        seed_of = majority.set_index("item_id")["label"]
+        train_votes = train_votes[train_votes["item_id"].map(seed_of).isin(learnable)]
         matrix = train_votes.pivot(index="item_id", columns="annotator", values="label")
         items = matrix.index
         codes = matrix.apply(lambda col: col.map({c: i for i, c in enumerate(classes)}))

@@ -410,6 +410,24 @@ def test_a_model_weaker_than_the_annotators_never_overrules_their_strict_majorit
     ).mean()
 
 
+def test_a_class_with_too_few_items_keeps_its_majority_and_crowdlab_weighs_the_rest(satimage):
+    rows, labels, classes = satimage
+    truth = labels.set_axis(rows["item_id"])
+    rare = classes[0]
+    keep = ~truth.eq(rare).to_numpy()
+    keep[np.flatnonzero(truth.eq(rare).to_numpy())[:2]] = True  # 2 items of the first class
+    rows, truth = rows[keep].reset_index(drop=True), truth[keep]
+    votes = _crowd_votes(truth, [1.0, 1.0, 0.7], seed=2)  # majority = truth
+    majority = votes.groupby("item_id")["label"].agg(lambda s: s.value_counts().index[0])
+    resolved = _resolve(votes, rows, classes, "crowdlab")
+    # before, one class under merge.cv_folds items sent every item to majority vote
+    assert (resolved["method"] == "crowdlab").any()
+    few = majority.index[majority == rare]
+    assert 1 <= len(few) < MergeParams().cv_folds
+    assert (resolved.loc[few, "method"] == "majority").all()
+    assert (resolved.loc[few, "label"] == rare).all()
+
+
 def test_a_model_better_than_the_annotators_may_overrule_a_majority(satimage):
     rows, labels, classes = satimage
     truth = labels.set_axis(rows["item_id"])
