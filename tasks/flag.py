@@ -192,6 +192,17 @@ def get_label_probs(
     return schema.conform(frame, columns), ""
 
 
+def get_checked_rows(label_probs: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:
+    """Which rows of :func:`get_label_probs` were checked (the others are NaN: a class with
+    too few labels).
+
+    Returns
+    -------
+    np.ndarray of bool, shape (len(label_probs),)
+    """
+    return label_probs[list(classes)].notna().all(axis=1).to_numpy()
+
+
 def get_unchecked_reason(
     label_probs: pd.DataFrame, labels: pd.Series, *, classes: tuple[str, ...], params: FlagParams
 ) -> str:
@@ -199,7 +210,7 @@ def get_unchecked_reason(
     none): the labels of each class with fewer than ``flag.cv_folds`` of them."""
     if label_probs.empty:
         return ""
-    unchecked = label_probs[list(classes)].isna().any(axis=1).to_numpy()
+    unchecked = ~get_checked_rows(label_probs, classes)
     if not unchecked.any():
         return ""
     counts = labels[unchecked].value_counts().sort_index()
@@ -249,8 +260,7 @@ def find_mislabels_from_probs(
     """
     if len(label_probs) != len(labels):
         raise ValueError(f"label_probs has {len(label_probs)} rows but labels has {len(labels)}")
-    # rows of NaN: labels not checked (a class with too few labels, :func:`get_label_probs`)
-    checked = label_probs[list(classes)].notna().all(axis=1).to_numpy()
+    checked = get_checked_rows(label_probs, classes)
     label_probs = label_probs[checked]
     labels = labels[checked]
     if label_probs.empty:
@@ -564,7 +574,7 @@ def run(ctx: StageContext) -> FlagSummary:
         )
     )
     summary = FlagSummary(
-        checked=0 if skipped else int(label_probs[list(classes)].notna().all(axis=1).sum()),
+        checked=0 if skipped else int(get_checked_rows(label_probs, classes).sum()),
         flagged=int(len(records)),
         handling=ctx.params.flag.handling,
         skipped_because=skipped or unchecked,
