@@ -493,6 +493,24 @@ def activelab_job(job: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
     return curve.assign(strategy=arm), issued.assign(strategy=arm)
 
 
+def get_answer_aulc(curves: pd.DataFrame, *, start: int, stop: int) -> pd.Series:
+    """Each campaign's area under its learning curve of test accuracy against the answers
+    spent (relabels count, so both arms are read at equal annotation budget), over
+    ``[start, stop]`` answers; index (strategy, seed)."""
+    from tasks.simulate import get_aulc
+
+    return (
+        curves.sort_values("answers")
+        .groupby(["strategy", "seed"])
+        .apply(
+            lambda c: get_aulc(
+                c["answers"].to_numpy(), c["accuracy"].to_numpy(), start=start, stop=stop
+            ),
+            include_groups=False,
+        )
+    )
+
+
 def run_activelab(args: argparse.Namespace) -> str:
     import json
 
@@ -508,9 +526,10 @@ def run_activelab(args: argparse.Namespace) -> str:
         f"### ActiveLab vs the relabel queue: three annotators, {args.noise:.0%} wrong answers "
         f"each, {args.answers} answers, {args.seeds} seeds",
         "",
-        "| set | arm | test accuracy | macro-F1 | training items | relabels sent | "
-        "accuracy ActiveLab - queue (paired) | p |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| set | arm | test accuracy | macro-F1 | training items | relabels sent | "
+        f"accuracy ActiveLab - queue (paired) | p | AULC of accuracy, {args.initial}-"
+        f"{args.answers} answers | AULC ActiveLab - queue (paired) | p | seeds ActiveLab ahead |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     from tasks.simulate import get_paired_test
 
@@ -575,6 +594,9 @@ def run_activelab(args: argparse.Namespace) -> str:
         sent = issued[issued["reason"] == "relabel"].copy()
         sent["answers_before"] = args.initial + (sent["round_id"] - 2) * args.batch
         sent = sent[sent["answers_before"] < args.answers].groupby(["strategy", "seed"]).size()
+        aulc = get_answer_aulc(curves, start=args.initial, stop=args.answers)
+        aulc_diff = (aulc.loc["activelab"] - aulc.loc["queue"]).to_numpy()
+        aulc_mean, aulc_p = get_paired_test(aulc_diff)
         for arm in ("activelab", "queue"):
             a = at.loc[arm]
             diff, p = get_paired_test(
@@ -584,6 +606,12 @@ def run_activelab(args: argparse.Namespace) -> str:
                 f"| {name} | {arm} | {a['accuracy'].mean():.4f} | {a['macro_f1'].mean():.4f} | "
                 f"{a['labels'].mean():.0f} | {sent.get(arm, pd.Series(dtype=float)).mean():.0f} | "
                 + (f"{diff:+.4f} | {p:.3f} |" if arm == "activelab" else " | |")
+                + f" {aulc.loc[arm].mean():.4f} |"
+                + (
+                    f" {aulc_mean:+.4f} | {aulc_p:.3f} | {(aulc_diff > 0).sum()}/{aulc_diff.size} |"
+                    if arm == "activelab"
+                    else " | | |"
+                )
             )
     return "\n".join(lines) + "\n"
 
