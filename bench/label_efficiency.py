@@ -121,8 +121,19 @@ def run_skactiveml_campaign(args: tuple) -> pd.DataFrame:
             random_state=seed,
         ).fit(x_pool.to_numpy(float), y_known)
         probs = clf.predict_proba(x_test.to_numpy(float))
-        f1 = get_classification_metrics(y_test, probs, classes)["macro_f1"]
-        rows.append([SKAL, seed, len(rows) + 1, n, f1, float("nan"), float("nan")])
+        metrics = get_classification_metrics(y_test, probs, classes)
+        # by name: simulate's curve columns grow with its metrics (a list here broke when
+        # they went from two to four)
+        rows.append(
+            {
+                "strategy": SKAL,
+                "seed": seed,
+                "round_id": len(rows) + 1,
+                "labels": n,
+                "macro_f1": metrics["macro_f1"],
+                "accuracy": metrics["accuracy"],
+            }
+        )
         if n >= budget:
             break
         picked = strategy.query(
@@ -131,7 +142,7 @@ def run_skactiveml_campaign(args: tuple) -> pd.DataFrame:
         y_known[picked] = y_pool[picked]
     from flows.simulate import CURVE_COLUMNS
 
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=CURVE_COLUMNS)
 
 
 def get_skactiveml_jobs(

@@ -5,6 +5,7 @@ checkout unless asked."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -270,3 +271,29 @@ def test_scale_agreement_tells_ties_from_other_differences(scale):
     # select's rule: highest utility first, equal ones in a seeded order
     picks = scale.get_top_utilities(np.array([0.5, 0.9, 0.5, 0.5]), 2, random_state=0)
     assert picks[0] == 1 and picks[1] in (0, 2, 3)
+
+
+def test_the_scikit_activeml_arm_writes_simulate_s_curve_columns(bench, tmp_path):
+    pytest.importorskip("skactiveml")
+    from conftest import DATASETS
+
+    from flows.demo import load_pmlb
+    from flows.simulate import CURVE_COLUMNS
+    from tasks.params import dump_params
+
+    raw, classes = load_pmlb(DATASETS / "satimage.parquet")
+    raw = raw.iloc[:400].assign(item_id=lambda r: r["item_id"].astype(str))
+    split = np.where(np.arange(len(raw)) % 4 == 0, "test", "train")
+    truth = raw[["item_id", "label"]].astype(str).assign(split=split)
+    raw.drop(columns="label").to_parquet(tmp_path / "items.parquet", index=False)
+    truth.to_parquet(tmp_path / "truth.parquet", index=False)
+    args = bench.parse_args(["--out", str(tmp_path / "out"), "-S", "train.num_boost_round=5"])
+    params = bench.get_campaign_params(bench.get_spec("satimage", args), classes, bench.BASELINE, 0)
+    first = truth.loc[truth["split"] == "train", "item_id"].iloc[:40].tolist()
+    job = (str(tmp_path), json.dumps(dump_params(params)), 0, first, 20, 80)
+    curve = bench.run_skactiveml_campaign(job)
+    # the columns of simulate's curves, whatever metrics they hold (a fixed-length row broke
+    # the arm once simulate's metrics grew from two to four)
+    assert list(curve.columns) == CURVE_COLUMNS
+    assert curve["labels"].tolist() == [40, 60, 80]
+    assert curve[["macro_f1", "accuracy"]].stack().between(0.0, 1.0).all()
