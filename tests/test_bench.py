@@ -297,3 +297,24 @@ def test_the_scikit_activeml_arm_writes_simulate_s_curve_columns(bench, tmp_path
     assert list(curve.columns) == CURVE_COLUMNS
     assert curve["labels"].tolist() == [40, 60, 80]
     assert curve[["macro_f1", "accuracy"]].stack().between(0.0, 1.0).all()
+
+
+def test_activelab_arms_are_compared_by_the_area_under_accuracy_against_answers():
+    crowd = _load("crowd")
+    # two arms, two seeds; the queue's curve is flat, ActiveLab's rises by 0.1 over the range
+    curves = pd.DataFrame(
+        {
+            "strategy": ["activelab"] * 4 + ["queue"] * 4,
+            "seed": [0, 0, 1, 1] * 2,
+            "answers": [300, 100, 100, 300] * 2,  # unsorted: the function orders them
+            "accuracy": [0.9, 0.8, 0.7, 0.8, 0.85, 0.85, 0.75, 0.75],
+        }
+    )
+    aulc = crowd.get_answer_aulc(curves, start=100, stop=300)
+    assert aulc.loc[("activelab", 0)] == pytest.approx(0.85)
+    assert aulc.loc[("activelab", 1)] == pytest.approx(0.75)
+    assert aulc.loc[("queue", 0)] == pytest.approx(0.85)
+    # held flat past the last point: an arm that stopped early is not rewarded or punished
+    assert crowd.get_answer_aulc(curves, start=100, stop=500).loc[("activelab", 0)] == (
+        pytest.approx((0.85 * 200 + 0.9 * 200) / 400)
+    )
