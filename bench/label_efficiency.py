@@ -55,12 +55,14 @@ from flows.simulate import (  # noqa: E402
     get_campaign_table,
     get_default_strategy,
     get_summary_table,
+    load_simulation,
     simulate,
     single_threaded,
     single_threaded_children,
 )
 from tasks.model import get_lgb_params  # noqa: E402
 from tasks.params import dump_params  # noqa: E402
+from tasks.simulate import get_paired_test  # noqa: E402
 
 #: The costliest set first: each set's scikit-activeml campaigns run while the next set's
 #: alloop campaigns do, so only the last set's run alone at the end.
@@ -208,9 +210,14 @@ def get_spec(name: str, args: argparse.Namespace) -> SimulationSpec:
 
 
 def run_alloop(name: str, args: argparse.Namespace) -> dict:
-    """alloop's default strategy and random through ``alloop simulate``'s own code."""
+    """alloop's default strategy and random through ``alloop simulate``'s own code; with
+    ``--resume``, read back from ``--out`` when a run of the same protocol finished there."""
+    spec = get_spec(name, args)
+    if args.resume and (result := load_simulation(spec, args.out / name)) is not None:
+        log.info("%s: alloop's arms read back from %s", name, result.out)
+        return {"dataset": name, "result": result, "seconds": result.seconds, "resumed": True}
     started = time.perf_counter()
-    result = simulate(get_spec(name, args), args.out / name)
+    result = simulate(spec, args.out / name)
     return {"dataset": name, "result": result, "seconds": time.perf_counter() - started}
 
 
@@ -225,7 +232,23 @@ def combine(run: dict, skal_curves: list[pd.DataFrame], args: argparse.Namespace
     out = args.out / run["dataset"]
     curves.to_csv(out / "curves_with_baseline.csv", index=False)
     summary.to_csv(out / "summary_with_baseline.csv", index=False)
-    return {**run, "reference": result.reference_score, "summary": summary}
+    return {**run, "reference": result.reference_score, "summary": summary, "campaigns": campaigns}
+
+
+def get_paired_vs_skactiveml(campaigns: pd.DataFrame, strategy: str) -> tuple[float, float, str]:
+    """alloop's AULC minus scikit-activeml's, paired on the seeds both ran (scikit-activeml's
+    arm runs the first ``--baseline-seeds``): the mean, Wilcoxon's p and the seeds ahead."""
+    aulc = campaigns.pivot_table(index="seed", columns="strategy", values="aulc")
+    if SKAL not in aulc or strategy not in aulc:
+        return math.nan, math.nan, "n/a"
+    diff = (aulc[strategy] - aulc[SKAL]).dropna().to_numpy()
+    mean, p = get_paired_test(diff)
+    return mean, p, f"{int((diff > 0).sum())}/{diff.size}"
+
+
+def _wall(run: dict) -> str:
+    seconds = "not recorded" if run["seconds"] is None else f"{run['seconds']:.0f} s"
+    return f"{seconds} (read back from an earlier run)" if run.get("resumed") else seconds
 
 
 def _labels(value: float) -> str:
@@ -297,16 +320,17 @@ def get_goal_lines(results: list[dict], args: argparse.Namespace) -> list[str]:
         ratio, kind = get_ratio(rand, ours, args.budget)
         diff = float(s.loc[args.strategy, "aulc_diff_vs_random"])
         p = float(s.loc[args.strategy, "aulc_p_value"])
-        rows.append((r["dataset"], ours, skal, rand, ratio, kind, diff, p))
+        vs_skal = get_paired_vs_skactiveml(r["campaigns"], args.strategy)
+        rows.append((r["dataset"], ours, skal, rand, ratio, kind, diff, p, vs_skal))
     lines = [
         "## Goals of issue 5, checked on this run",
         "",
         f"| dataset | alloop `{args.strategy}` | scikit-activeml (this run) | "
         "scikit-activeml (issue) | at least as good | random | ratio vs random | "
-        "AULC - random (p) | significantly worse |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---|",
+        "AULC - random (p) | significantly worse | AULC - scikit-activeml (p, seeds ahead) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|---:|",
     ]
-    for name, ours, skal, rand, ratio, kind, diff, p in rows:
+    for name, ours, skal, rand, ratio, kind, diff, p, (vs, vs_p, ahead) in rows:
         as_good = (
             "n/a"
             if not math.isfinite(skal) and not math.isfinite(ours)
@@ -316,7 +340,9 @@ def get_goal_lines(results: list[dict], args: argparse.Namespace) -> list[str]:
         shown = f"{ratio:.2f}" + ("" if kind == "exact" else f" ({kind})")
         lines.append(
             f"| {name} | {_labels(ours)} | {_labels(skal)} | {_labels(GOALS.get(name, math.nan))}"
-            f" | {as_good} | {_labels(rand)} | {shown} | {diff:+.4f} ({p:.3f}) | {worse} |"
+            f" | {as_good} | {_labels(rand)} | {shown} | {diff:+.4f} ({p:.3f}) | {worse} | "
+            + ("n/a" if not math.isfinite(vs) else f"{vs:+.4f} ({vs_p:.3f}, {ahead})")
+            + " |"
         )
     if rows:
         ours_all = [r[1] for r in rows]
@@ -375,7 +401,7 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
         "Full-data macro-F1 (the target is 98% of it): "
         + ", ".join(f"{r['dataset']} {r['reference']:.4f}" for r in results)
         + ". Wall time of alloop's two arms per set: "
-        + ", ".join(f"{r['dataset']} {r['seconds']:.0f} s" for r in results)
+        + ", ".join(f"{r['dataset']} {_wall(r)}" for r in results)
         + (
             " (the scikit-activeml campaigns run alongside, in their own processes)."
             if args.jobs > 1
@@ -412,6 +438,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=None, help="results folder (default: a new temporary one)"
     )
     parser.add_argument("--report", type=Path, default=None, help="the report (default: in --out)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="read alloop's arms of a set back from --out when they finished there with the "
+        "same protocol (after a crash); scikit-activeml's arm always runs",
+    )
     args = parser.parse_args(argv)
     if args.baseline_seeds > args.seeds:
         parser.error(
@@ -438,7 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     with skactiveml_runner(args.jobs) as submit:
         for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
             run = run_alloop(name, args)
-            log.info("%s: alloop's arms done in %.0f s", name, run["seconds"])
+            if not run.get("resumed"):
+                log.info("%s: alloop's arms done in %.0f s", name, run["seconds"])
             result = run["result"]
             params = get_campaign_params(get_spec(name, args), result.classes, BASELINE, 0)
             jobs = get_skactiveml_jobs(

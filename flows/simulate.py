@@ -253,6 +253,8 @@ class SimulationResult:
     classes: tuple[str, ...] = ()
     issued: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUED_COLUMNS))
     files: list[Path] = field(default_factory=list)
+    #: Wall time of the campaigns (None for a run read back from before it was recorded).
+    seconds: float | None = None
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -984,6 +986,53 @@ def _fmt_labels(value: float) -> str:
     return "never" if not math.isfinite(value) else f"{value:,.0f}"
 
 
+#: What does not change a simulation's results (how its campaigns were run).
+_RUN_FIELDS = ("jobs", "dask_address")
+
+
+def _spec_record(spec: SimulationSpec) -> dict:
+    """``spec`` as ``simulation.json`` records it (JSON types: lists, the dataset's path)."""
+    return json.loads(json.dumps({**asdict(spec), "dataset": str(spec.dataset)}, default=str))
+
+
+def load_simulation(spec: SimulationSpec, out: Path) -> SimulationResult | None:
+    """The finished run of ``spec`` in ``out``, read back from its files, or None when ``out``
+    holds none or a run of another protocol (a different set, strategies, seeds, budget,
+    override...; how it was run, on how many processes or which cluster, does not count).
+
+    Lets a benchmark of many sets go on after a crash without running the finished sets again.
+    """
+    spec = spec.resolved()
+    try:
+        meta = json.loads((out / "simulation.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    wanted = {**_spec_record(spec), "metric": spec.score_metric}
+    if spec.target is None:
+        del wanted["target"]  # meta holds the one it derived from the full-data score
+    if any(meta.get(k) != v for k, v in wanted.items() if k not in _RUN_FIELDS):
+        return None
+    files = [out / f"{name}.csv" for name in ("curves", "campaigns", "summary", "issued")]
+    if not all(f.exists() for f in files):
+        return None
+    curves, campaigns, summary, issued = (
+        pd.read_csv(f, dtype={"item_id": str}) if f.stem == "issued" else pd.read_csv(f)
+        for f in files
+    )
+    return SimulationResult(
+        out,
+        float(meta["reference_score"]),
+        float(meta["target"]),
+        curves,
+        campaigns,
+        summary,
+        classes=load_dataset(spec).classes,
+        issued=issued,
+        files=[*files, out / "learning_curves.png", out / "simulation.md", out / "simulation.json"],
+        seconds=meta.get("seconds"),
+    )
+
+
 def simulate(
     spec: SimulationSpec,
     out: Path,
@@ -1105,11 +1154,11 @@ def simulate(
     report = out / "simulation.md"
     report.write_text(get_report(spec, reference, target, summary))
     meta = {
-        **asdict(spec),
-        "dataset": str(spec.dataset),
+        **_spec_record(spec),
         "metric": metric,
         "reference_score": reference,
         "target": target,
+        "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "simulation.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     _log_campaigns(out, spec, curves, campaigns)
@@ -1124,4 +1173,5 @@ def simulate(
         classes=data.classes,
         issued=issued,
         files=files,
+        seconds=meta["seconds"],
     )

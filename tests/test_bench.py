@@ -118,6 +118,21 @@ def test_median_ratio_interval(bench):
     assert bench.get_median_ratio_interval(sets, "diversity", 2000, n_boot=500) == (low, high)
 
 
+def test_alloop_and_scikit_activeml_are_paired_on_the_seeds_both_ran(bench):
+    aulc = {
+        ("diversity", 0): 0.80, ("diversity", 1): 0.82, ("diversity", 2): 0.90,
+        (bench.SKAL, 0): 0.78, (bench.SKAL, 1): 0.83,  # its arm ran two seeds only
+        ("random", 0): 0.70, ("random", 1): 0.71, ("random", 2): 0.72,
+    }  # fmt: skip
+    campaigns = pd.DataFrame([{"strategy": k[0], "seed": k[1], "aulc": v} for k, v in aulc.items()])
+    mean, p, ahead = bench.get_paired_vs_skactiveml(campaigns, "diversity")
+    assert mean == pytest.approx((0.02 - 0.01) / 2) and ahead == "1/2" and 0 < p <= 1
+    # without the arm: nothing to compare
+    alone = campaigns[campaigns["strategy"] != bench.SKAL]
+    mean, p, ahead = bench.get_paired_vs_skactiveml(alone, "diversity")
+    assert math.isnan(mean) and math.isnan(p) and ahead == "n/a"
+
+
 def test_the_round_benchmark_times_every_stage_of_the_pipeline():
     from flows.pipeline import STAGE_NAMES
 

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from flows.simulate import (
     get_campaign_params,
     get_stratified_test_ids,
     load_dataset,
+    load_simulation,
     run_campaigns,
 )
 from tasks.simulate import get_aulc, get_labels_to_target, get_paired_test
@@ -193,6 +195,38 @@ def test_statistics_are_recomputed_from_the_curves(simulation):
         base = campaigns[campaigns["strategy"] == "random"].set_index("seed")["aulc"]
         diff = c.set_index("seed")["aulc"] - base
         assert summary.loc[strategy, "aulc_diff_vs_random"] == pytest.approx(diff.mean())
+
+
+def test_a_finished_run_is_read_back_only_for_its_own_protocol(simulation):
+    out, _, _ = simulation
+    spec = SimulationSpec(
+        dataset=DATASETS / "satimage.parquet",
+        strategies=("margin", "random"),
+        seeds=2,
+        initial=60,
+        batch=30,
+        budget=150,
+        overrides=("train.num_boost_round=60",),
+        jobs=2,  # how the campaigns ran does not count
+    )
+    result = load_simulation(spec, out)
+    assert result is not None
+    meta = json.loads((out / "simulation.json").read_text())
+    assert result.target == meta["target"] and result.seconds == meta["seconds"] > 0
+    assert result.classes == load_dataset(spec).classes
+    pd.testing.assert_frame_equal(result.curves, pd.read_csv(out / "curves.csv"))
+    issued = pd.read_csv(out / "issued.csv", dtype={"item_id": str})
+    assert result.issued["item_id"].tolist() == issued["item_id"].tolist()
+    # another protocol, or no run at all: None, never another run's numbers
+    for other in (
+        replace(spec, seeds=3),
+        replace(spec, budget=120),
+        replace(spec, strategies=("margin",)),
+        replace(spec, overrides=()),
+        replace(spec, target=0.5),
+    ):
+        assert load_simulation(other, out) is None
+    assert load_simulation(spec, out.parent / "nothing-here") is None
 
 
 def test_one_mlflow_run_per_campaign_holds_its_curve(simulation):
