@@ -377,7 +377,13 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
         f"{args.baseline_seeds} seeds, on the same split; the arms of a seed start from the "
         f"same {args.initial} labels. `--jobs {args.jobs}`"
         + "".join(f" `-S {o}`" for o in args.set)
-        + f"; whole run {wall / 60:.1f} min wall.",
+        + f"; whole run {wall / 60:.1f} min wall"
+        + (
+            f" (alloop's arms of {resumed} set(s) read back from an earlier run in the same "
+            "folder, `--resume`)."
+            if (resumed := sum(bool(r.get("resumed")) for r in results))
+            else "."
+        ),
         "",
         "| dataset | strategy | median labels to target | reached | ratio vs random | "
         "mean AULC | AULC - random | p | median hours to target |",
