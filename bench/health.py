@@ -80,6 +80,7 @@ os.environ.update({"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"})
 from flows.simulate import (  # noqa: E402
     BASELINE,
     DEFAULT,
+    PLAN_OFF,
     SimulationSpec,
     get_campaign_params,
     get_campaign_table,
@@ -110,7 +111,6 @@ HIDDEN = "hidden"
 #: prototype on satimage, pendigits and magic, 5 seeds each); from the quarter, 0-4% on
 #: satimage's class 1.
 HIDDEN_CORE = 0.25
-PLAN_OFF = ("health.explore_fraction=0", "health.rebalance_fraction=0")
 ARMS = (
     "plan",
     "noplan",

@@ -150,6 +150,21 @@ def test_campaigns_fit_one_lightgbm_thread_whatever_jobs(jobs):
     assert get_campaign_params(more, ["a", "b"], "random", 0).train.num_threads == 2
 
 
+def test_the_baseline_is_random_sampling_without_the_health_plan():
+    spec = SimulationSpec(
+        dataset=DATASETS / "satimage.parquet",
+        overrides=("health.explore_fraction=0.4", "train.num_boost_round=7"),
+    )
+    baseline = get_campaign_params(spec, ["a", "b"], "random", 0)
+    # the plan's slices pick by the model: never in the baseline, whatever -S says
+    assert baseline.health.explore_fraction == 0 and baseline.health.rebalance_fraction == 0
+    # the other overrides reach it, and the health stage still runs
+    assert baseline.train.num_boost_round == 7 and baseline.health.enabled
+    strategy = get_campaign_params(spec, ["a", "b"], "margin", 0)
+    assert strategy.health.explore_fraction == 0.4
+    assert strategy.health.rebalance_fraction > 0  # the template's
+
+
 def test_issued_items_are_written_per_campaign(simulation):
     out, _, _ = simulation
     issued = pd.read_csv(out / "issued.csv", dtype={"item_id": str})
