@@ -448,7 +448,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume",
         action="store_true",
         help="read alloop's arms of a set back from --out when they finished there with the "
-        "same protocol (after a crash); scikit-activeml's arm always runs",
+        "same protocol and this code (after a crash); scikit-activeml's arm always runs",
     )
     args = parser.parse_args(argv)
     if args.baseline_seeds > args.seeds:

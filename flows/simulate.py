@@ -253,7 +253,8 @@ class SimulationResult:
     classes: tuple[str, ...] = ()
     issued: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUED_COLUMNS))
     files: list[Path] = field(default_factory=list)
-    #: Wall time of the campaigns (None for a run read back from before it was recorded).
+    #: Wall seconds from the first campaign to the outputs written (None for a run read back
+    #: from before it was recorded).
     seconds: float | None = None
 
 
@@ -1014,6 +1015,7 @@ def load_simulation(spec: SimulationSpec, out: Path) -> SimulationResult | None:
     override...; how it was run, on how many processes or which cluster, does not count).
 
     Lets a benchmark of many sets go on after a crash without running the finished sets again.
+    The code is not compared: read back only what the code checked out now ran.
     """
     spec = spec.resolved()
     try:
