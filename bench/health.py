@@ -668,11 +668,13 @@ def get_goal1(r: dict, args: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
     curves = r["curves"]
     curves = curves[curves["strategy"].isin(["plan", "noplan", "random"])]
     curves = curves[curves["labels"] <= args.budget]
+    row: dict = {"dataset": r["dataset"], "reference_f1": r["reference"]}
+    if curves.empty:  # a run of other arms only (the margin arms of the balance goal, say)
+        return pd.DataFrame(), row
     campaigns = get_campaign_table(
         curves, target=r["target"], start=args.initial, stop=args.budget, reference=r["reference"]
     )
     summary = get_summary_table(campaigns).set_index("strategy")
-    row: dict = {"dataset": r["dataset"], "reference_f1": r["reference"]}
     for arm in ("plan", "noplan", "random"):
         if arm not in summary.index:
             continue
@@ -1135,6 +1137,11 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
         c, row = get_goal1(r, args)
         goal1.append(row)
         campaigns.append(c)
+    if all(c.empty for c in campaigns):  # no plan, noplan or random arm in this run
+        lines.append("No plan, noplan or random arm in this run.")
+        lines += ["", *get_stop_markdown(results, args)]
+        lines += ["", *get_balance_markdown(results, args)]
+        return "\n".join(lines) + "\n"
     g1 = pd.DataFrame(goal1)
     g1.to_csv(out / "goal1.csv", index=False)
     pd.concat(campaigns).to_csv(out / "goal1_campaigns.csv", index=False)
@@ -1412,8 +1419,8 @@ def get_stop_markdown(results: list[dict], args: argparse.Namespace) -> list[str
         f"## Goal 2: the stop signal (plan arm to {args.stop_budget} labels on {', '.join(names)})",
         "",
     ]
-    if not names:
-        return [*lines, "No set ran to the stop budget."]
+    if not names or rows_all.empty:
+        return [*lines, "No plan arm ran to the stop budget."]
     rows = rows_all[rows_all["dataset"].isin(names)]
     summary = summarize_stop(rows)
     summary.to_csv(out / "stop_summary.csv", index=False)
@@ -1615,19 +1622,28 @@ def get_balance_markdown(results: list[dict], args: argparse.Namespace) -> list[
     out = args.out
     rb = get_random_balance(results)
     rb.to_csv(out / "balance_random.csv", index=False)
-    lines = [
-        "## Goal 3: balance",
-        "",
-        "Random campaigns, rounds after 200 labels (goal: median and 10th percentile >= 90):",
-        "",
-    ]
-    lines += _table(
-        ["set", "rounds", "median", "10th percentile", "min", "rounds < 70"],
-        [
-            [b.dataset, str(b.rounds), _f(b.median, 1), _f(b.p10, 1), _f(b.min, 1), str(b.below_70)]
-            for b in rb.itertuples()
-        ],
-    )
+    lines = ["## Goal 3: balance", ""]
+    if (rb["rounds"] > 0).any():
+        lines += [
+            "Random campaigns, rounds after 200 labels (goal: median and 10th percentile >= 90):",
+            "",
+        ]
+        lines += _table(
+            ["set", "rounds", "median", "10th percentile", "min", "rounds < 70"],
+            [
+                [
+                    b.dataset,
+                    str(b.rounds),
+                    _f(b.median, 1),
+                    _f(b.p10, 1),
+                    _f(b.min, 1),
+                    str(b.below_70),
+                ]
+                for b in rb.itertuples()
+            ],
+        )
+    else:
+        lines.append("No random arm in this run.")
     flags = get_margin_flags(results)
     if not flags.empty:
         flags.to_csv(out / "balance_margin.csv", index=False)
