@@ -1137,71 +1137,10 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
         c, row = get_goal1(r, args)
         goal1.append(row)
         campaigns.append(c)
-    if all(c.empty for c in campaigns):  # no plan, noplan or random arm in this run
+    if any(not c.empty for c in campaigns):
+        lines += _goal1_lines(goal1, campaigns, results, args)
+    else:
         lines.append("No plan, noplan or random arm in this run.")
-        lines += ["", *get_stop_markdown(results, args)]
-        lines += ["", *get_balance_markdown(results, args)]
-        return "\n".join(lines) + "\n"
-    g1 = pd.DataFrame(goal1)
-    g1.to_csv(out / "goal1.csv", index=False)
-    pd.concat(campaigns).to_csv(out / "goal1_campaigns.csv", index=False)
-    rows = []
-    for row in goal1:
-        rows.append(
-            [
-                row["dataset"],
-                _f(row["reference_f1"]),
-                _f(row.get("plan_aulc", math.nan)),
-                _f(row.get("noplan_aulc", math.nan)),
-                _f(row.get("random_aulc", math.nan)),
-                f"{_f(row.get('plan_minus_random', math.nan), signed=True)} "
-                f"({_f(row.get('plan_p', math.nan), 3)})",
-                f"{_f(row.get('noplan_minus_random', math.nan), signed=True)} "
-                f"({_f(row.get('noplan_p', math.nan), 3)})",
-                _f(row.get("lead_kept", math.nan), 2),
-                f"{_f(row.get('plan_minus_noplan', math.nan), signed=True)} "
-                f"({_f(row.get('plan_vs_noplan_p', math.nan), 3)})",
-                f"{_labels(row.get('plan_labels_to_target', math.nan))} "
-                f"({row.get('plan_reached', '')})",
-                f"{_labels(row.get('noplan_labels_to_target', math.nan))} "
-                f"({row.get('noplan_reached', '')})",
-                f"{_labels(row.get('random_labels_to_target', math.nan))} "
-                f"({row.get('random_reached', '')})",
-                "**yes**" if row.get("plan_behind_random") else "no",
-            ]
-        )
-    lines += _table(
-        [
-            "set",
-            "full-data F1",
-            "AULC plan",
-            "noplan",
-            "random",
-            "plan - random (p)",
-            "noplan - random (p)",
-            "lead kept",
-            "plan - noplan (p)",
-            "labels to target: plan",
-            "noplan",
-            "random",
-            "plan behind",
-        ],
-        rows,
-    )
-    activity = pd.DataFrame([get_plan_activity(r, args) for r in results])
-    activity.to_csv(out / "plan_activity.csv", index=False)
-    lines += [
-        "",
-        "Lead kept: (plan - random) / (noplan - random) where noplan leads random. Labels to "
-        f"target: median over seeds of the first label count reaching 98% of the full-data "
-        f"macro-F1 within {args.budget} (reached n/N). Rounds (up to {args.budget} labels) "
-        "whose plan had an explore / rebalance slice: "
-        + "; ".join(
-            f"{a.dataset} {a.explore_rounds:.0%} / {a.rebalance_rounds:.0%}"
-            for a in activity.itertuples()
-        )
-        + ".",
-    ]
     variant = get_variant_rows(results, args)
     if not variant.empty:
         variant.to_csv(out / "variant.csv", index=False)
@@ -1284,6 +1223,75 @@ def get_markdown(results: list[dict], args: argparse.Namespace, wall: float) -> 
     lines += ["", *get_stop_markdown(results, args)]
     lines += ["", *get_balance_markdown(results, args)]
     return "\n".join(lines) + "\n"
+
+
+def _goal1_lines(
+    goal1: list[dict], campaigns: list[pd.DataFrame], results: list[dict], args: argparse.Namespace
+) -> list[str]:
+    """Goal 1's table and the plan's activity (written beside them as CSVs)."""
+    out = args.out
+    lines: list[str] = []
+    g1 = pd.DataFrame(goal1)
+    g1.to_csv(out / "goal1.csv", index=False)
+    pd.concat(campaigns).to_csv(out / "goal1_campaigns.csv", index=False)
+    rows = []
+    for row in goal1:
+        rows.append(
+            [
+                row["dataset"],
+                _f(row["reference_f1"]),
+                _f(row.get("plan_aulc", math.nan)),
+                _f(row.get("noplan_aulc", math.nan)),
+                _f(row.get("random_aulc", math.nan)),
+                f"{_f(row.get('plan_minus_random', math.nan), signed=True)} "
+                f"({_f(row.get('plan_p', math.nan), 3)})",
+                f"{_f(row.get('noplan_minus_random', math.nan), signed=True)} "
+                f"({_f(row.get('noplan_p', math.nan), 3)})",
+                _f(row.get("lead_kept", math.nan), 2),
+                f"{_f(row.get('plan_minus_noplan', math.nan), signed=True)} "
+                f"({_f(row.get('plan_vs_noplan_p', math.nan), 3)})",
+                f"{_labels(row.get('plan_labels_to_target', math.nan))} "
+                f"({row.get('plan_reached', '')})",
+                f"{_labels(row.get('noplan_labels_to_target', math.nan))} "
+                f"({row.get('noplan_reached', '')})",
+                f"{_labels(row.get('random_labels_to_target', math.nan))} "
+                f"({row.get('random_reached', '')})",
+                "**yes**" if row.get("plan_behind_random") else "no",
+            ]
+        )
+    lines += _table(
+        [
+            "set",
+            "full-data F1",
+            "AULC plan",
+            "noplan",
+            "random",
+            "plan - random (p)",
+            "noplan - random (p)",
+            "lead kept",
+            "plan - noplan (p)",
+            "labels to target: plan",
+            "noplan",
+            "random",
+            "plan behind",
+        ],
+        rows,
+    )
+    activity = pd.DataFrame([get_plan_activity(r, args) for r in results])
+    activity.to_csv(out / "plan_activity.csv", index=False)
+    lines += [
+        "",
+        "Lead kept: (plan - random) / (noplan - random) where noplan leads random. Labels to "
+        f"target: median over seeds of the first label count reaching 98% of the full-data "
+        f"macro-F1 within {args.budget} (reached n/N). Rounds (up to {args.budget} labels) "
+        "whose plan had an explore / rebalance slice: "
+        + "; ".join(
+            f"{a.dataset} {a.explore_rounds:.0%} / {a.rebalance_rounds:.0%}"
+            for a in activity.itertuples()
+        )
+        + ".",
+    ]
+    return lines
 
 
 def get_rare_markdown(r: dict, args: argparse.Namespace) -> list[str]:
